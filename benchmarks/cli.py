@@ -1,0 +1,198 @@
+"""The command line: ``python -m benchmarks {reproduce,report,merge,list}`` (thin: parse, call, print).
+
+Exit codes: 0 done; 1 some runs failed or a report could not be rendered; 2 bad input (one line
+on stderr, ``error: ...``; ``--debug`` shows the traceback instead); 130 interrupted (finished
+runs are saved: rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks.grid import GridError, parse_names, parse_seeds, parse_shard
+
+VALUE_FLAGS = ("--rows", "--datasets", "--seeds", "--shard")  # values may start with "-" ("-T,-A")
+
+
+class UsageError(ValueError):
+    """Bad command-line usage (argparse's complaints, in one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m benchmarks", description="Reproduce the EGMF paper's tables.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(p, *, reports: bool = True):
+        p.add_argument("--profile", default="smoke", help="smoke (tiny twins, synthetic data) or paper")
+        p.add_argument("--results-root", type=Path, default=Path("results"), help="default: results")
+        if reports:
+            p.add_argument("--reports-root", type=Path, default=Path("reports"), help="default: reports")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    r = sub.add_parser("reproduce", help="train (or reuse) the runs of a table and render its report")
+    r.add_argument("table", help='a table name (main_msa), a paper number (3, S1) or "all"')
+    common(r)
+    r.add_argument("--data-root", help="paper profile: datasets live in DIR/<name>/ (or $EGMF_DATA_ROOT)")
+    r.add_argument("--model-root", help="paper profile: backbone weights under DIR (or $EGMF_MODEL_ROOT)")
+    r.add_argument("--seeds", help="comma-separated seeds, e.g. 1111,1112 (default: the table's)")
+    r.add_argument("--rows", help='comma-separated row names, e.g. "-T,-A"')
+    r.add_argument("--datasets", help="comma-separated datasets, e.g. mosei,meld")
+    r.add_argument("--force", action="store_true", help="retrain runs that already have a result")
+    r.add_argument("--shard", help="run shard i of n only, e.g. 0/4 (numbered from 0)")
+    r.add_argument("--launcher", default="local", help="local (default) or slurm (needs submitit)")
+    r.add_argument("--shards", type=int, help="slurm: array tasks (default: one per run)")
+    r.add_argument("--slurm-partition", help="slurm: partition to submit to")
+    r.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the backbone's own Python code from its weights directory (recorded in reports)")
+    r.add_argument("--no-report", action="store_true", help="store results but do not render reports")
+
+    p = sub.add_parser("report", help="rebuild table CSVs from stored runs and render reports (never trains)")
+    p.add_argument("table", nargs="?", default="all", help='a table name or number, or "all" (default)')
+    common(p)
+
+    m = sub.add_parser("merge", help="copy run files from shard result dirs into results/<profile>/runs")
+    m.add_argument("sources", nargs="+", type=Path, metavar="DIR")
+    common(m)
+    m.add_argument("--no-report", action="store_true", help="do not render reports after merging")
+
+    ls = sub.add_parser("list", help="the tables: number, name, caption, grid size")
+    ls.add_argument("--profile", default="smoke")
+    ls.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """Turn ``--rows -T,-A`` into ``--rows=-T,-A`` (argparse would read -T as an option)."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in VALUE_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-") and not argv[i + 1].startswith("--"):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(_join_dash_values(argv))
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        if debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+def cmd_reproduce(args) -> int:
+    from benchmarks import launchers, runner
+    from benchmarks.profiles import check_profile
+
+    check_profile(args.profile)
+    launchers.check_launcher(args.launcher)
+    kwargs = dict(
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
+        datasets=parse_names(args.datasets) if args.datasets is not None else None,
+        force=args.force,
+        data_root=args.data_root,
+        model_root=args.model_root,
+        trust_remote_code=args.trust_remote_code,
+        results_root=args.results_root,
+        reports_root=args.reports_root,
+        render=not args.no_report,
+    )
+    rows = parse_names(args.rows) if args.rows is not None else None
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    if args.launcher == "slurm":
+        if shard is not None:
+            raise GridError("--shard is for one worker; with --launcher slurm use --shards N")
+        if args.table == "all":
+            raise GridError("--launcher slurm submits one table at a time; name a table")
+        slurm = {"slurm_partition": args.slurm_partition} if args.slurm_partition else {}
+        summaries = [launchers.launch_slurm(args.table, args.profile, shards=args.shards, slurm=slurm, rows=rows,
+                                            **kwargs)]
+    else:
+        if args.shards is not None or args.slurm_partition is not None:
+            raise GridError("--shards and --slurm-partition need --launcher slurm (locally use --shard i/n)")
+        kwargs.update(shard=shard, raise_render_errors=args.debug)
+        if args.table == "all":
+            summaries = runner.reproduce_all(args.profile, rows=rows, **kwargs)
+        else:
+            summaries = [runner.reproduce(args.table, args.profile, rows=rows, **kwargs)]
+    for s in summaries:
+        print(s.line())
+    return 0 if all(s.ok for s in summaries) else 1
+
+
+def cmd_report(args) -> int:
+    from benchmarks import runner
+
+    paths, error = runner.report_tables(args.table, args.profile, results_root=args.results_root,
+                                        reports_root=args.reports_root, strict=args.debug)
+    for p in paths:
+        print(p)
+    if not paths and error is None:
+        print(f"no stored runs for {args.table} [{args.profile}] under {args.results_root}", file=sys.stderr)
+    if error:
+        print(f"warning: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from benchmarks import runner
+
+    summary = runner.merge(args.sources, args.profile, args.results_root)
+    print(summary.line(args.profile))
+    if args.no_report or not summary.tables:
+        return 0
+    _, error = runner.render_reports(args.profile, [p.stem for p in summary.tables], results_root=args.results_root,
+                                     reports_root=args.reports_root, strict=args.debug)
+    if error:
+        print(f"warning: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_list(args) -> int:
+    from benchmarks.grid import expand, unique_runs
+    from benchmarks.profiles import check_profile
+    from benchmarks.tables import list_tables, load_table
+
+    check_profile(args.profile)
+    lines = [f"{'no.':<4} {'name':<18} {'rows x datasets x seeds':<24} caption"]
+    every = []
+    for name in list_tables():
+        spec = load_table(name)
+        seeds = len(spec.seeds.get(args.profile, ()))
+        cells = sum(len([d for d in spec.datasets if r.datasets is None or d in r.datasets]) for r in spec.rows)
+        size = f"{len(spec.rows)} x {len(spec.datasets)} x {seeds} = {cells * seeds}"
+        lines.append(f"{spec.number:<4} {spec.name:<18} {size:<24} {spec.caption}")
+        every.extend(expand(spec, args.profile, check_roots=False))
+    lines.append(f"[{args.profile}] {len(every)} cells, {len(unique_runs(every))} distinct runs "
+                 "(a configuration shared by several tables runs once)")
+    print("\n".join(lines))
+    return 0
+
+
+COMMANDS = {"reproduce": cmd_reproduce, "report": cmd_report, "merge": cmd_merge, "list": cmd_list}

@@ -1,0 +1,162 @@
+"""The grid of a table: rows x datasets x seeds under a profile, one config (and run id) per cell.
+
+A cell's run id is the hash of its config alone: the table and row names are not in it, so the
+full model asked for by five tables is one run, trained once and shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from benchmarks.profiles import build_run_config, check_profile
+from egmf_core.config import RunConfig, config_hash
+
+
+class GridError(ValueError):
+    """A grid filter names something the table does not have; the message lists what it has."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a paper table: (table, row, dataset, seed) under a profile, and its run."""
+
+    table: str
+    row: str
+    dataset: str
+    seed: int
+    profile: str
+    config: RunConfig
+    run_id: str  # config_hash(identity()): the run is shared by every cell with this id
+    trains: bool = True  # False: the statistics table (no model, see run_identity)
+
+    def identity(self) -> dict[str, Any]:
+        return run_identity(self.config, self.trains)
+
+    @property
+    def label(self) -> str:
+        return f"{self.table}/{self.row}/{self.dataset}/{self.seed}"
+
+
+def run_identity(cfg: RunConfig, trains: bool = True) -> dict[str, Any]:
+    """What a run's id hashes and its run file stores as "config".
+
+    A training run is its whole config. Dataset statistics depend on the data alone, so their
+    identity is the data config: they never collide with a training run of the same settings.
+    """
+    if trains:
+        return cfg.to_dict()
+    return {"kind": "dataset_stats", "profile": cfg.profile, "data": cfg.to_dict()["data"]}
+
+
+def expand(
+    table,
+    profile: str,
+    *,
+    seeds: Iterable[int] | None = None,
+    rows: Iterable[str] | None = None,
+    datasets: Iterable[str] | None = None,
+    data_root: str | Path | None = None,
+    model_root: str | Path | None = None,
+    trust_remote_code: bool = False,
+    check_roots: bool = True,
+) -> list[Cell]:
+    """Every cell of ``table`` (a TableSpec), in row, dataset, seed order, after the filters.
+
+    A row with its own ``datasets`` only runs on those. The statistics table (``trains =
+    false``) always uses its own placeholder seeds: statistics do not depend on a seed.
+    """
+    check_profile(profile)
+    if profile not in table.seeds:
+        raise GridError(f"{table.path}: no seeds for profile {profile!r} (has: {', '.join(table.seeds)})")
+    seed_list = list(table.seeds[profile]) if (seeds is None or not table.trains) else _check_seeds(seeds)
+    row_names = [r.name for r in table.rows]
+    chosen_rows = set(_check_names(rows, row_names, "--rows", f"rows of table {table.name}"))
+    chosen_datasets = set(_check_names(datasets, list(table.datasets), "--datasets", f"datasets of table {table.name}"))
+    cells: list[Cell] = []
+    for row in table.rows:
+        if row.name not in chosen_rows:
+            continue
+        for dataset in table.datasets:
+            if dataset not in chosen_datasets or (row.datasets is not None and dataset not in row.datasets):
+                continue
+            for seed in seed_list:
+                cfg = build_run_config(profile, table, row, dataset, seed, data_root=data_root,
+                                       model_root=model_root, trust_remote_code=trust_remote_code,
+                                       check_roots=check_roots)
+                cells.append(Cell(table.name, row.name, dataset, int(seed), profile, cfg,
+                                  config_hash(run_identity(cfg, table.trains)), table.trains))
+    return cells
+
+
+def _check_names(given: Iterable[str] | None, known: list[str], flag: str, what: str) -> list[str]:
+    if given is None:
+        return known
+    given = list(given)
+    for name in given:
+        if name not in known:
+            raise GridError(f"unknown name {name!r} in {flag} (the {what}: {', '.join(known)})")
+    if not given:
+        raise GridError(f"{flag} is empty (the {what}: {', '.join(known)})")
+    return given
+
+
+def _check_seeds(seeds: Iterable[int]) -> list[int]:
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise GridError(f"bad seed {s!r} in --seeds: seeds are non-negative integers")
+        if s in out:
+            raise GridError(f"seed {s} appears twice in --seeds")
+        out.append(s)
+    if not out:
+        raise GridError("--seeds is empty")
+    return out
+
+
+def unique_runs(cells: Iterable[Cell]) -> dict[str, Cell]:
+    """run id -> the first cell asking for it, in grid order (each run trains once)."""
+    runs: dict[str, Cell] = {}
+    for c in cells:
+        runs.setdefault(c.run_id, c)
+    return runs
+
+
+def shard_of(run_id: str, n: int) -> int:
+    """The shard a run belongs to: its id (hex sha256 prefix) mod n, the same on every machine."""
+    return int(run_id, 16) % n
+
+
+def shard(cells: list[Cell], i: int, n: int) -> list[Cell]:
+    """Shard i of n (0-based): disjoint across i, their union is ``cells``, a run never splits."""
+    if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
+        raise GridError(f"bad shard {i}/{n}: expected i/n with n >= 1 and 0 <= i < n")
+    return [c for c in cells if shard_of(c.run_id, n) == i]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" -> (i, n), 0-based, with a one-line error naming --shard."""
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise GridError(f"bad --shard {text!r}: expected i/n, e.g. 0/4 (shards are numbered from 0)") from None
+    if n < 1 or not 0 <= i < n:
+        raise GridError(f"bad --shard {text!r}: need n >= 1 and 0 <= i < n (shards are numbered from 0)")
+    return i, n
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"1111,1112" -> [1111, 1112] with a one-line error naming --seeds."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        raise GridError(f"bad --seeds {text!r}: expected comma-separated integers, e.g. 1111,1112") from None
+    return _check_seeds(seeds)
+
+
+def parse_names(text: str) -> list[str]:
+    """"-T,-A" -> ["-T", "-A"] (names may hold spaces: "T only,A only")."""
+    return [p.strip() for p in text.split(",") if p.strip()]

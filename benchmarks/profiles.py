@@ -1,0 +1,283 @@
+"""Profiles: where data and weights come from and how big the model is ("smoke" | "paper").
+
+A run's config is built in one order, so a table differs from another only in its TOML and a
+profile only in sizes and sources::
+
+    profile_base(profile, dataset) -> table.base -> row.overrides -> profile mapping -> seed
+
+Locations are recorded as markers, never as this machine's paths, so a run's id (the hash of
+its config) does not depend on where the repo, the data or the weights live, and shards run on
+different machines merge cleanly:
+
+* ``<repo>/.cache/smoke-data``: the smoke profile's synthetic twins, written on first use;
+* ``<data-root>``: ``--data-root`` or ``$EGMF_DATA_ROOT`` (paper profile);
+* ``<model-root>/<family dir>``: ``--model-root`` or ``$EGMF_MODEL_ROOT`` (paper profile).
+
+``resolve_run_config`` turns markers into paths right before a run; the run file's provenance
+records the real locations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from egmf_core.config import DATASETS, ConfigError, RunConfig, apply_overrides, validate
+
+PROFILES = ("smoke", "paper")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+REPO_MARKER = "<repo>"
+DATA_ROOT_MARKER = "<data-root>"
+MODEL_ROOT_MARKER = "<model-root>"
+SMOKE_DATA_MARKER = f"{REPO_MARKER}/.cache/smoke-data"
+DATA_ROOT_ENV = "EGMF_DATA_ROOT"
+MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"
+
+# Paper profile: backbone -> directory under the model root holding the HF checkpoint.
+MODEL_DIRS: dict[str, str] = {
+    "glm3": "chatglm3-6b",  # THUDM/chatglm3-6b (converted to the native Glm layout on load)
+    "glm4": "glm-4-9b-hf",  # THUDM/glm-4-9b-hf (GlmForCausalLM)
+    "llama3": "Meta-Llama-3-8B-Instruct",  # meta-llama/Meta-Llama-3-8B-Instruct
+}
+
+# Smoke profile: each paper backbone maps to its randomly initialised tiny twin.
+SMOKE_BACKBONES: dict[str, str] = {"glm3": "glm3-tiny", "glm4": "glm4-tiny", "llama3": "llama3-tiny"}
+
+# Smoke profile model size: small enough for a laptop CPU, same code path as the paper model.
+SMOKE_MODEL: dict[str, Any] = {"model.d_h": 64, "model.fusion_heads": 4}
+
+# Smoke profile training: first guesses for a few-minute CPU grid on synthetic data, so that
+# real effects (a modality carrying the label) still show. The lead tunes these numbers.
+# A table or row that sets one of these keys itself keeps its own value.
+SMOKE_TRAIN: dict[str, Any] = {
+    "train.lr": 2e-3,
+    "train.fusion_lr": 2e-3,
+    "train.batch_size": 16,
+    "train.max_steps": 150,
+    "train.eval_every": 50,
+    "train.patience": 2,  # validation passes without improvement
+    "model.dropout": 0.0,
+}
+
+# Paper profile training [P] (egmf.md): AdamW eps 1e-4, lr 5e-5, batch 8, cosine with 10% warmup;
+# early stopping after 8 (ERC) or 10 (MSA) epochs without improvement on the key metric.
+PAPER_TRAIN: dict[str, Any] = {
+    "train.lr": 5e-5,
+    "train.batch_size": 8,
+    "train.adam_eps": 1e-4,
+    "train.warmup_ratio": 0.1,
+    "train.mixed_precision": "auto",
+}
+PAPER_PATIENCE: dict[str, int] = {"classification": 8, "regression": 10}
+
+DESCRIPTIONS: dict[str, str] = {
+    "smoke": (
+        "smoke: randomly initialised tiny twins of the backbones (glm3-tiny, glm4-tiny, llama3-tiny; "
+        "d_h 64) trained for a few hundred steps on synthetic data in the real on-disk formats. "
+        "Checks that the pipeline runs and that effects can show; its numbers are not comparable "
+        "to the paper's."
+    ),
+    "paper": (
+        "paper: GLM3-6B / GLM4-9B / Llama3-8B from local weights (--model-root), the real datasets "
+        "(--data-root), lr 5e-5, batch 8, AdamW eps 1e-4, cosine schedule with 10% warmup, early "
+        "stopping after 8 (ERC) / 10 (MSA) evaluations, five seeds (1111-1115)."
+    ),
+}
+
+
+class ProfileError(ValueError):
+    """A profile is unknown or cannot run (a missing data or model root); the message says how to fix it."""
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ProfileError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+    return profile
+
+
+def profile_description(profile: str) -> str:
+    """One paragraph for report headers: what the profile runs and how far to trust it."""
+    return DESCRIPTIONS[check_profile(profile)]
+
+
+def _task(dataset: str) -> str:
+    from egmf_core.data.dataset import SPECS
+
+    return SPECS[dataset].task
+
+
+def profile_base(profile: str, dataset: str) -> RunConfig:
+    """The profile's starting config for a dataset, before any table or row override."""
+    check_profile(profile)
+    if dataset not in DATASETS:
+        raise ProfileError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    cfg = validate(RunConfig(profile=profile, data=dataclasses.replace(RunConfig().data, name=dataset)))
+    if profile == "paper":
+        cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": PAPER_PATIENCE[_task(dataset)]})
+    return cfg
+
+
+def build_run_config(
+    profile: str,
+    table,
+    row,
+    dataset: str,
+    seed: int,
+    *,
+    data_root: str | Path | None = None,
+    model_root: str | Path | None = None,
+    trust_remote_code: bool = False,
+    check_roots: bool = True,
+) -> RunConfig:
+    """The config of one grid cell (``table`` a TableSpec, ``row`` one of its Rows).
+
+    With ``check_roots`` the paper profile fails here, before any training, when its data or
+    model root is missing; the config itself holds only markers (see the module docstring).
+    """
+    where = f"{table.path or table.name}: row {row.name!r}"
+    cfg = profile_base(profile, dataset)
+    overrides = {**table.base, **row.overrides}  # a row's value wins over the table's base
+    try:
+        cfg = apply_overrides(cfg, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    explicit = set(overrides)
+    mapping: dict[str, Any] = {"seed": int(seed), "data.name": dataset,
+                               "model.trust_remote_code": bool(trust_remote_code)}
+    backbone = cfg.model.backbone
+    if profile == "smoke":
+        mapping["model.backbone"] = SMOKE_BACKBONES.get(backbone, backbone)
+        mapping["model.model_path"] = None
+        mapping["data.root"] = SMOKE_DATA_MARKER
+        mapping.update({k: v for k, v in {**SMOKE_MODEL, **SMOKE_TRAIN}.items() if k not in explicit})
+    elif not table.trains:  # the statistics table reads data only: no weights needed
+        mapping["model.model_path"] = None
+        mapping["data.root"] = DATA_ROOT_MARKER
+        if check_roots:
+            check_paper_roots(data_root, None, datasets=[dataset], backbones=[])
+    else:
+        if backbone not in MODEL_DIRS:
+            raise ConfigError(f"{where}: backbone {backbone!r} has no weights for the paper profile "
+                              f"(known: {', '.join(MODEL_DIRS)})")
+        mapping["model.model_path"] = f"{MODEL_ROOT_MARKER}/{MODEL_DIRS[backbone]}"
+        mapping["data.root"] = DATA_ROOT_MARKER
+        if check_roots:
+            check_paper_roots(data_root, model_root, datasets=[dataset], backbones=[backbone])
+    try:
+        return apply_overrides(cfg, mapping)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+# ---- roots --------------------------------------------------------------------------------------
+
+def data_root_from(data_root: str | Path | None) -> Path:
+    """The paper data root: the argument, else $EGMF_DATA_ROOT; a one-line error if neither."""
+    return _root(data_root, DATA_ROOT_ENV, "--data-root", "data")
+
+
+def model_root_from(model_root: str | Path | None) -> Path:
+    """The paper model root: the argument, else $EGMF_MODEL_ROOT; a one-line error if neither."""
+    return _root(model_root, MODEL_ROOT_ENV, "--model-root", "model")
+
+
+def _root(value: str | Path | None, env: str, flag: str, what: str) -> Path:
+    raw = value if value not in (None, "") else os.environ.get(env) or None
+    if raw is None:
+        raise ProfileError(f"the paper profile needs a {what} root: pass {flag} DIR or set {env}")
+    path = Path(raw).expanduser()
+    origin = flag if value not in (None, "") else f"${env}"
+    if not path.is_dir():
+        raise ProfileError(f"{what} root {path} (from {origin}) is not a directory")
+    return path.resolve()
+
+
+def check_paper_roots(data_root, model_root, *, datasets, backbones) -> None:
+    """Fail early, naming the flag, when a dataset or a backbone's weights are not where expected."""
+    droot = data_root_from(data_root)
+    for name in datasets:
+        if not (droot / name).is_dir():
+            raise ProfileError(f"dataset {name!r} not found: expected directory {droot / name} "
+                               f"(--data-root / ${DATA_ROOT_ENV})")
+    if not backbones:
+        return
+    mroot = model_root_from(model_root)
+    for backbone in backbones:
+        path = mroot / MODEL_DIRS[backbone]
+        if not path.is_dir():
+            raise ProfileError(f"weights for backbone {backbone!r} not found: expected directory {path} "
+                               f"(--model-root / ${MODEL_ROOT_ENV})")
+
+
+# ---- markers -> paths ---------------------------------------------------------------------------
+
+def smoke_data_root() -> Path:
+    """Where the smoke profile's synthetic datasets live: <repo>/.cache/smoke-data."""
+    return REPO_ROOT / ".cache" / "smoke-data"
+
+
+def write_synthetic_dataset(name: str, out_dir: Path, *, seed: int, size: int | None) -> Path:
+    """Write one synthetic twin under out_dir/<name> (tests swap this for a fake)."""
+    from egmf_core.data.synth import write_synthetic
+
+    return write_synthetic(name, out_dir, seed=seed, size=size)
+
+
+def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> Path:
+    """The smoke data root, with dataset ``name`` generated there on first use.
+
+    Written into a temporary sibling and renamed, so shards starting together never see a half
+    written dataset; the loser of a race discards its copy.
+    """
+    root = smoke_data_root()
+    target = root / name
+    if target.is_dir() and any(target.iterdir()):
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        write_synthetic_dataset(name, tmp, seed=seed, size=size)
+        try:
+            os.replace(tmp / name, target)
+        except OSError:
+            if not (target.is_dir() and any(target.iterdir())):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def resolve_path(value: str | None, *, data_root=None, model_root=None) -> str | None:
+    """Replace a location marker by this machine's path (other strings pass through)."""
+    if value is None:
+        return None
+    if value.startswith(REPO_MARKER):
+        return str(REPO_ROOT / value[len(REPO_MARKER):].lstrip("/"))
+    if value.startswith(DATA_ROOT_MARKER):
+        return str(data_root_from(data_root) / value[len(DATA_ROOT_MARKER):].lstrip("/"))
+    if value.startswith(MODEL_ROOT_MARKER):
+        return str(model_root_from(model_root) / value[len(MODEL_ROOT_MARKER):].lstrip("/"))
+    return value
+
+
+def resolve_run_config(cfg: RunConfig, *, data_root=None, model_root=None) -> RunConfig:
+    """The config a run actually receives: markers replaced by paths, smoke data generated if missing."""
+    if cfg.data.root == SMOKE_DATA_MARKER:
+        ensure_smoke_data(cfg.data.name, seed=cfg.data.synth_seed, size=cfg.data.synth_size)
+    data = dataclasses.replace(cfg.data, root=resolve_path(cfg.data.root, data_root=data_root, model_root=model_root))
+    model = dataclasses.replace(
+        cfg.model, model_path=resolve_path(cfg.model.model_path, data_root=data_root, model_root=model_root)
+    )
+    return dataclasses.replace(cfg, data=data, model=model)
+
+
+def model_source(cfg: RunConfig) -> str:
+    """Where a (resolved) config's backbone weights come from, for provenance."""
+    if cfg.model.model_path:
+        return str(cfg.model.model_path)
+    return f"random init ({cfg.model.backbone}, no pretrained weights)"

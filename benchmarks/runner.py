@@ -1,0 +1,360 @@
+"""Reproduce a paper table: expand its grid, train what is not cached, store, tabulate, report.
+
+``reproduce`` is resumable by construction: every run is written to its own file as soon as it
+finishes, and a run whose file is valid and "ok" is never trained again (unless ``force``); a
+failed or corrupt one is run again. The table's CSV is then rebuilt from all run files of the
+table (on a shard too: it covers what exists), and its report rendered.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from benchmarks import provenance, store
+from benchmarks.grid import Cell, GridError, expand, parse_shard, unique_runs
+from benchmarks.grid import shard as shard_cells
+from benchmarks.profiles import model_source, resolve_run_config
+from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
+from egmf_core.outcome import RunOutcome
+
+RunFn = Callable[..., RunOutcome]  # run_fn(cfg, *, progress=callback) -> RunOutcome
+
+
+@dataclass
+class Summary:
+    """What one ``reproduce`` call did, and its one-line account."""
+
+    table: str
+    profile: str
+    runs: int = 0  # distinct runs in this (possibly sharded) grid
+    trained: int = 0  # ran now (failed ones included)
+    cached: int = 0  # valid run file already there
+    failed: int = 0  # ran now and failed
+    seconds: float = 0.0
+    shard: tuple[int, int] | None = None
+    csv: Path | None = None
+    report: Path | None = None
+    report_error: str | None = None
+    failures: list[str] = field(default_factory=list)  # one line per failed run
+    corrupt: list[str] = field(default_factory=list)  # run files found corrupt and redone
+
+    def line(self) -> str:
+        where = f"{self.profile}, shard {self.shard[0]}/{self.shard[1]}" if self.shard else self.profile
+        target = self.report if self.report is not None else self.csv
+        tail = f" -> {target}" if target is not None else ""
+        if self.report_error:
+            tail += f" ({self.report_error})"
+        return (f"{self.table} [{where}]: {self.runs} runs ({self.trained} trained, {self.cached} cached, "
+                f"{self.failed} failed) in {format_duration(self.seconds)}{tail}")
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.report_error is None
+
+
+def format_duration(seconds: float) -> str:
+    """3m12s, 1h02m03s."""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def log(message: str) -> None:
+    """One line on stderr that does not break the progress bars."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("EGMF_NO_PROGRESS") != "1" and sys.stderr.isatty()
+
+
+# ---- one table ----------------------------------------------------------------------------------
+
+def reproduce(
+    table_name: str,
+    profile: str = "smoke",
+    *,
+    seeds: Iterable[int] | None = None,
+    rows: Iterable[str] | None = None,
+    datasets: Iterable[str] | None = None,
+    force: bool = False,
+    shard: tuple[int, int] | str | None = None,
+    data_root: str | Path | None = None,
+    model_root: str | Path | None = None,
+    trust_remote_code: bool = False,
+    results_root: Path = Path("results"),
+    reports_root: Path = Path("reports"),
+    run_fn: RunFn | None = None,
+    render: bool = True,
+    ablations_dir: Path = ABLATIONS_DIR,
+    raise_render_errors: bool = False,
+) -> Summary:
+    """Reproduce one table (a name or a paper number) under a profile; see the module docstring.
+
+    ``run_fn`` defaults to ``egmf_core.run.run_experiment`` (``dataset_statistics`` for the
+    statistics table). An unexpected exception inside a run becomes a failed run with a
+    one-line error; a ValueError (bad config, data or model input) propagates.
+    """
+    t0 = time.monotonic()
+    results_root, reports_root = Path(results_root), Path(reports_root)
+    spec = load_table(table_name, ablations_dir)
+    cells = expand(spec, profile, seeds=seeds, rows=rows, datasets=datasets, data_root=data_root,
+                   model_root=model_root, trust_remote_code=trust_remote_code)
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    if shard is not None:
+        cells = shard_cells(cells, *shard)
+    runs = unique_runs(cells)
+    summary = Summary(spec.name, profile, runs=len(runs), shard=shard)
+    fn = run_fn or _default_run_fn(spec)
+    context = _RunContext(data_root, model_root)
+
+    from tqdm import tqdm
+
+    bars = progress_enabled()
+    with tqdm(total=len(runs), desc=f"{spec.name} [{profile}]", unit="run", position=0, disable=not bars,
+              dynamic_ncols=True) as grid_bar:
+        for run_id, cell in runs.items():
+            path = store.run_path(results_root, profile, run_id)
+            if not force and path.exists():
+                try:
+                    if store.read_run(path)["outcome"]["status"] == "ok":
+                        summary.cached += 1
+                        grid_bar.update(1)
+                        continue
+                except store.CorruptResult as e:
+                    summary.corrupt.append(str(e))
+                    log(f"warning: {e}; redoing run {cell.label}")
+            outcome, resolved = _execute(cell, fn, context, bars)
+            prov = context.provenance(outcome, resolved, cell.trains)
+            record = store.make_record(run_id, cell.identity(), outcome.to_dict(), prov)
+            store.write_run(results_root, profile, record)
+            summary.trained += 1
+            if outcome.status != "ok":
+                summary.failed += 1
+                line = f"run {run_id} ({cell.label}) failed: {outcome.error}"
+                summary.failures.append(line)
+                log(line)
+            grid_bar.update(1)
+
+    summary.csv = rebuild_table(spec, profile, results_root, ablations_dir=ablations_dir)
+    if render:
+        paths, summary.report_error = render_reports(
+            profile, [spec.name], results_root=results_root, reports_root=reports_root, strict=raise_render_errors,
+            ablations_dir=ablations_dir,
+        )
+        summary.report = paths[-1] if paths else None
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _default_run_fn(spec: TableSpec) -> RunFn:
+    if not spec.trains:
+        from benchmarks.dataset_stats import dataset_statistics
+
+        return dataset_statistics
+
+    def run(cfg, *, progress=None):  # imported on first use: torch loads only when a run trains
+        from egmf_core.run import run_experiment
+
+        return run_experiment(cfg, progress=progress)
+
+    return run
+
+
+class _RunContext:
+    """What every run of one grid shares: roots, and the provenance computed once."""
+
+    def __init__(self, data_root, model_root):
+        self.data_root, self.model_root = data_root, model_root
+        self._git_rev: str | None = None
+        self._versions: dict[str, str] | None = None
+
+    def provenance(self, outcome: RunOutcome, resolved, trains: bool = True) -> dict:
+        if self._git_rev is None:
+            self._git_rev, self._versions = provenance.git_revision(), provenance.package_versions()
+        source = getattr(outcome, "model_source", None) or (model_source(resolved) if trains else "none (no model)")
+        return provenance.collect(
+            git_rev=self._git_rev,
+            versions=self._versions,
+            model_source=source,
+            trust_remote_code=resolved.model.trust_remote_code,
+            device=outcome.device,
+            data_root=resolved.data.root,
+        )
+
+
+def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool):
+    """Run one cell; (outcome, resolved config). Unexpected errors become a failed outcome."""
+    resolved = resolve_run_config(cell.config, data_root=context.data_root, model_root=context.model_root)
+    from tqdm import tqdm
+
+    with tqdm(total=1, desc=cell.label, unit="step", position=1, leave=False, disable=not bars,
+              dynamic_ncols=True) as bar:
+
+        def progress(step: int, total: int, message: str = "") -> None:
+            if bar.total != max(int(total), 1):  # first call (or a new phase): restart the clock
+                bar.reset(total=max(int(total), 1))
+            bar.n = min(int(step), bar.total)
+            if message:
+                bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+
+        try:
+            outcome = fn(resolved, progress=progress)
+        except ValueError:
+            raise  # bad config, data or model input: the CLI reports it in one line
+        except Exception as e:  # a crash inside one run must not end the grid
+            outcome = RunOutcome(status="failed", error=store._one_line(f"{type(e).__name__}: {e}"))
+    if not isinstance(outcome, RunOutcome):
+        raise TypeError(f"run function returned {type(outcome).__name__}, expected RunOutcome")
+    return outcome, resolved
+
+
+# ---- tables from run files ----------------------------------------------------------------------
+
+def table_cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) -> list[Cell]:
+    """The table's cells whose run file exists: the default grid plus any other seed (or
+    trust_remote_code setting) found among the run files of this table's datasets."""
+    seeds = set(spec.seeds.get(profile, ()))
+    trust = {False}
+    if spec.trains:
+        for run in runs.values():
+            cfg = run["config"]
+            if cfg.get("profile") == profile and (cfg.get("data") or {}).get("name") in spec.datasets:
+                if isinstance(cfg.get("seed"), int):
+                    seeds.add(cfg["seed"])
+                trust.add(bool((cfg.get("model") or {}).get("trust_remote_code", False)))
+    if not seeds:
+        return []
+    cells = []
+    for t in sorted(trust):
+        grid = expand(spec, profile, seeds=sorted(seeds), trust_remote_code=t, check_roots=False)
+        cells.extend(c for c in grid if c.run_id in runs)
+    return cells
+
+
+def rebuild_table(spec: TableSpec, profile: str, results_root: Path, *, runs: dict[str, dict] | None = None,
+                  ablations_dir: Path = ABLATIONS_DIR, write_empty: bool = True) -> Path | None:
+    """Rewrite results/<profile>/<table>.csv from the run files (byte-identical when nothing changed)."""
+    if runs is None:
+        runs = store.load_runs(store.runs_dir(results_root, profile))
+    cells = table_cells_on_disk(spec, profile, runs)
+    if not cells and not write_empty:
+        return None
+    df = store.tidy_rows(spec, cells, runs)
+    return store.write_table_csv(df, store.table_csv_path(results_root, profile, spec.name))
+
+
+def render_reports(profile: str, tables: list[str], *, results_root: Path, reports_root: Path,
+                   strict: bool = False, ablations_dir: Path = ABLATIONS_DIR) -> tuple[list[Path], str | None]:
+    """Render each table's report, then the index; (report paths, error line or None).
+
+    benchmarks.report is imported here, on use; a missing module or a rendering error is
+    returned as one line (results are safe on disk) unless ``strict``.
+    """
+    try:
+        from benchmarks import report
+    except ImportError as e:
+        if strict:
+            raise
+        return [], f"report not rendered: {e}"
+    # The contract is (profile, table, *, results_root, reports_root); a test's own ablations dir
+    # is passed only when it is not the default.
+    extra = {} if Path(ablations_dir) == ABLATIONS_DIR else {"ablations_dir": Path(ablations_dir)}
+    paths: list[Path] = []
+    try:
+        for table in tables:
+            paths.append(Path(report.render_table(profile, table, results_root=results_root,
+                                                  reports_root=reports_root, **extra)))
+        report.render_index(profile, results_root=results_root, reports_root=reports_root, **extra)
+    except Exception as e:
+        if strict:
+            raise
+        return paths, f"report failed: {type(e).__name__}: {store._one_line(str(e))}"
+    return paths, None
+
+
+# ---- every table, merge, report -----------------------------------------------------------------
+
+def reproduce_all(profile: str = "smoke", *, rows: Iterable[str] | None = None,
+                  datasets: Iterable[str] | None = None, ablations_dir: Path = ABLATIONS_DIR,
+                  **kwargs) -> list[Summary]:
+    """Every table in paper-number order. ``datasets`` keeps the tables' datasets among those
+    given (a table with none is skipped); ``rows`` differ per table and cannot be combined."""
+    if rows is not None:
+        raise GridError("--rows cannot be combined with 'all': row names differ between tables")
+    wanted = None if datasets is None else list(datasets)
+    if wanted is not None:
+        from egmf_core.config import DATASETS
+
+        unknown = [d for d in wanted if d not in DATASETS]
+        if unknown:
+            raise GridError(f"unknown name {unknown[0]!r} in --datasets (known: {', '.join(DATASETS)})")
+    summaries = []
+    for name in list_tables(ablations_dir):
+        spec = load_table(name, ablations_dir)
+        ds = None if wanted is None else [d for d in spec.datasets if d in wanted]
+        if ds == []:
+            continue
+        summaries.append(reproduce(name, profile, datasets=ds, ablations_dir=ablations_dir, **kwargs))
+    return summaries
+
+
+@dataclass
+class MergeSummary:
+    stats: store.MergeStats
+    tables: list[Path]
+
+    def line(self, profile: str) -> str:
+        s = self.stats
+        return (f"merge [{profile}]: {s.copied} run files copied, {s.identical} already present, "
+                f"{len(s.conflicts)} conflicts, {len(s.corrupt)} corrupt skipped; "
+                f"{len(self.tables)} table CSVs rebuilt")
+
+
+def merge(sources: list[Path], profile: str, results_root: Path = Path("results"), *,
+          ablations_dir: Path = ABLATIONS_DIR) -> MergeSummary:
+    """Copy shard run files into results/<profile>/runs (checksums checked, newest wins on a
+    conflict, each conflict logged), then rebuild every table CSV that has runs."""
+    from benchmarks.profiles import check_profile
+
+    check_profile(profile)
+    stats = store.merge_run_files([Path(s) for s in sources], profile, Path(results_root), log=log)
+    runs = store.load_runs(store.runs_dir(results_root, profile))
+    written = []
+    for name in list_tables(ablations_dir):
+        path = rebuild_table(load_table(name, ablations_dir), profile, Path(results_root), runs=runs,
+                             ablations_dir=ablations_dir, write_empty=False)
+        if path is not None:
+            written.append(path)
+    return MergeSummary(stats, written)
+
+
+def report_tables(table: str, profile: str, *, results_root: Path = Path("results"),
+                  reports_root: Path = Path("reports"), ablations_dir: Path = ABLATIONS_DIR,
+                  strict: bool = False) -> tuple[list[Path], str | None]:
+    """Rebuild the CSVs of ``table`` (or "all") from the run files and render their reports."""
+    from benchmarks.profiles import check_profile
+
+    check_profile(profile)
+    names = list_tables(ablations_dir) if table == "all" else [load_table(table, ablations_dir).name]
+    runs = store.load_runs(store.runs_dir(results_root, profile), on_corrupt=lambda e: log(f"warning: {e}"))
+    csvs = []
+    for name in names:
+        path = rebuild_table(load_table(name, ablations_dir), profile, Path(results_root), runs=runs,
+                             ablations_dir=ablations_dir, write_empty=(table != "all"))
+        if path is not None:
+            csvs.append(path)
+    if not csvs:
+        return [], None
+    return render_reports(profile, [p.stem for p in csvs], results_root=Path(results_root),
+                          reports_root=Path(reports_root), strict=strict, ablations_dir=ablations_dir)

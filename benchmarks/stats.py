@@ -1,0 +1,245 @@
+"""Summary statistics over seeds, paired tests between rows, and how to read each metric.
+
+Pure functions of the tidy results table (``benchmarks.schema.RESULT_COLUMNS``); no torch.
+Values stay in stored units here (fractions for accuracies and F1); :func:`to_display`
+converts to the units reports print (percentage points for fractions, raw for MAE and Corr).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from egmf_core.metrics import METRIC_INFO, key_metric
+
+SUMMARY_KEYS = ("row", "dataset", "split", "metric")
+
+
+# ---- how to read a metric --------------------------------------------------------------------
+
+def metric_scale(metric: str) -> str:
+    """"fraction" (printed x100 as points) or "raw"; metrics the registry does not know are raw."""
+    info = METRIC_INFO.get(metric)
+    return info.scale if info is not None else "raw"
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """The metric's direction, or None when the registry does not know the metric."""
+    info = METRIC_INFO.get(metric)
+    return info.higher_is_better if info is not None else None
+
+
+def display_name(metric: str) -> str:
+    """The printed name with its direction arrow, e.g. "MAE ↓"; unknown metrics print as is."""
+    info = METRIC_INFO.get(metric)
+    if info is None:
+        return metric
+    return f"{info.display_name} {'↑' if info.higher_is_better else '↓'}"
+
+
+def to_display(metric: str, value: float) -> float:
+    """Stored units -> printed units: fractions become percentage points, raw stays raw."""
+    return value * 100.0 if metric_scale(metric) == "fraction" else value
+
+
+def display_unit(metric: str) -> str:
+    return "points" if metric_scale(metric) == "fraction" else "raw units"
+
+
+def format_value(metric: str, value: float) -> str:
+    """A stored value in printed units: fractions x100 with 2 decimals, raw with 3 decimals."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    v = to_display(metric, float(value))
+    return f"{v:.2f}" if metric_scale(metric) == "fraction" else f"{v:.3f}"
+
+
+def format_delta(metric: str, value: float) -> str:
+    """A signed difference, already in printed units (no x100 applied here)."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    decimals = 2 if metric_scale(metric) == "fraction" else 3
+    value = 0.0 if round(value, decimals) == 0 else value  # never print "-0.00"
+    return f"{value:+.{decimals}f}"
+
+
+def dataset_key_metric(dataset: str) -> str:
+    """The dataset's key metric (model selection and paired tests): WF1 for ERC, MAE for MSA."""
+    return key_metric(dataset)
+
+
+def improvement(metric: str, row_value: float, ref_value: float) -> float:
+    """How much better ``row`` is than ``ref``, direction-aware (MAE: lower is better)."""
+    hib = higher_is_better(metric)
+    if hib is None:
+        raise ValueError(f"metric {metric!r}: direction unknown (not in egmf_core.metrics.METRIC_INFO)")
+    return row_value - ref_value if hib else ref_value - row_value
+
+
+# ---- summaries over seeds ----------------------------------------------------------------------
+
+def ok_metric_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The tidy rows that hold a usable value: status ok (when present) and a finite value."""
+    out = df
+    if "status" in out.columns:
+        out = out[out["status"].astype(str) == "ok"]
+    values = pd.to_numeric(out["value"], errors="coerce")
+    out = out.assign(value=values)
+    return out[np.isfinite(out["value"].to_numpy(dtype=float))]
+
+
+def summarise(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof=1; NaN when n == 1) and n over seeds per (row, dataset, split, metric).
+
+    Only ``status == "ok"`` rows with a finite value count. The result is sorted by its keys.
+    """
+    columns = [*SUMMARY_KEYS, "mean", "std", "n"]
+    rows = ok_metric_rows(df)
+    if rows.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float if c in ("mean", "std") else object) for c in columns})
+    # one value per seed: a duplicated (seed, cell) would otherwise be counted twice
+    rows = rows.drop_duplicates(subset=[*SUMMARY_KEYS, "seed"], keep="last")
+    grouped = rows.groupby(list(SUMMARY_KEYS), sort=True)["value"]
+    out = grouped.agg(mean="mean", std=lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan"), n="count")
+    out = out.reset_index()
+    out["n"] = out["n"].astype(int)
+    return out[columns].sort_values(list(SUMMARY_KEYS), kind="mergesort").reset_index(drop=True)
+
+
+def seed_values(df: pd.DataFrame, row: str, dataset: str, metric: str, split: str = "test") -> dict[int, float]:
+    """seed -> value for one cell, from ok rows only (the input of :func:`paired_comparison`)."""
+    rows = ok_metric_rows(df)
+    sel = rows[(rows["row"] == row) & (rows["dataset"] == dataset) & (rows["metric"] == metric)
+               & (rows["split"] == split)]
+    return {int(s): float(v) for s, v in sorted(zip(sel["seed"], sel["value"]))}
+
+
+# ---- paired comparison across seeds --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PairedResult:
+    """A row against the reference, paired by seed; deltas in stored units, positive = row better."""
+
+    n: int  # seeds present in both
+    mean_delta: float
+    ci_low: float  # 95% percentile bootstrap of the mean delta (NaN when n < 2)
+    ci_high: float
+    p_value: float  # paired t-test (scipy.stats.ttest_rel); NaN when n < 2 or all deltas equal
+
+
+def paired_comparison(
+    values_row: dict[int, float],
+    values_ref: dict[int, float],
+    *,
+    higher_is_better: bool,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> PairedResult:
+    """Compare a row with the reference on the seeds both have.
+
+    delta_s = row_s - ref_s when higher is better, ref_s - row_s otherwise, so a positive mean
+    delta always means the row is better. The CI resamples the n deltas with replacement
+    ``n_boot`` times (NumPy ``default_rng(seed)``: the same inputs give the same CI).
+
+    >>> r = paired_comparison({1: 0.5, 2: 0.6}, {1: 0.4, 2: 0.4, 3: 0.9}, higher_is_better=True)
+    >>> r.n, round(r.mean_delta, 3)
+    (2, 0.15)
+    """
+    seeds = sorted(set(values_row) & set(values_ref))
+    n = len(seeds)
+    nan = float("nan")
+    if n == 0:
+        return PairedResult(0, nan, nan, nan, nan)
+    row = np.array([values_row[s] for s in seeds], dtype=float)
+    ref = np.array([values_ref[s] for s in seeds], dtype=float)
+    deltas = row - ref if higher_is_better else ref - row
+    mean_delta = float(deltas.mean())
+    if n < 2:
+        return PairedResult(1, mean_delta, nan, nan, nan)
+    rng = np.random.default_rng(seed)
+    boot_means = deltas[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    ci_low, ci_high = (float(x) for x in np.percentile(boot_means, [2.5, 97.5]))
+    if np.all(deltas == deltas[0]):
+        p_value = nan  # the t statistic is undefined with zero variance of the deltas
+    else:
+        p_value = float(scipy_stats.ttest_rel(row, ref).pvalue)
+    return PairedResult(n, mean_delta, ci_low, ci_high, p_value)
+
+
+# ---- one row per run: provenance, cost, validity, gating ------------------------------------------
+
+RUN_KEYS = ("row", "dataset", "seed", "run_id")
+COST_COLUMNS = ("trainable_params", "total_params", "step_time_s", "samples_per_s", "peak_mem_mb",
+                "egmf_share", "wall_s")
+
+
+def run_table(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """One row per run (row, dataset, seed, run_id), taking run-level columns from ``split``'s
+    rows when the run has them (invalid_rate and gating_json are per split), else from any row.
+
+    Failed runs are kept (their status and error come with them). Sorted by the run keys.
+    """
+    if df.empty:
+        return df.copy()
+    order = (df["split"].astype(str) != split).astype(int)  # the wanted split first
+    runs = df.assign(_order=order).sort_values([*RUN_KEYS, "_order"], kind="mergesort")
+    runs = runs.drop_duplicates(subset=list(RUN_KEYS), keep="first").drop(columns="_order")
+    for col in (*COST_COLUMNS, "invalid_rate"):
+        if col in runs.columns:
+            runs[col] = pd.to_numeric(runs[col], errors="coerce")
+    return runs.reset_index(drop=True)
+
+
+# GatingStats.as_dict writes these keys; the brief's shorter names are accepted as aliases.
+_GATING_KEYS = {
+    "alpha": ("alpha_mean", "mean_alpha"),
+    "alpha_std": ("alpha_std", "std_alpha"),
+    "beta": ("beta_mean", "mean_beta"),
+    "entropy": ("entropy_mean", "entropy"),
+    "normalised_entropy": ("entropy_normalised_mean", "normalised_entropy"),
+    "alpha_by_label": ("alpha_mean_by_label", "alpha_by_label"),
+    "top_expert_share": ("top_expert_share",),
+    "collapse": ("gating_collapse",),
+    "collapse_reason": ("gating_collapse_reason", "collapse_reason"),
+    "static": ("gating_static",),
+}
+
+
+def parse_gating(raw) -> dict:
+    """A gating_json cell -> dict with the keys of ``_GATING_KEYS`` (missing ones are None).
+
+    Empty cells, "null" and "{}" (a run without a gate) give an empty dict.
+    """
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)) or str(raw).strip() in ("", "null", "{}", "nan"):
+        return {}
+    data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    if not isinstance(data, dict) or not data:
+        return {}
+    out = {}
+    for key, names in _GATING_KEYS.items():
+        out[key] = next((data[n] for n in names if n in data), None)
+    return out
+
+
+def gating_runs(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Per-run gating statistics of ``split`` for ok runs that recorded a gate.
+
+    Columns: row, dataset, seed, run_id, then the keys of ``_GATING_KEYS`` (alpha and
+    alpha_by_label stay dicts).
+    """
+    columns = [*RUN_KEYS, *_GATING_KEYS]
+    if df.empty or "gating_json" not in df.columns:
+        return pd.DataFrame(columns=columns)
+    sel = df[(df["split"].astype(str) == split) & (df["status"].astype(str) == "ok")]
+    sel = sel.drop_duplicates(subset=list(RUN_KEYS), keep="first").sort_values(list(RUN_KEYS), kind="mergesort")
+    records = []
+    for rec in sel[[*RUN_KEYS, "gating_json"]].itertuples(index=False):
+        g = parse_gating(rec.gating_json)
+        if g.get("alpha"):
+            records.append({"row": rec.row, "dataset": rec.dataset, "seed": int(rec.seed), "run_id": rec.run_id, **g})
+    return pd.DataFrame(records, columns=columns)

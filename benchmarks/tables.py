@@ -1,0 +1,207 @@
+"""Paper tables declared as data: read ``ablations/<name>.toml`` into a TableSpec.
+
+A table is a base config, rows of overrides, the datasets and seeds it runs on, the metrics it
+shows, the paper's values for its cells and the paper's qualitative claims. Nothing here trains.
+
+TOML shape (see ablations/*.toml)::
+
+    name = "modality_ablation"
+    caption = "Remove each modality, and each pair"
+    datasets = ["mosei", "sims_v2", "meld", "cherma"]
+    metrics = { mosei = ["mae", "corr", "acc2_non0", "f1_non0"], meld = ["acc", "wf1"], ... }
+    reference_row = "T+A+V"          # paired tests and deltas are against this row
+    trains = true                     # false for the statistics table
+    [seeds]
+    smoke = [1111, 1112, 1113]
+    paper = [1111, 1112, 1113, 1114, 1115]
+    [base]                            # dotted RunConfig overrides for every row
+    "model.backbone" = "glm3"
+    [[rows]]
+    name = "-T"
+    overrides = { "model.modalities" = ["audio", "visual"] }
+    [[paper_values]]                  # from ../shared/paper/claims.csv
+    row = "EGMF"; dataset = "mosei"; metric = "f1_non0"; value = 87.09; source = "seed"; note = "..."
+    [[claims]]                        # checkable assertions, see benchmarks/claims.py
+    id = "text_most_important"; kind = "order_by_drop"; rows = ["-T", "-A", "-V"]; ...
+
+Table numbers live in one place, ``ablations/table_numbers.toml``, marked as a best guess.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
+
+
+class TableError(ValueError):
+    """A table file is missing or malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    datasets: tuple[str, ...] | None = None  # restrict this row to some datasets (None = all)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    row: str
+    dataset: str
+    metric: str  # our metric key (e.g. "wf1"); the paper's own wording goes in `note`
+    value: float  # in the paper's units (percentage points for fractions)
+    source: str  # "seed" | "leaderboard" | ...
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    kind: str  # order_by_drop | relative_drop | delta_sign | delta_range | order_by_value
+    text: str  # the paper's claim in words
+    source: str
+    params: dict[str, Any] = field(default_factory=dict)  # kind-specific fields, as written
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    number: str  # best-guess paper table number (from table_numbers.toml)
+    caption: str
+    datasets: tuple[str, ...]
+    metrics: dict[str, tuple[str, ...]]  # dataset -> metric keys shown
+    seeds: dict[str, tuple[int, ...]]  # profile -> seeds
+    base: dict[str, Any]
+    rows: tuple[Row, ...]
+    reference_row: str | None
+    paper_values: tuple[PaperValue, ...]
+    claims: tuple[Claim, ...]
+    trains: bool = True
+    path: str = ""
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise TableError(f"{self.path}: unknown row {name!r} (rows: {', '.join(r.name for r in self.rows)})")
+
+
+def table_numbers(ablations_dir: Path = ABLATIONS_DIR) -> dict[str, str]:
+    """Paper table number -> table name, from the one mapping file (a best guess)."""
+    path = ablations_dir / "table_numbers.toml"
+    data = _read_toml(path)
+    mapping = data.get("tables")
+    if not isinstance(mapping, dict):
+        raise TableError(f"{path}: missing [tables] mapping of number -> name")
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
+def list_tables(ablations_dir: Path = ABLATIONS_DIR) -> list[str]:
+    """Table names in paper-number order."""
+    return list(table_numbers(ablations_dir).values())
+
+
+def resolve_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> str:
+    """Accept a table name ("main_msa") or a paper number ("3", "S1") and return the name."""
+    numbers = table_numbers(ablations_dir)
+    key = str(name_or_number)
+    if key in numbers:
+        return numbers[key]
+    if key in numbers.values():
+        return key
+    known = ", ".join(f"{n}={t}" for n, t in numbers.items())
+    raise TableError(f"unknown table {key!r} (known: {known})")
+
+
+def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> TableSpec:
+    """Read and check one table file."""
+    name = resolve_table(name_or_number, ablations_dir)
+    number = {v: k for k, v in table_numbers(ablations_dir).items()}[name]
+    path = ablations_dir / f"{name}.toml"
+    d = _read_toml(path)
+
+    def need(key: str, typ: type | tuple[type, ...]) -> Any:
+        if key not in d:
+            raise TableError(f"{path}: missing field {key!r}")
+        if not isinstance(d[key], typ):
+            raise TableError(f"{path}: field {key!r} must be {typ}")
+        return d[key]
+
+    datasets = tuple(need("datasets", list))
+    metrics_raw = need("metrics", dict)
+    for ds in datasets:
+        if ds not in metrics_raw:
+            raise TableError(f"{path}: metrics has no entry for dataset {ds!r}")
+    rows = tuple(
+        Row(
+            name=str(_field(path, r, "name", f"rows[{i}]")),
+            overrides=dict(r.get("overrides", {})),
+            datasets=tuple(r["datasets"]) if "datasets" in r else None,
+            note=str(r.get("note", "")),
+        )
+        for i, r in enumerate(need("rows", list))
+    )
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise TableError(f"{path}: duplicate row names in rows")
+    reference = d.get("reference_row")
+    if reference is not None and reference not in names:
+        raise TableError(f"{path}: reference_row {reference!r} is not a row")
+    paper_values = tuple(
+        PaperValue(
+            row=str(_field(path, p, "row", f"paper_values[{i}]")),
+            dataset=str(_field(path, p, "dataset", f"paper_values[{i}]")),
+            metric=str(_field(path, p, "metric", f"paper_values[{i}]")),
+            value=float(_field(path, p, "value", f"paper_values[{i}]")),
+            source=str(_field(path, p, "source", f"paper_values[{i}]")),
+            note=str(p.get("note", "")),
+        )
+        for i, p in enumerate(d.get("paper_values", []))
+    )
+    claims = tuple(
+        Claim(
+            id=str(_field(path, c, "id", f"claims[{i}]")),
+            kind=str(_field(path, c, "kind", f"claims[{i}]")),
+            text=str(_field(path, c, "text", f"claims[{i}]")),
+            source=str(c.get("source", "seed")),
+            params={k: v for k, v in c.items() if k not in ("id", "kind", "text", "source")},
+        )
+        for i, c in enumerate(d.get("claims", []))
+    )
+    seeds = {str(k): tuple(int(s) for s in v) for k, v in need("seeds", dict).items()}
+    return TableSpec(
+        name=name,
+        number=number,
+        caption=str(need("caption", str)),
+        datasets=datasets,
+        metrics={k: tuple(v) for k, v in metrics_raw.items()},
+        seeds=seeds,
+        base=dict(d.get("base", {})),
+        rows=rows,
+        reference_row=reference,
+        paper_values=paper_values,
+        claims=claims,
+        trains=bool(d.get("trains", True)),
+        path=str(path),
+    )
+
+
+def _field(path: Path, d: dict, key: str, where: str) -> Any:
+    if key not in d:
+        raise TableError(f"{path}: {where} is missing field {key!r}")
+    return d[key]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TableError(f"{path}: table file not found")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise TableError(f"{path}: not valid TOML ({e})") from None

@@ -1,0 +1,201 @@
+"""Configuration dataclasses for EGMF: every choice the paper leaves open is a field here.
+
+Sources for defaults (see ``../shared/paper/egmf.md``):
+  [S] the paper's structured summary, [P] the closest public design (MSE-Adapter),
+  [C] our own choice where both are silent (each listed in every report's assumptions).
+
+Configs are plain dataclasses so that an ablation row is a dict of overrides
+(``apply_overrides(cfg, {"model.experts": ["E1", "E3"]})``) and a run is identified by
+the hash of its JSON form (``config_hash``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MODALITIES = ("text", "audio", "visual")
+EXPERTS = ("E1", "E2", "E3")
+GATING_MODES = ("hierarchical", "single_stage", "uniform")
+BACKBONES = ("glm3", "glm4", "llama3", "glm3-tiny", "glm4-tiny", "llama3-tiny")
+DATASETS = ("mosei", "sims_v2", "meld", "cherma")
+PROFILES = ("smoke", "paper")
+ACTIVATIONS = ("mish", "gelu", "swish", "relu", "tanh")
+
+
+@dataclass
+class ModelConfig:
+    """The EGMF model: fusion, experts, gating, pseudo tokens and the LLM backbone."""
+
+    backbone: str = "glm3"  # [S] GLM3-6B is the paper's main backbone; "-tiny" = random twin
+    model_path: str | None = None  # local weights dir (paper profile); env EGMF_MODEL_ROOT
+    trust_remote_code: bool = False  # never on unless the user opts in (recorded in reports)
+    d_h: int = 256  # [C] fusion width d_h; the paper does not state it
+    av_encoder: str = "attn_pool"  # [C] AudioVisualEncoder: "attn_pool" | "mean_pool" | "gru"
+    fusion_heads: int = 4  # [C] heads in the cross/self attention of Eq. 1-2
+    dropout: float = 0.1  # [C]
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # ablation switch
+    experts: list[str] = field(default_factory=lambda: list(EXPERTS))  # ablation switch
+    # [S] bottleneck ratios 1:8, 1:4, 1:2 and Mish, GELU, Swish, paired in that order (default).
+    expert_ratio: dict[str, int] = field(default_factory=lambda: {"E1": 8, "E2": 4, "E3": 2})
+    expert_activation: dict[str, str] = field(
+        default_factory=lambda: {"E1": "mish", "E2": "gelu", "E3": "swish"}
+    )
+    gating: str = "hierarchical"  # [S] Eq. 3; ablations: "single_stage" (alpha = w), "uniform"
+    gate_hidden: int | None = None  # [C] width of the alpha MLP in Eq. 3; None = d_h
+    beta_mode: str = "learned"  # [C] beta_i = sigmoid(Linear([f; w])) ("learned") or 1 ("fixed")
+    n_tokens: int = 4  # [P] number of pseudo tokens
+    pseudo_token_mode: str = "repeat"  # [S] Repeat(Linear_proj(f)); "distinct" = n projections
+    text_in_prompt: bool = True  # [P] the utterance also enters the prompt as tokens
+    lora: bool = True  # [S] LoRA on the frozen LLM
+    lora_r: int = 8  # [P]
+    lora_alpha: int = 16  # [C]
+    lora_dropout: float = 0.05  # [C]
+    lora_targets: list[str] | None = None  # None = per-architecture default (backbones.py)
+    max_text_tokens: int = 64  # [C] utterance tokens kept (fusion and prompt)
+    class_target: str = "word"  # [P] target for a class: the label word ("word") or "index"
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop's knobs (train.fit) and the evaluation mode."""
+
+    lr: float = 5e-5  # [P]
+    fusion_lr: float | None = None  # [C] lr for EGMF's own modules; None = lr
+    weight_decay: float = 0.01  # [C]
+    adam_eps: float = 1e-4  # [P]
+    warmup_ratio: float = 0.1  # [P] cosine schedule with 10% warmup
+    grad_clip: float = 1.0  # [C]
+    batch_size: int = 8  # [P]
+    eval_batch_size: int = 32  # [C]
+    epochs: int = 30  # [C] upper bound; early stopping usually ends sooner
+    max_steps: int | None = None  # overrides epochs when set (smoke profile)
+    eval_every: int | None = None  # steps between validation passes; None = once per epoch
+    patience: int | None = None  # None = [P] 8 (classification) / 10 (regression) evaluations
+    eval_mode: str = "generate"  # [S] greedy generation; "score" = label log-likelihood ranking
+    select_on: str = "valid"  # model selection split: never the test split
+    max_new_tokens_cls: int = 6  # [C] covers the longest label's tokens
+    max_new_tokens_reg: int = 6  # [C] "-2.5" plus end of sequence
+    invalid_fallback: str = "majority"  # [C] what metrics use for an unparseable answer
+    nan_policy: str = "fail"  # a NaN loss stops the run and records it as failed
+    mixed_precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
+    checkpoint_every: int | None = None  # steps between resumable checkpoints (None = off)
+
+
+@dataclass
+class DataConfig:
+    """Where a dataset comes from and how much of it is used."""
+
+    name: str = "mosei"
+    root: str | None = None  # directory holding the dataset's files (layout in data/README)
+    synth_size: int | None = None  # smoke profile: samples per split (None = synth default)
+    synth_seed: int = 0  # the synthetic twin's seed (fixed: data do not vary with run seed)
+    max_train: int | None = None  # cap on training samples (None = all)
+    verify_checksums: bool = False
+
+
+@dataclass
+class RunConfig:
+    """One run of the grid: a model on a dataset with a seed, under a profile."""
+
+    profile: str = "smoke"
+    seed: int = 1111
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        return cls(
+            profile=d.get("profile", "smoke"),
+            seed=int(d.get("seed", 1111)),
+            model=_build(ModelConfig, d.get("model", {}), "model"),
+            train=_build(TrainConfig, d.get("train", {}), "train"),
+            data=_build(DataConfig, d.get("data", {}), "data"),
+        )
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or out of range; the message names the field."""
+
+
+def _build(cls, values: dict[str, Any], prefix: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field {prefix}.{unknown[0]} (known: {', '.join(sorted(names))})")
+    return cls(**values)
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A new RunConfig with dotted-key overrides applied, e.g. {"model.experts": ["E1"]}."""
+    d = cfg.to_dict()
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = d
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise ConfigError(f"unknown config field {key}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config field {key}")
+        node[parts[-1]] = value
+    return validate(RunConfig.from_dict(d))
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check ranges and names once, at the boundary; raise ConfigError naming the field."""
+    m, t, dc = cfg.model, cfg.train, cfg.data
+
+    def need(ok: bool, name: str, value: Any, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"config field {name}={value!r}: {what}")
+
+    need(cfg.profile in PROFILES, "profile", cfg.profile, f"must be one of {PROFILES}")
+    need(m.backbone in BACKBONES, "model.backbone", m.backbone, f"must be one of {BACKBONES}")
+    need(dc.name in DATASETS, "data.name", dc.name, f"must be one of {DATASETS}")
+    need(len(m.modalities) > 0, "model.modalities", m.modalities, "must name at least one modality")
+    need(set(m.modalities) <= set(MODALITIES), "model.modalities", m.modalities, f"must be a subset of {MODALITIES}")
+    need(len(set(m.modalities)) == len(m.modalities), "model.modalities", m.modalities, "has duplicates")
+    need(len(m.experts) > 0, "model.experts", m.experts, "must name at least one expert")
+    need(set(m.experts) <= set(EXPERTS), "model.experts", m.experts, f"must be a subset of {EXPERTS}")
+    need(len(set(m.experts)) == len(m.experts), "model.experts", m.experts, "has duplicates")
+    need(set(m.expert_ratio) == set(EXPERTS), "model.expert_ratio", m.expert_ratio, f"must give a ratio for each of {EXPERTS}")
+    need(all(isinstance(r, int) and 1 <= r <= m.d_h for r in m.expert_ratio.values()), "model.expert_ratio", m.expert_ratio, "ratios must be integers in [1, d_h]")
+    need(set(m.expert_activation) == set(EXPERTS), "model.expert_activation", m.expert_activation, f"must name an activation for each of {EXPERTS}")
+    need(all(a in ACTIVATIONS for a in m.expert_activation.values()), "model.expert_activation", m.expert_activation, f"activations must be in {ACTIVATIONS}")
+    need(m.gating in GATING_MODES, "model.gating", m.gating, f"must be one of {GATING_MODES}")
+    need(m.beta_mode in ("learned", "fixed"), "model.beta_mode", m.beta_mode, "must be 'learned' or 'fixed'")
+    need(m.av_encoder in ("attn_pool", "mean_pool", "gru"), "model.av_encoder", m.av_encoder, "must be attn_pool, mean_pool or gru")
+    need(isinstance(m.n_tokens, int) and m.n_tokens > 0, "model.n_tokens", m.n_tokens, "must be a positive integer")
+    need(m.pseudo_token_mode in ("repeat", "distinct"), "model.pseudo_token_mode", m.pseudo_token_mode, "must be 'repeat' or 'distinct'")
+    need(m.d_h > 0 and m.d_h % m.fusion_heads == 0, "model.d_h", m.d_h, f"must be positive and divisible by fusion_heads={m.fusion_heads}")
+    need(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
+    need(m.lora_r > 0, "model.lora_r", m.lora_r, "must be positive")
+    need(m.max_text_tokens > 0, "model.max_text_tokens", m.max_text_tokens, "must be positive")
+    need(m.class_target in ("word", "index"), "model.class_target", m.class_target, "must be 'word' or 'index'")
+    need(t.lr > 0, "train.lr", t.lr, "must be positive")
+    need(t.batch_size > 0, "train.batch_size", t.batch_size, "must be positive")
+    need(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be positive")
+    need(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
+    need(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be positive")
+    need(t.epochs > 0, "train.epochs", t.epochs, "must be positive")
+    need(t.eval_mode in ("generate", "score"), "train.eval_mode", t.eval_mode, "must be 'generate' or 'score'")
+    need(t.select_on == "valid", "train.select_on", t.select_on, "model selection uses the validation split only")
+    need(t.invalid_fallback in ("majority", "mean", "wrong"), "train.invalid_fallback", t.invalid_fallback, "must be majority, mean or wrong")
+    need(t.mixed_precision in ("auto", "no", "bf16"), "train.mixed_precision", t.mixed_precision, "must be auto, no or bf16")
+    return cfg
+
+
+def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
+    """A stable 12-hex-digit id of a run's configuration (sorted-key JSON, sha256)."""
+    d = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]

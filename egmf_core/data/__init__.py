@@ -1,0 +1,116 @@
+"""The data layer: one reader per on-disk format, all returning the canonical MultimodalDataset.
+
+``load_dataset(name, root)`` finds ``root/<name>/`` (or ``root`` itself when it holds the files),
+detects the form present and validates it at the boundary (layouts in data/README.md):
+
+- ``mmsa-pickle``: the processed-feature pickle (``unaligned_50.pkl``, ``unaligned.pkl``,
+  ``meld.pkl``, ``cherma.pkl``, or any single ``*.pkl``), read with a restricted unpickler;
+- ``npz``: the same arrays converted by ``python -m egmf_core.data.convert`` (any single ``*.npz``);
+- ``meld-csv``: MELD's official CSVs plus ``features/{train,dev,test}/dia{D}_utt{U}.npz``;
+- ``cherma-json``: CHERMA's ``{stage}.json`` plus ``audio/`` and ``visual/`` .npy features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from .checksums import verify_checksums as verify_files
+from .cherma_json import read_cherma_release
+from .dataset import SPECS, DatasetSpec, MultimodalDataset, Split
+from .errors import DataError
+from .meld_csv import SPLIT_FILES as MELD_CSV_FILES
+from .meld_csv import read_meld_release
+from .mmsa_pickle import read_mmsa_npz, read_mmsa_pickle
+from .synth import generate, synth_vocabulary, write_synthetic
+
+FORMATS = ("mmsa-pickle", "npz", "meld-csv", "cherma-json")
+PICKLE_NAMES = {  # the names the processed releases use (any single *.pkl is accepted too)
+    "mosei": ("unaligned_50.pkl",),
+    "sims_v2": ("unaligned.pkl", "ch-simsv2s.pkl"),
+    "meld": ("meld.pkl",),
+    "cherma": ("cherma.pkl",),
+}
+
+__all__ = ["DataError", "DatasetSpec", "FORMATS", "MultimodalDataset", "SPECS", "Split",
+           "dataset_folder", "detect_format", "generate", "load_dataset", "synth_vocabulary",
+           "write_synthetic"]
+
+
+def dataset_folder(name: str, root: str | Path) -> Path:
+    """``root/<name>`` when it exists, else ``root`` itself."""
+    root = Path(root).expanduser()
+    if (root / name).is_dir():
+        return root / name
+    if not root.is_dir():
+        raise DataError(root, "root", "folder does not exist")
+    return root
+
+
+def _single(folder: Path, pattern: str) -> Path | None:
+    found = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if len(found) > 1:
+        raise DataError(folder, pattern, f"{len(found)} candidates ({', '.join(p.name for p in found)}): "
+                                         "keep one or pass fmt= and a single file")
+    return found[0] if found else None
+
+
+def detect_format(name: str, folder: Path) -> tuple[str, Path]:
+    """Which form of the dataset ``folder`` holds, and the file or folder to read."""
+    for filename in PICKLE_NAMES[name]:
+        if (folder / filename).is_file():
+            return "mmsa-pickle", folder / filename
+        if (folder / filename).with_suffix(".npz").is_file():
+            return "npz", (folder / filename).with_suffix(".npz")
+    if name == "meld" and (folder / MELD_CSV_FILES["train"]).is_file():
+        return "meld-csv", folder
+    if name == "cherma" and (folder / "train.json").is_file():
+        return "cherma-json", folder
+    pickle_file = _single(folder, "*.pkl")
+    if pickle_file is not None:
+        return "mmsa-pickle", pickle_file
+    npz_file = _single(folder, "*.npz")
+    if npz_file is not None:
+        return "npz", npz_file
+    expected = list(PICKLE_NAMES[name]) + {"meld": [MELD_CSV_FILES["train"]],
+                                           "cherma": ["train.json"]}.get(name, [])
+    raise DataError(folder, "", f"no {name} files found (expected one of {expected}, "
+                                "or a single *.pkl / *.npz; layouts in egmf_core/data/README.md)")
+
+
+def load_dataset(name: str, root: str | Path, *, verify_checksums: bool = False,
+                 checksums: Mapping[str, str] | None = None,
+                 fmt: str | None = None) -> MultimodalDataset:
+    """Load dataset ``name`` (mosei, sims_v2, meld, cherma) from ``root`` in whichever form is there.
+
+    ``verify_checksums`` checks files against ``checksums`` ({path relative to the dataset
+    folder: sha256}) or, without it, the folder's ``SHA256SUMS``; passing ``checksums`` alone
+    also verifies. ``fmt`` forces a form (one of FORMATS) instead of detecting it.
+    Every problem in the files raises a one-line :class:`DataError` naming the file and field.
+    """
+    if name not in SPECS:
+        raise DataError(root, "name", f"{name!r} is not a dataset (expected one of {sorted(SPECS)})")
+    spec = SPECS[name]
+    folder = dataset_folder(name, root)
+    if verify_checksums or checksums is not None:
+        verify_files(folder, checksums)
+    if fmt is None:
+        fmt, path = detect_format(name, folder)
+    elif fmt == "mmsa-pickle":
+        path = next((folder / f for f in PICKLE_NAMES[name] if (folder / f).is_file()), None) \
+            or _single(folder, "*.pkl") or folder / PICKLE_NAMES[name][0]
+    elif fmt == "npz":
+        path = _single(folder, "*.npz") or folder / Path(PICKLE_NAMES[name][0]).with_suffix(".npz")
+    elif fmt in ("meld-csv", "cherma-json"):
+        path = folder
+    else:
+        raise DataError(folder, "fmt", f"{fmt!r} is not one of {FORMATS}")
+    if fmt == "mmsa-pickle":
+        return read_mmsa_pickle(path, spec)
+    if fmt == "npz":
+        return read_mmsa_npz(path, spec)
+    if fmt == "meld-csv" and name == "meld":
+        return read_meld_release(path, spec)
+    if fmt == "cherma-json" and name == "cherma":
+        return read_cherma_release(path, spec)
+    raise DataError(folder, "fmt", f"{fmt!r} does not apply to {name}")

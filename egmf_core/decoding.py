@@ -1,0 +1,71 @@
+"""Two ways to read an answer from the LLM: free greedy generation, and label scoring.
+
+Generation is what the paper does: greedy decoding, then strict parsing (answers.py).
+Label scoring is the fast classification path: greedy decoding restricted to the label set
+(a trie over each label's answer tokens). Wherever free generation produced a valid label with
+the label's own tokenisation, every step's unrestricted argmax was that label's next token, which
+the restriction allows, so scoring returns the same label. Most label sets are decided by the first
+token, so scoring usually costs one forward pass over the prompt instead of max_new_tokens steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from egmf_core.model import EGMF
+
+
+@torch.no_grad()
+def generate_answers(model: EGMF, batch: dict[str, torch.Tensor], tokenizer, max_new_tokens: int) -> list[str]:
+    """Greedy generation from the left-padded prompt; returns the decoded new text per sample."""
+    embeds, _ = model.prompt_embeds(batch)
+    out = model.llm.generate(
+        inputs_embeds=embeds,
+        attention_mask=batch["attention_mask"],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    # With inputs_embeds only, generate returns just the new tokens: (B, <= max_new_tokens).
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: list[list[int]]) -> torch.Tensor:
+    """Greedy decoding restricted to the label answers; returns the chosen class per sample (B,)."""
+    embeds, _ = model.prompt_embeds(batch)
+    mask = batch["attention_mask"]
+    out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"], use_cache=True)
+    logits = out.logits[:, -1, :]  # (B, V)
+    cache = out.cache
+    B, K = embeds.shape[0], len(label_answers)
+    device = logits.device
+    alive = torch.ones(B, K, dtype=torch.bool, device=device)  # labels still consistent with the choice
+    max_len = max(len(a) for a in label_answers)
+    answers = torch.full((K, max_len), -1, dtype=torch.long, device=device)
+    for k, a in enumerate(label_answers):
+        answers[k, : len(a)] = torch.tensor(a, device=device)
+    positions = batch["position_ids"][:, -1]
+    for step in range(max_len):
+        tok_k = answers[:, step].unsqueeze(0).expand(B, K)  # (B, K) each label's token at this step
+        allowed = alive & (tok_k >= 0)
+        # Score each alive label by the logit of its next token; pick the best token per sample.
+        cand = torch.where(allowed, logits.gather(1, tok_k.clamp(min=0)), torch.full_like(tok_k, float("-inf"), dtype=logits.dtype))
+        best_k = cand.argmax(dim=1)  # (B,)
+        chosen = tok_k.gather(1, best_k.unsqueeze(1)).squeeze(1)  # (B,)
+        alive = alive & (tok_k == chosen.unsqueeze(1))
+        if bool((alive.sum(dim=1) <= 1).all()):
+            break
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
+        positions = positions + 1
+        out = model.llm(
+            input_ids=chosen.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=positions.unsqueeze(1),
+            cache=cache,
+            use_cache=True,
+        )
+        logits, cache = out.logits[:, -1, :], out.cache
+    return alive.float().argmax(dim=1)  # the single surviving label (first one on exact ties)

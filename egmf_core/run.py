@@ -1,0 +1,160 @@
+"""One run end to end: load data, build the backbone and EGMF, fit, evaluate, report cost.
+
+``run_experiment`` is the single entry point the harness, the tests and the benchmarks call.
+Bad input (config, data, model directory) raises ValueError with a one-line message before any
+training; a failure during training (a NaN loss) returns a RunOutcome with status "failed".
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from egmf_core.config import RunConfig, validate
+from egmf_core.outcome import RunOutcome
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_MARKER = "<repo>"
+
+
+def resolve_path(path: str | None) -> Path | None:
+    """Expand the "<repo>" marker (used by the smoke profile so hashes ignore the clone's location)."""
+    if path is None:
+        return None
+    if path.startswith(REPO_MARKER):
+        return REPO_ROOT / path[len(REPO_MARKER) :].lstrip("/")
+    return Path(path).expanduser()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: RunConfig, audio_dim: int, vision_dim: int, *, device: torch.device | None = None):
+    """The backbone (+LoRA) and EGMF around it: returns (model, tokenizer, BackboneInfo)."""
+    from egmf_core.backbones import apply_lora, build_backbone
+    from egmf_core.model import EGMF
+
+    llm, tokenizer, info = build_backbone(cfg.model, device=device)
+    llm = apply_lora(llm, cfg.model)
+    seed_everything(cfg.seed)  # EGMF's own init depends on the run seed only
+    model = EGMF(cfg.model, llm, audio_dim, vision_dim)
+    dev = device or next(llm.parameters()).device
+    for name, module in model.named_children():
+        if name != "llm":
+            module.to(dev)
+    return model, tokenizer, info
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def egmf_step_share(model, batch: dict[str, torch.Tensor], repeats: int = 3) -> float:
+    """Share of a training step's time spent in EGMF's own modules (forward + backward).
+
+    Measured on one batch: the full step (LLM + EGMF) against EGMF alone (fuse() with a
+    backward through T_pseudo), median of `repeats` timings each. Gradients are discarded.
+    """
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            if batch["audio"].is_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    def full():
+        loss, _ = model(batch)
+        loss.backward()
+
+    def egmf_only():
+        t, _ = model.fuse(batch)
+        t.float().pow(2).mean().backward()
+
+    model.train()
+    t_full, t_egmf = timed(full), timed(egmf_only)
+    model.zero_grad(set_to_none=True)
+    return min(t_egmf / max(t_full, 1e-12), 1.0)
+
+
+def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] | None = None) -> RunOutcome:
+    """Train and evaluate one configuration; the test split is evaluated once, at the end."""
+    from egmf_core.batching import PromptEncoder, collate
+    from egmf_core.data import load_dataset
+    from egmf_core.metrics import METRIC_INFO, key_metric
+    from egmf_core.train import TrainingFailed, evaluate, fit
+
+    cfg = validate(cfg)
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed)
+    root = resolve_path(cfg.data.root)
+    if root is None:
+        raise ValueError("config field data.root is not set: pass --data-root or set EGMF_DATA_ROOT")
+    data = load_dataset(cfg.data.name, root, verify_checksums=cfg.data.verify_checksums)
+    spec = data.spec
+    train_split = data.train
+    if cfg.data.max_train is not None and len(train_split) > cfg.data.max_train:
+        train_split = train_split.subset(np.arange(cfg.data.max_train))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, tokenizer, info = build_model(cfg, data.audio_dim, data.vision_dim, device=device)
+    encoder = PromptEncoder(tokenizer, spec, cfg.model)
+    enc = {"train": encoder.encode(train_split), "valid": encoder.encode(data.valid), "test": encoder.encode(data.test)}
+    km = key_metric(spec.name)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    outcome = RunOutcome(status="ok", device=str(device), data_source=data.source, data_cleaning=dict(data.cleaning),
+                         model_source=info.source, trust_remote_code=cfg.model.trust_remote_code)
+    outcome.cost.update(trainable_params=float(trainable), total_params=float(total))
+    try:
+        fr = fit(
+            model, enc["train"], enc["valid"], encoder, tokenizer, spec, cfg.train,
+            seed=cfg.seed, train_labels=train_split.labels, key_metric=km,
+            higher_is_better=METRIC_INFO[km].higher_is_better, progress=progress,
+        )
+    except TrainingFailed as e:
+        outcome.status, outcome.error = "failed", str(e)
+        outcome.cost.update(wall_s=time.perf_counter() - t_start, peak_mem_mb=_peak_mem_mb(device))
+        return outcome
+    outcome.steps, outcome.best_step = fr.steps, fr.best_step
+    for split in ("valid", "test"):
+        res = evaluate(model, enc[split], encoder, tokenizer, spec, cfg.train,
+                       mode=cfg.train.eval_mode, train_labels=train_split.labels)
+        outcome.metrics[split] = {k: float(v) for k, v in res.metrics.items()}
+        outcome.invalid_rate[split] = res.invalid_rate
+        outcome.gating[split] = res.gating
+    probe = collate(enc["train"], range(min(cfg.train.batch_size, len(enc["train"]))), cfg.model.n_tokens,
+                    encoder.pad, with_answer=True)
+    share = egmf_step_share(model, {k: v.to(device) for k, v in probe.items()})
+    outcome.cost.update(
+        wall_s=time.perf_counter() - t_start,
+        peak_mem_mb=_peak_mem_mb(device),
+        step_time_s=fr.step_time_s,
+        samples_per_s=fr.samples_per_s,
+        egmf_share=share,
+    )
+    return outcome
+
+
+def _threads_from_env() -> None:
+    n = os.environ.get("EGMF_TORCH_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+
+
+_threads_from_env()

@@ -1,0 +1,186 @@
+"""The command line: exit codes and one-line messages for bad input; commands end to end (fake runs)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from benchmarks import launchers, profiles, runner
+from benchmarks.cli import main
+from egmf_core.config import ConfigError, config_hash
+from egmf_core.outcome import RunOutcome
+
+
+def fake_run(cfg, *, progress=None):
+    v = (int(config_hash(cfg), 16) % 1000) / 1000
+    return RunOutcome(status="ok", metrics={"valid": {"wf1": v, "mae": v}, "test": {"wf1": v, "mae": v}},
+                      invalid_rate={"valid": 0.0, "test": 0.0})
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Fake runs and fake synthetic data; no real training, nothing written in the repo."""
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: fake_run)
+    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(profiles, "write_synthetic_dataset",
+                        lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
+    monkeypatch.delenv("EGMF_DATA_ROOT", raising=False)
+    monkeypatch.delenv("EGMF_MODEL_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def _roots(tmp_path):
+    return ["--results-root", str(tmp_path / "results"), "--reports-root", str(tmp_path / "reports")]
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["reproduce", "nope"], "unknown table 'nope' (known: 1=datasets, 2=main_erc"),
+    (["reproduce", "S9"], "unknown table 'S9'"),
+    (["reproduce", "4", "--rows", "-T,-X"], "unknown name '-X' in --rows"),
+    (["reproduce", "main_erc", "--datasets", "mosei"],
+     "unknown name 'mosei' in --datasets (the datasets of table main_erc: meld, cherma)"),
+    (["reproduce", "3", "--profile", "huge"], "unknown profile 'huge' (known: smoke, paper)"),
+    (["reproduce", "3", "--shard", "2/2"], "bad --shard '2/2'"),
+    (["reproduce", "3", "--shard", "half"], "bad --shard 'half'"),
+    (["reproduce", "3", "--seeds", "1111,abc"], "bad --seeds '1111,abc'"),
+    (["reproduce", "3", "--profile", "paper"], "pass --data-root DIR or set EGMF_DATA_ROOT"),
+    (["reproduce", "3", "--launcher", "cloud"], "unknown launcher 'cloud' (known: local, slurm)"),
+    (["reproduce", "3", "--shards", "4"], "--shards and --slurm-partition need --launcher slurm"),
+    (["reproduce", "all", "--rows", "-T"], "--rows cannot be combined with 'all'"),
+    (["reproduce", "3", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["list", "--profile", "big"], "unknown profile 'big'"),
+    (["report", "9"], "unknown table '9'"),
+    (["merge", "no/such/dir"], "no/such/dir: no such results directory"),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_code_2(argv, culprit, capsys):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert culprit in err and "Traceback" not in err
+    assert out == ""
+
+
+def test_missing_model_root_is_named_too(tmp_path, capsys):
+    (tmp_path / "data" / "mosei").mkdir(parents=True)
+    assert main(["reproduce", "3", "--profile", "paper", "--data-root", str(tmp_path / "data")]) == 2
+    assert "pass --model-root DIR or set EGMF_MODEL_ROOT" in capsys.readouterr().err
+
+
+def test_config_error_from_a_run_exits_2(monkeypatch, tmp_path, capsys):
+    def bad(cfg, *, progress=None):
+        raise ConfigError("config field model.backbone='glm3-tiny': weights missing")
+
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: bad)
+    assert main(["reproduce", "3", "--no-report", *_roots(tmp_path)]) == 2
+    assert capsys.readouterr().err == "error: config field model.backbone='glm3-tiny': weights missing\n"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="unknown table"):
+        main(["reproduce", "nope", "--debug"])
+
+
+def test_reproduce_prints_the_summary_line_and_caches(tmp_path, capsys):
+    argv = ["reproduce", "3", "--no-report", "--seeds", "1111,1112", *_roots(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("main_msa [smoke]: 4 runs (4 trained, 0 cached, 0 failed) in 0m0")
+    assert main(argv) == 0
+    assert "(0 trained, 4 cached, 0 failed)" in capsys.readouterr().out
+    assert (tmp_path / "results" / "smoke" / "main_msa.csv").is_file()
+
+
+def test_rows_with_leading_dashes_parse(tmp_path, capsys):
+    assert main(["reproduce", "modality_ablation", "--rows", "-T,-A", "--datasets", "meld", "--seeds", "1111",
+                 "--no-report", *_roots(tmp_path)]) == 0
+    assert "2 runs (2 trained" in capsys.readouterr().out
+
+
+def test_failed_runs_exit_1(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: lambda cfg, progress=None: RunOutcome(
+        status="failed", error="NaN loss at step 3"))
+    assert main(["reproduce", "2", "--seeds", "1111", "--no-report", *_roots(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "(2 trained, 0 cached, 2 failed)" in captured.out and "NaN loss at step 3" in captured.err
+
+
+def test_list_shows_every_table_with_its_grid(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 + 9 + 1
+    assert out[4].split()[:2] == ["4", "modality_ablation"] and "7 x 4 x 3 = 84" in out[4]
+    assert out[8].split()[:2] == ["S1", "expert_design"]
+    assert out[-1].startswith("[smoke] 436 cells, ")
+
+
+def _fake_report(monkeypatch):
+    import benchmarks
+
+    fake = types.ModuleType("benchmarks.report")
+    fake.render_table = lambda profile, table, *, results_root, reports_root: reports_root / profile / f"{table}.md"
+    fake.render_index = lambda profile, *, results_root, reports_root: reports_root / profile / "README.md"
+    monkeypatch.setitem(sys.modules, "benchmarks.report", fake)
+    monkeypatch.setattr(benchmarks, "report", fake, raising=False)
+
+
+def test_report_rebuilds_from_runs_without_training(monkeypatch, tmp_path, capsys):
+    _fake_report(monkeypatch)
+    assert main(["reproduce", "3", "--seeds", "1111", *_roots(tmp_path)]) == 0
+    (tmp_path / "results" / "smoke" / "main_msa.csv").unlink()
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: pytest.fail("report must not train"))
+    capsys.readouterr()
+    assert main(["report", "main_msa", *_roots(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip().endswith("main_msa.md")
+    assert (tmp_path / "results" / "smoke" / "main_msa.csv").is_file()
+
+
+def test_merge_command_collects_shards(monkeypatch, tmp_path, capsys):
+    _fake_report(monkeypatch)
+    for i in range(2):
+        argv = ["reproduce", "2", "--shard", f"{i}/2", "--no-report", "--results-root", str(tmp_path / f"s{i}")]
+        assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), *_roots(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("merge [smoke]: 6 run files copied, 0 already present, 0 conflicts")
+    assert len(list((tmp_path / "results" / "smoke" / "runs").glob("*.json"))) == 6
+
+
+def test_slurm_without_submitit_says_how_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
+    assert main(["reproduce", "3", "--launcher", "slurm", *_roots(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: the slurm launcher needs submitit: {launchers.SLURM_INSTALL}\n"
+
+
+def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_path, capsys):
+    submitted = {}
+
+    class Job:
+        def __init__(self, fn, arg):
+            self.job_id, self._value = f"42_{arg['shard'][0]}", fn(arg)  # runs "on the cluster" at once
+
+        def result(self):
+            return self._value
+
+    class AutoExecutor:
+        def __init__(self, folder):
+            submitted["folder"] = folder
+
+        def update_parameters(self, **params):
+            submitted["params"] = params
+
+        def map_array(self, fn, args):
+            submitted["shards"] = [a["shard"] for a in args]
+            return [Job(fn, a) for a in args]
+
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=AutoExecutor))
+    argv = ["reproduce", "3", "--launcher", "slurm", "--shards", "3", "--slurm-partition", "gpu", "--no-report",
+            *_roots(tmp_path)]
+    assert main(argv) == 0
+    assert submitted["shards"] == [(0, 3), (1, 3), (2, 3)]
+    assert submitted["params"]["slurm_array_parallelism"] == 3 and submitted["params"]["slurm_partition"] == "gpu"
+    assert "main_msa [smoke]: 6 runs (6 trained, 0 cached, 0 failed)" in capsys.readouterr().out
+    assert len(list((tmp_path / "results" / "smoke" / "runs").glob("*.json"))) == 6
+    assert (tmp_path / "results" / "smoke" / "main_msa.csv").is_file()
+    assert main(["reproduce", "3", "--launcher", "slurm", "--shard", "0/2", *_roots(tmp_path)]) == 2

@@ -1,0 +1,226 @@
+"""The runner: caching, resuming after corruption, failures, sharding + merge, statistics, reports."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import benchmarks
+from benchmarks import profiles, runner, store
+from benchmarks.dataset_stats import dataset_statistics, split_statistics
+from egmf_core.config import ConfigError, config_hash
+from egmf_core.data.dataset import SPECS
+from egmf_core.outcome import RunOutcome
+
+
+def fake_metric(cfg, split: str, k: int) -> float:
+    """A deterministic number in [0, 1) from the config hash, the seed and the split."""
+    h = int(config_hash(cfg), 16) + cfg.seed + (7 if split == "test" else 0)
+    return ((h >> k) % 1000) / 1000
+
+
+class FakeRun:
+    """Stands in for egmf_core.run.run_experiment: instant, deterministic, counts its calls."""
+
+    def __init__(self, fail_on: set[str] = frozenset()):
+        self.calls: list[str] = []
+        self.fail_on = fail_on
+
+    def __call__(self, cfg, *, progress=None):
+        self.calls.append(f"{cfg.data.name}/{cfg.seed}")
+        assert not cfg.data.root.startswith("<"), "the runner must resolve location markers"
+        if progress is not None:
+            progress(3, 3, "done")
+        if cfg.data.name in self.fail_on:
+            raise RuntimeError("CUDA error: device-side assert\ntriggered")
+        return RunOutcome(
+            status="ok",
+            metrics={s: {"wf1": fake_metric(cfg, s, 0), "acc": fake_metric(cfg, s, 3), "mae": fake_metric(cfg, s, 5)}
+                     for s in ("valid", "test")},
+            invalid_rate={"valid": 0.0, "test": 0.25},
+            cost={"wall_s": 1.0}, steps=150, best_step=100, device="cpu", data_source=str(cfg.data.root),
+        )
+
+
+@pytest.fixture(autouse=True)
+def smoke_repo(tmp_path, monkeypatch):
+    """Synthetic data under a temporary "<repo>", written by a fake (no egmf_core.data.synth)."""
+    def fake_writer(name, out_dir, *, seed, size):
+        (out_dir / name).mkdir(parents=True)
+        (out_dir / name / "x").write_text("x")
+
+    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(profiles, "write_synthetic_dataset", fake_writer)
+
+
+def _go(tmp_path, table="main_msa", results="results", **kwargs):
+    kwargs.setdefault("run_fn", FakeRun())
+    return runner.reproduce(table, "smoke", results_root=tmp_path / results, reports_root=tmp_path / "reports",
+                            render=False, **kwargs)
+
+
+def test_second_reproduce_trains_nothing_and_rewrites_an_identical_csv(tmp_path):
+    fake = FakeRun()
+    first = _go(tmp_path, run_fn=fake)
+    assert (first.runs, first.trained, first.cached, first.failed) == (6, 6, 0, 0)
+    assert sorted(fake.calls) == [f"{d}/{s}" for d in ("mosei", "sims_v2") for s in (1111, 1112, 1113)]
+    csv = first.csv.read_bytes()
+    df = pd.read_csv(first.csv)
+    assert len(df) == 6 * 2 * 4  # cells x splits x (3 metrics + invalid_rate)
+    again = FakeRun()
+    second = _go(tmp_path, run_fn=again)
+    assert (second.trained, second.cached) == (0, 6) and again.calls == []
+    assert second.csv.read_bytes() == csv
+
+
+def test_force_retrains_every_run(tmp_path):
+    _go(tmp_path)
+    forced = _go(tmp_path, force=True)
+    assert (forced.trained, forced.cached) == (6, 0)
+
+
+def test_the_full_model_is_trained_once_for_every_table_that_shows_it(tmp_path):
+    _go(tmp_path, "main_erc")
+    fake = FakeRun()
+    s = _go(tmp_path, "modality_ablation", rows=["T+A+V", "-T"], datasets=["meld", "cherma"], run_fn=fake)
+    assert (s.runs, s.trained, s.cached) == (12, 6, 6)
+    df = pd.read_csv(s.csv)
+    assert sorted(df["row"].unique()) == ["-T", "T+A+V"]
+
+
+def test_a_corrupt_run_file_is_reported_in_one_line_and_redone(tmp_path):
+    first = _go(tmp_path)
+    before = pd.read_csv(first.csv)
+    victim = sorted((tmp_path / "results" / "smoke" / "runs").glob("*.json"))[2]
+    victim.write_text(victim.read_text()[:50])
+    fake = FakeRun()
+    s = _go(tmp_path, run_fn=fake)
+    assert (s.trained, s.cached, len(fake.calls)) == (1, 5, 1)
+    assert len(s.corrupt) == 1 and victim.name in s.corrupt[0] and "line" in s.corrupt[0]
+    assert store.read_run(victim)["run_id"] == victim.stem  # rewritten whole
+    after = pd.read_csv(s.csv)  # the same numbers: only the redone run's timestamp moved
+    pd.testing.assert_frame_equal(before.drop(columns=["timestamp"]), after.drop(columns=["timestamp"]))
+
+
+def test_a_crashing_run_is_recorded_as_failed_and_retried_next_time(tmp_path):
+    s = _go(tmp_path, run_fn=FakeRun(fail_on={"sims_v2"}))
+    assert (s.trained, s.failed) == (6, 3)
+    assert s.failures[0].endswith("failed: RuntimeError: CUDA error: device-side assert triggered")
+    df = pd.read_csv(s.csv)
+    failed = df[df["status"] == "failed"]
+    assert set(failed["dataset"]) == {"sims_v2"} and failed["value"].isna().all()
+    assert len(failed) == 3 * 2 * (6 + 1)  # seeds x splits x (main_msa's sims_v2 metrics + invalid_rate)
+    retry = FakeRun()
+    again = _go(tmp_path, run_fn=retry)
+    assert (again.trained, again.cached, again.failed) == (3, 3, 0)
+    assert sorted(retry.calls) == ["sims_v2/1111", "sims_v2/1112", "sims_v2/1113"]
+
+
+def test_bad_input_raised_by_a_run_propagates(tmp_path):
+    def bad(cfg, *, progress=None):
+        raise ConfigError("config field data.root: /x/mosei has no unaligned_50.pkl")
+
+    with pytest.raises(ConfigError, match="unaligned_50.pkl"):
+        _go(tmp_path, run_fn=bad)
+
+
+def test_shards_merged_equal_the_unsharded_results_row_for_row(tmp_path):
+    table = "lora"
+    kwargs = dict(datasets=["meld", "mosei"], seeds=[1111, 1112])
+    whole = _go(tmp_path, table, results="whole", **kwargs)
+    parts = [_go(tmp_path, table, results=f"shard{i}", shard=(i, 3), **kwargs) for i in range(3)]
+    assert sum(p.trained for p in parts) == whole.trained == 24
+    ids = [{p.name for p in (tmp_path / f"shard{i}" / "smoke" / "runs").glob("*.json")} for i in range(3)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    merged = runner.merge([tmp_path / f"shard{i}" for i in range(3)], "smoke", tmp_path / "merged")
+    assert merged.stats.copied == 24 and merged.tables
+    a = pd.read_csv(whole.csv).drop(columns=["timestamp"])
+    b = pd.read_csv(tmp_path / "merged" / "smoke" / "lora.csv").drop(columns=["timestamp"])
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_summary_line(tmp_path):
+    s = _go(tmp_path)
+    assert re.fullmatch(r"main_msa \[smoke\]: 6 runs \(6 trained, 0 cached, 0 failed\) in 0m0\ds -> .*main_msa\.csv",
+                        s.line())
+    sharded = _go(tmp_path, shard="0/2")
+    assert sharded.line().startswith("main_msa [smoke, shard 0/2]: ")
+    assert runner.format_duration(192) == "3m12s" and runner.format_duration(3723) == "1h02m03s"
+
+
+def test_reports_are_rendered_after_the_grid(tmp_path, monkeypatch):
+    calls = []
+    fake = types.ModuleType("benchmarks.report")
+
+    def render_table(profile, table, *, results_root, reports_root):
+        calls.append(("table", profile, table, (results_root / profile / f"{table}.csv").is_file()))
+        return reports_root / profile / f"{table}.md"
+
+    fake.render_table = render_table
+    fake.render_index = lambda profile, *, results_root, reports_root: calls.append(("index", profile))
+    monkeypatch.setitem(sys.modules, "benchmarks.report", fake)
+    monkeypatch.setattr(benchmarks, "report", fake, raising=False)
+    s = runner.reproduce("main_msa", "smoke", results_root=tmp_path / "r", reports_root=tmp_path / "rep",
+                         run_fn=FakeRun())
+    assert calls == [("table", "smoke", "main_msa", True), ("index", "smoke")]
+    assert s.report == tmp_path / "rep" / "smoke" / "main_msa.md" and s.line().endswith("main_msa.md")
+
+
+def test_statistics_table_is_stored_as_runs_and_cached(tmp_path):
+    def stats(cfg, *, progress=None):
+        n = {"mosei": 30, "sims_v2": 20, "meld": 10, "cherma": 5}[cfg.data.name]
+        return RunOutcome(status="ok", metrics={"train": {"n_samples": float(n)}, "all": {"audio_dim": 74.0}})
+
+    s = _go(tmp_path, "datasets", run_fn=stats)
+    assert (s.runs, s.trained) == (4, 4)
+    df = pd.read_csv(s.csv)
+    assert list(df["split"].unique()) == ["train", "all"] and set(df["row"]) == {"statistics"}
+    assert df.set_index(["dataset", "metric"])["value"][("meld", "n_samples")] == 10
+    assert _go(tmp_path, "datasets", run_fn=stats).cached == 4
+
+
+def test_split_statistics_by_hand():
+    from conftest import make_split
+
+    split = make_split(8, "meld", seed=3)
+    out = split_statistics(split, SPECS["meld"])
+    assert out["n_samples"] == 8 and out["n_classes"] == 7
+    assert sum(v for k, v in out.items() if k.startswith("label_share:")) == pytest.approx(1.0)
+    assert out["text_len_mean"] == 5  # "the speaker says <cue> now"
+    assert out["audio_len_mean"] == pytest.approx(np.mean(split.audio_lengths))
+    reg = split_statistics(make_split(10, "mosei", seed=1), SPECS["mosei"])
+    assert -3 <= reg["label_min"] <= reg["label_mean"] <= reg["label_max"] <= 3 and "n_classes" not in reg
+
+
+def test_dataset_statistics_reads_through_load_dataset(monkeypatch):
+    from conftest import make_dataset
+
+    import egmf_core.data
+
+    ds = make_dataset("cherma", n_train=12, n_eval=4)
+    seen = []
+    monkeypatch.setattr(egmf_core.data, "load_dataset", lambda name, root: seen.append((name, root)) or ds,
+                        raising=False)
+    cfg = runner.expand(runner.load_table("datasets"), "smoke", datasets=["cherma"])[0].config
+    out = dataset_statistics(cfg)
+    assert seen == [("cherma", "<repo>/.cache/smoke-data")]
+    assert out.metrics["train"]["n_samples"] == 12 and out.metrics["test"]["n_samples"] == 4
+    assert out.metrics["all"]["n_samples"] == 20 and out.metrics["all"]["language:zh"] == 1.0
+    assert out.metrics["all"]["audio_dim"] == 6 and out.metrics["all"]["visual_dim"] == 5
+
+
+def test_reproduce_all_runs_every_table_that_has_the_datasets_asked_for(tmp_path):
+    fake = FakeRun()
+    out = runner.reproduce_all("smoke", datasets=["meld"], seeds=[1111], run_fn=fake,
+                               results_root=tmp_path / "r", reports_root=tmp_path / "rep", render=False)
+    assert [s.table for s in out] == ["datasets", "main_erc", "modality_ablation", "expert_ablation",
+                                      "backbone_swap", "lora", "expert_design", "pseudo_tokens"]
+    # 37 cells on MELD; the full model appears in 7 tables (6 repeats), and GLM4-9B / Llama3-8B with
+    # LoRA on appear in both backbone_swap and lora (2 repeats): 8 cached, 29 trained once each.
+    assert sum(s.cached for s in out) == 8
+    assert sum(s.trained for s in out) == len(fake.calls) == 29

@@ -1,0 +1,125 @@
+"""The table files: every one loads, is numbered, applies to both profiles, and carries the paper's numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from benchmarks.grid import expand
+from benchmarks.profiles import build_run_config, profile_base
+from benchmarks.tables import ABLATIONS_DIR, list_tables, load_table, table_numbers
+from egmf_core.config import RunConfig, apply_overrides
+from egmf_core.data.dataset import SPECS
+from egmf_core.metrics import METRIC_INFO
+
+TABLES = list_tables()
+CLAIM_KINDS = {"order_by_drop", "relative_drop", "delta_sign", "delta_range", "within", "greater", "order_by_value"}
+
+
+def test_table_numbers_map_every_file_and_nothing_else():
+    numbers = table_numbers()
+    assert numbers == {"1": "datasets", "2": "main_erc", "3": "main_msa", "4": "modality_ablation",
+                       "5": "expert_ablation", "6": "backbone_swap", "7": "lora", "S1": "expert_design",
+                       "S2": "pseudo_tokens"}
+    files = {p.stem for p in ABLATIONS_DIR.glob("*.toml")} - {"table_numbers"}
+    assert files == set(numbers.values())
+    assert "best guess" in (ABLATIONS_DIR / "table_numbers.toml").read_text().lower()
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_every_row_applies_cleanly_to_both_profiles(name):
+    spec = load_table(name)
+    assert spec.name == name and spec.rows and spec.caption
+    assert tuple(spec.seeds) == ("smoke", "paper")
+    for row in spec.rows:
+        for dataset in spec.datasets:
+            smoke = build_run_config("smoke", spec, row, dataset, 1111)
+            paper = build_run_config("paper", spec, row, dataset, 1111, check_roots=False)
+            # the overrides alone, on the smoke base, also validate
+            apply_overrides(profile_base("smoke", dataset), {**spec.base, **row.overrides})
+            assert smoke.model.backbone.endswith("-tiny") and not paper.model.backbone.endswith("-tiny")
+            assert smoke.data.name == paper.data.name == dataset
+
+
+@pytest.mark.parametrize("name", [t for t in TABLES if t != "datasets"])
+def test_training_tables_share_the_papers_main_setting_and_seeds(name):
+    spec = load_table(name)
+    assert spec.seeds == {"smoke": (1111, 1112, 1113), "paper": (1111, 1112, 1113, 1114, 1115)}
+    base = apply_overrides(RunConfig(), spec.base).model
+    assert (base.backbone, base.lora, base.gating, base.n_tokens) == ("glm3", True, "hierarchical", 4)
+    assert base.modalities == ["text", "audio", "visual"] and base.experts == ["E1", "E2", "E3"]
+    for dataset, metrics in spec.metrics.items():
+        assert set(metrics) <= set(METRIC_INFO), (dataset, metrics)
+        assert metrics[0] == SPECS[dataset].key_metric or name.startswith("main_")
+
+
+def test_rows_of_each_table():
+    rows = {t: [r.name for r in load_table(t).rows] for t in TABLES}
+    assert rows["modality_ablation"] == ["T+A+V", "-T", "-A", "-V", "T only", "A only", "V only"]
+    assert rows["expert_ablation"] == ["all experts", "-E1", "-E2", "-E3", "E1 only", "E2 only", "E3 only",
+                                       "uniform gating", "single-stage gating"]
+    assert rows["backbone_swap"] == ["GLM3-6B", "GLM4-9B", "Llama3-8B"]
+    assert len(rows["lora"]) == 6 and load_table("lora").reference_row == "GLM3-6B LoRA on"
+    assert rows["pseudo_tokens"] == ["1 token", "2 tokens", "4 tokens", "8 tokens", "16 tokens"]
+    assert load_table("expert_design").reference_row == "paper (1:8 Mish, 1:4 GELU, 1:2 Swish)"
+    cfg = {c.row: c.config.model for c in expand(load_table("expert_ablation"), "smoke", datasets=["meld"], seeds=[1])}
+    assert cfg["-E2"].experts == ["E1", "E3"] and cfg["single-stage gating"].gating == "single_stage"
+    design = {c.row: c.config.model for c in expand(load_table("expert_design"), "smoke", datasets=["meld"], seeds=[1])}
+    assert design["ratios reversed"].expert_ratio == {"E1": 2, "E2": 4, "E3": 8}
+    assert design["activations rotated"].expert_activation == {"E1": "gelu", "E2": "swish", "E3": "mish"}
+
+
+def test_main_tables_show_every_metric_of_their_datasets():
+    assert load_table("main_msa").metrics == {
+        "mosei": ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "mae", "corr"),
+        "sims_v2": ("acc2", "acc3", "acc5", "f1", "mae", "corr")}
+    assert load_table("main_erc").metrics == {"meld": ("acc", "wf1", "macro_f1"), "cherma": ("acc", "wf1", "macro_f1")}
+
+
+def test_paper_values_are_the_numbers_of_claims_csv():
+    got = {(t, p.dataset, p.row, p.metric, p.value, p.source) for t in TABLES for p in load_table(t).paper_values}
+    assert got == {
+        ("main_msa", "mosei", "EGMF", "f1_non0", 87.09, "seed"),
+        ("main_msa", "sims_v2", "EGMF", "f1", 82.43, "seed"),
+        ("main_msa", "sims_v2", "EGMF", "acc2", 82.57, "leaderboard"),
+        ("main_erc", "cherma", "EGMF", "wf1", 73.90, "seed+leaderboard"),
+        ("main_erc", "meld", "EGMF", "wf1", 87.30, "seed"),
+        ("main_erc", "meld", "EGMF", "wf1", 65.57, "leaderboard"),
+        ("backbone_swap", "cherma", "Llama3-8B", "wf1", 46.52, "seed"),
+        ("backbone_swap", "cherma", "GLM3-6B", "wf1", 73.90, "seed"),
+    }
+    mosei = load_table("main_msa").paper_values[0]
+    assert "convention not stated" in mosei.note and "f1_has0" in mosei.note
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_claims_refer_to_rows_datasets_and_metrics_that_exist(name):
+    spec = load_table(name)
+    rows = {r.name for r in spec.rows}
+    for claim in spec.claims:
+        p = claim.params
+        assert claim.kind in CLAIM_KINDS and claim.text
+        named = list(p.get("rows", [])) + [p[k] for k in ("row", "reference") if k in p]
+        assert set(named) <= rows, (claim.id, named)
+        assert set(p["datasets"]) <= set(spec.datasets), claim.id
+        assert p.get("metric", "key") == "key" or p["metric"] in METRIC_INFO
+
+
+def test_the_papers_claims_are_all_encoded():
+    claims = {c.id: (c.kind, c.params) for t in TABLES for c in load_table(t).claims}
+    assert claims["modality_order"][1]["rows"] == ["-T", "-A", "-V"]
+    assert len(claims["modality_order"][1]["datasets"]) == 4
+    assert claims["text_removal_erc"][1]["threshold"] == 0.20 and claims["text_removal_msa"][1]["threshold"] == 0.15
+    assert claims["expert_order_erc"][1]["rows"] == ["-E1", "-E3", "-E2"]
+    assert claims["llama3_collapses_on_chinese"][0] == "greater"
+    assert {k for k, (kind, _) in claims.items() if kind == "within"} >= {"glm3_competitive_erc"}
+    assert claims["lora_helps_meld"][1]["range"] == [0.74, 1.40] and claims["lora_helps_meld"][1]["sign"] == "+"
+    assert claims["lora_hurts_chinese"][1]["sign"] == "-"
+    assert set(claims["lora_hurts_chinese"][1]["datasets"]) == {"cherma", "sims_v2"}
+
+
+def test_statistics_table_trains_nothing():
+    spec = load_table("datasets")
+    assert spec.trains is False and [r.name for r in spec.rows] == ["statistics"]
+    assert dataclasses.asdict(spec.rows[0])["overrides"] == {}
