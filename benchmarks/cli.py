@@ -1,17 +1,29 @@
 """The command line: ``python -m benchmarks {reproduce,report,merge,list}`` (thin: parse, call, print).
 
-Exit codes: 0 done; 1 some runs failed or a report could not be rendered; 2 bad input (one line
-on stderr, ``error: ...``; ``--debug`` shows the traceback instead); 130 interrupted (finished
-runs are saved: rerun the same command to resume).
+Exit codes: 0 done; 1 some runs failed or a report could not be rendered; 2 bad input or a
+file that cannot be written, e.g. a full disk (one line on stderr, ``error: ...``; ``--debug``
+shows the traceback instead); 130 interrupted (finished runs are saved, a run in progress
+resumes from its last checkpoint: rerun the same command).
+
+Nothing here reaches the network: ``main`` switches the Hugging Face libraries to offline mode
+before anything imports them (weights come from local directories or the tiny twins), and turns
+their own progress bars off unless HF_HUB_DISABLE_PROGRESS_BARS is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from benchmarks.grid import GridError, parse_names, parse_seeds, parse_shard
+from benchmarks.tables import ABLATIONS_DIR
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# transformers' own "Loading weights" bars would break the one-line error and our progress bars.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 VALUE_FLAGS = ("--rows", "--datasets", "--seeds", "--shard")  # values may start with "-" ("-T,-A")
 
@@ -34,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results-root", type=Path, default=Path("results"), help="default: results")
         if reports:
             p.add_argument("--reports-root", type=Path, default=Path("reports"), help="default: reports")
+        p.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR,
+                       help="where the table files live (default: the repo's ablations/)")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     r = sub.add_parser("reproduce", help="train (or reuse) the runs of a table and render its report")
@@ -64,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="the tables: number, name, caption, grid size")
     ls.add_argument("--profile", default="smoke")
+    ls.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
     ls.add_argument("--debug", action="store_true")
     return parser
 
@@ -83,15 +98,21 @@ def _join_dash_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.update(OFFLINE_ENV)  # before transformers / huggingface_hub are imported
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    # peft calls a transformers 5 API that warns about its own deprecation on every model: not ours to fix.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(_join_dash_values(argv))
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("interrupted: finished runs are saved; rerun the same command to resume", file=sys.stderr)
+        print("interrupted: finished runs are saved and a run in progress resumes from its last checkpoint; "
+              "rerun the same command", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a file or folder named on the command line
         if debug:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
@@ -99,10 +120,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in str(e):
+        return f"{e.filename}: {e.strerror or e}"
     return " ".join(str(e).split()) or type(e).__name__
 
 
 # ---- commands -----------------------------------------------------------------------------------
+
+def _ablations_dir(args) -> Path:
+    """--ablations-dir, checked: a folder holding table_numbers.toml."""
+    folder = Path(args.ablations_dir)
+    if not (folder / "table_numbers.toml").is_file():
+        from benchmarks.tables import TableError
+
+        raise TableError(f"--ablations-dir {folder}: no table_numbers.toml there (not a folder of table files)")
+    return folder
+
 
 def cmd_reproduce(args) -> int:
     from benchmarks import launchers, runner
@@ -120,6 +153,7 @@ def cmd_reproduce(args) -> int:
         results_root=args.results_root,
         reports_root=args.reports_root,
         render=not args.no_report,
+        ablations_dir=_ablations_dir(args),
     )
     rows = parse_names(args.rows) if args.rows is not None else None
     shard = parse_shard(args.shard) if args.shard is not None else None
@@ -148,7 +182,8 @@ def cmd_report(args) -> int:
     from benchmarks import runner
 
     paths, error = runner.report_tables(args.table, args.profile, results_root=args.results_root,
-                                        reports_root=args.reports_root, strict=args.debug)
+                                        reports_root=args.reports_root, strict=args.debug,
+                                        ablations_dir=_ablations_dir(args))
     for p in paths:
         print(p)
     if not paths and error is None:
@@ -162,12 +197,13 @@ def cmd_report(args) -> int:
 def cmd_merge(args) -> int:
     from benchmarks import runner
 
-    summary = runner.merge(args.sources, args.profile, args.results_root)
+    ablations_dir = _ablations_dir(args)
+    summary = runner.merge(args.sources, args.profile, args.results_root, ablations_dir=ablations_dir)
     print(summary.line(args.profile))
     if args.no_report or not summary.tables:
         return 0
     _, error = runner.render_reports(args.profile, [p.stem for p in summary.tables], results_root=args.results_root,
-                                     reports_root=args.reports_root, strict=args.debug)
+                                     reports_root=args.reports_root, strict=args.debug, ablations_dir=ablations_dir)
     if error:
         print(f"warning: {error}", file=sys.stderr)
         return 1
@@ -180,10 +216,11 @@ def cmd_list(args) -> int:
     from benchmarks.tables import list_tables, load_table
 
     check_profile(args.profile)
+    ablations_dir = _ablations_dir(args)
     lines = [f"{'no.':<4} {'name':<18} {'rows x datasets x seeds':<24} caption"]
     every = []
-    for name in list_tables():
-        spec = load_table(name)
+    for name in list_tables(ablations_dir):
+        spec = load_table(name, ablations_dir)
         seeds = len(spec.seeds.get(args.profile, ()))
         cells = sum(len([d for d in spec.datasets if r.datasets is None or d in r.datasets]) for r in spec.rows)
         size = f"{len(spec.rows)} x {len(spec.datasets)} x {seeds} = {cells * seeds}"

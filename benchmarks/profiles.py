@@ -34,7 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_MARKER = "<repo>"
 DATA_ROOT_MARKER = "<data-root>"
 MODEL_ROOT_MARKER = "<model-root>"
-SMOKE_DATA_MARKER = f"{REPO_MARKER}/.cache/smoke-data"
+SMOKE_DATA_VERSION = 2  # = egmf_core.data.synth.SYNTH_VERSION (checked by a test; no import: keeps this light)
+SMOKE_DATA_MARKER = f"{REPO_MARKER}/.cache/smoke-data/v{SMOKE_DATA_VERSION}"
 DATA_ROOT_ENV = "EGMF_DATA_ROOT"
 MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"
 
@@ -55,13 +56,17 @@ SMOKE_MODEL: dict[str, Any] = {"model.d_h": 64, "model.fusion_heads": 4}
 # real effects (a modality carrying the label) still show. The lead tunes these numbers.
 # A table or row that sets one of these keys itself keeps its own value.
 SMOKE_TRAIN: dict[str, Any] = {
-    "train.lr": 2e-3,
-    "train.fusion_lr": 2e-3,
+    # Tuned on the synthetic twins (seed 1111, 2-core CPU): lr 2e-3 had not learned the text cue
+    # after 150 steps, 1e-2 collapsed to the majority class; 5e-3 for both parameter groups
+    # learns MOSEI to valid MAE ~0.72 (mean predictor ~0.9) in 200 steps of ~50 ms.
+    "train.lr": 5e-3,
+    "train.fusion_lr": 5e-3,
     "train.batch_size": 16,
-    "train.max_steps": 150,
+    "train.max_steps": 200,
     "train.eval_every": 50,
     "train.patience": 2,  # validation passes without improvement
     "model.dropout": 0.0,
+    "model.lora_dropout": 0.0,  # peft then skips its dropout op: ~10% of a tiny step
 }
 
 # Paper profile training [P] (egmf.md): AdamW eps 1e-4, lr 5e-5, batch 8, cosine with 10% warmup;
@@ -217,8 +222,8 @@ def check_paper_roots(data_root, model_root, *, datasets, backbones) -> None:
 # ---- markers -> paths ---------------------------------------------------------------------------
 
 def smoke_data_root() -> Path:
-    """Where the smoke profile's synthetic datasets live: <repo>/.cache/smoke-data."""
-    return REPO_ROOT / ".cache" / "smoke-data"
+    """Where the smoke profile's synthetic datasets live: <repo>/.cache/smoke-data/v<version>."""
+    return REPO_ROOT / ".cache" / "smoke-data" / f"v{SMOKE_DATA_VERSION}"
 
 
 def write_synthetic_dataset(name: str, out_dir: Path, *, seed: int, size: int | None) -> Path:

@@ -4,10 +4,24 @@
 finishes, and a run whose file is valid and "ok" is never trained again (unless ``force``); a
 failed or corrupt one is run again. The table's CSV is then rebuilt from all run files of the
 table (on a shard too: it covers what exists), and its report rendered.
+
+Crash safety. A run in progress holds a lock (``store.RunLock``: a second process skips it) and,
+when ``train.checkpoint_every`` is set, checkpoints into ``results/<profile>/checkpoints/<run_id>/``;
+a killed run (SIGKILL included) resumes there mid-run on the next invocation and ends with the
+metrics an uninterrupted run gives (``egmf_core.checkpoint``). The checkpoint is deleted once the
+run file is written; ``force`` discards it and starts over. Every file is written atomically,
+so a kill leaves no partial row: only finished runs have run files, and CSVs and reports are
+rebuilt from run files. Corrupt run files are named (file and line) and redone; edited CSVs are
+named and rebuilt.
+
+Determinism. On CPU the same seed and profile give identical metrics across invocations, across
+``shard`` splits (each run seeds itself from its config alone) and across kill/resume. What GPU
+runs do and do not repeat, and the flags that help, is in ``egmf_core.checkpoint``'s docstring.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -40,8 +54,9 @@ class Summary:
     csv: Path | None = None
     report: Path | None = None
     report_error: str | None = None
+    busy: int = 0  # held by another process's lock (being trained there): skipped
     failures: list[str] = field(default_factory=list)  # one line per failed run
-    corrupt: list[str] = field(default_factory=list)  # run files found corrupt and redone
+    corrupt: list[str] = field(default_factory=list)  # corrupt run files (redone) and CSVs (rebuilt)
 
     def line(self) -> str:
         where = f"{self.profile}, shard {self.shard[0]}/{self.shard[1]}" if self.shard else self.profile
@@ -49,8 +64,11 @@ class Summary:
         tail = f" -> {target}" if target is not None else ""
         if self.report_error:
             tail += f" ({self.report_error})"
+        extra = f", {self.busy} busy in another process" if self.busy else ""
+        if self.corrupt:
+            extra += f", {len(self.corrupt)} corrupt files replaced"
         return (f"{self.table} [{where}]: {self.runs} runs ({self.trained} trained, {self.cached} cached, "
-                f"{self.failed} failed) in {format_duration(self.seconds)}{tail}")
+                f"{self.failed} failed{extra}) in {format_duration(self.seconds)}{tail}")
 
     @property
     def ok(self) -> bool:
@@ -105,7 +123,7 @@ def reproduce(
     """
     t0 = time.monotonic()
     results_root, reports_root = Path(results_root), Path(reports_root)
-    spec = load_table(table_name, ablations_dir)
+    spec = _checked_table(load_table(table_name, ablations_dir))
     cells = expand(spec, profile, seeds=seeds, rows=rows, datasets=datasets, data_root=data_root,
                    model_root=model_root, trust_remote_code=trust_remote_code)
     if isinstance(shard, str):
@@ -119,33 +137,52 @@ def reproduce(
 
     from tqdm import tqdm
 
+    store.sweep_temp_files(results_root / profile)
     bars = progress_enabled()
     with tqdm(total=len(runs), desc=f"{spec.name} [{profile}]", unit="run", position=0, disable=not bars,
               dynamic_ncols=True) as grid_bar:
         for run_id, cell in runs.items():
             path = store.run_path(results_root, profile, run_id)
-            if not force and path.exists():
-                try:
-                    if store.read_run(path)["outcome"]["status"] == "ok":
-                        summary.cached += 1
-                        grid_bar.update(1)
-                        continue
-                except store.CorruptResult as e:
-                    summary.corrupt.append(str(e))
-                    log(f"warning: {e}; redoing run {cell.label}")
-            outcome, resolved = _execute(cell, fn, context, bars)
-            prov = context.provenance(outcome, resolved, cell.trains)
-            record = store.make_record(run_id, cell.identity(), outcome.to_dict(), prov)
-            store.write_run(results_root, profile, record)
-            summary.trained += 1
-            if outcome.status != "ok":
-                summary.failed += 1
-                line = f"run {run_id} ({cell.label}) failed: {outcome.error}"
-                summary.failures.append(line)
-                log(line)
+            ckpt, lock_file = store.checkpoint_dir(results_root, profile, run_id), store.lock_path(results_root, profile, run_id)
+            if not force and _stored_ok(path, cell, summary):
+                summary.cached += 1
+                if ckpt.exists() or lock_file.exists():  # left by a kill after the run file was written
+                    with store.RunLock(lock_file) as lock:
+                        if lock.acquired:  # (a --force elsewhere holds it while retraining)
+                            store.remove_checkpoint(ckpt)
+                grid_bar.update(1)
+                continue
+            with store.RunLock(lock_file) as lock:
+                if not lock.acquired:
+                    summary.busy += 1
+                    log(f"run {run_id} ({cell.label}) is being trained by another process: skipped")
+                    grid_bar.update(1)
+                    continue
+                if not force and _stored_ok(path, cell, None):  # finished elsewhere meanwhile
+                    summary.cached += 1
+                    grid_bar.update(1)
+                    continue
+                if force:
+                    store.remove_checkpoint(ckpt)
+                prior = _ok_checksum(path)
+                outcome, resolved = _execute(cell, fn, context, bars, ckpt)
+                if outcome.status != "ok" and _ok_checksum(path) not in (None, prior):
+                    summary.cached += 1  # another process stored an ok result meanwhile: keep it
+                else:
+                    prov = context.provenance(outcome, resolved, cell.trains)
+                    record = store.make_record(run_id, cell.identity(), outcome.to_dict(), prov)
+                    store.write_run(results_root, profile, record)
+                    summary.trained += 1
+                    if outcome.status != "ok":
+                        summary.failed += 1
+                        line = f"run {run_id} ({cell.label}) failed: {outcome.error}"
+                        summary.failures.append(line)
+                        log(line)
+                store.remove_checkpoint(ckpt)
             grid_bar.update(1)
 
-    summary.csv = rebuild_table(spec, profile, results_root, ablations_dir=ablations_dir)
+    summary.csv = rebuild_table(spec, profile, results_root, ablations_dir=ablations_dir,
+                                on_corrupt=lambda line: (summary.corrupt.append(line), log(f"warning: {line}")))
     if render:
         paths, summary.report_error = render_reports(
             profile, [spec.name], results_root=results_root, reports_root=reports_root, strict=raise_render_errors,
@@ -156,18 +193,60 @@ def reproduce(
     return summary
 
 
+def _checked_table(spec: TableSpec) -> TableSpec:
+    """Names checked here so the error names the table file (load_table checks the file's shape)."""
+    from benchmarks.tables import TableError
+    from egmf_core.config import DATASETS
+
+    for name in spec.datasets:
+        if name not in DATASETS:
+            raise TableError(f"{spec.path}: field 'datasets' names unknown dataset {name!r} "
+                             f"(known: {', '.join(DATASETS)})")
+    return spec
+
+
+def _stored_ok(path: Path, cell: Cell, summary: Summary | None) -> bool:
+    """Whether a valid "ok" run file is there; a corrupt one is reported (once) and will be redone."""
+    if not path.exists():
+        return False
+    try:
+        return store.read_run(path)["outcome"]["status"] == "ok"
+    except store.CorruptResult as e:
+        if summary is not None:
+            summary.corrupt.append(str(e))
+            log(f"warning: {e}; redoing run {cell.label}")
+        return False
+
+
+def _ok_checksum(path: Path) -> str | None:
+    """The checksum of the valid "ok" record at ``path``, else None."""
+    try:
+        record = store.read_run(path) if path.exists() else None
+    except store.CorruptResult:
+        return None
+    return record["checksum"] if record is not None and record["outcome"]["status"] == "ok" else None
+
+
 def _default_run_fn(spec: TableSpec) -> RunFn:
     if not spec.trains:
         from benchmarks.dataset_stats import dataset_statistics
 
         return dataset_statistics
 
-    def run(cfg, *, progress=None):  # imported on first use: torch loads only when a run trains
+    def run(cfg, *, progress=None, checkpoint_dir=None):  # imported on first use: torch loads only to train
         from egmf_core.run import run_experiment
 
-        return run_experiment(cfg, progress=progress)
+        return run_experiment(cfg, progress=progress, checkpoint_dir=checkpoint_dir)
 
     return run
+
+
+def _takes_checkpoint_dir(fn: RunFn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "checkpoint_dir" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class _RunContext:
@@ -192,8 +271,9 @@ class _RunContext:
         )
 
 
-def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool):
-    """Run one cell; (outcome, resolved config). Unexpected errors become a failed outcome."""
+def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool, checkpoint_dir: Path | None = None):
+    """Run one cell; (outcome, resolved config). Unexpected errors become a failed outcome; bad
+    input and write errors (ValueError, e.g. a full disk) end the grid with a one-line message."""
     resolved = resolve_run_config(cell.config, data_root=context.data_root, model_root=context.model_root)
     from tqdm import tqdm
 
@@ -208,8 +288,9 @@ def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool):
                 bar.set_postfix_str(message, refresh=False)
             bar.refresh()
 
+        extra = {"checkpoint_dir": checkpoint_dir} if checkpoint_dir is not None and _takes_checkpoint_dir(fn) else {}
         try:
-            outcome = fn(resolved, progress=progress)
+            outcome = fn(resolved, progress=progress, **extra)
         except ValueError:
             raise  # bad config, data or model input: the CLI reports it in one line
         except Exception as e:  # a crash inside one run must not end the grid
@@ -243,15 +324,44 @@ def table_cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) ->
 
 
 def rebuild_table(spec: TableSpec, profile: str, results_root: Path, *, runs: dict[str, dict] | None = None,
-                  ablations_dir: Path = ABLATIONS_DIR, write_empty: bool = True) -> Path | None:
-    """Rewrite results/<profile>/<table>.csv from the run files (byte-identical when nothing changed)."""
+                  ablations_dir: Path = ABLATIONS_DIR, write_empty: bool = True,
+                  on_corrupt: Callable[[str], None] | None = None) -> Path | None:
+    """Rewrite results/<profile>/<table>.csv from the run files (byte-identical when nothing changed).
+
+    An existing CSV is first checked against the run files: a line they do not back (edited,
+    truncated) goes to ``on_corrupt`` as one line naming file and line. An existing CSV is always
+    rewritten (empty when no run is left), so no stale or edited row survives; ``write_empty``
+    only decides whether a CSV is created for a table without runs.
+    """
     if runs is None:
         runs = store.load_runs(store.runs_dir(results_root, profile))
+    path = store.table_csv_path(results_root, profile, spec.name)
     cells = table_cells_on_disk(spec, profile, runs)
-    if not cells and not write_empty:
+    if not cells and not write_empty and not path.exists():
         return None
-    df = store.tidy_rows(spec, cells, runs)
-    return store.write_table_csv(df, store.table_csv_path(results_root, profile, spec.name))
+    text = store.table_csv_text(store.tidy_rows(spec, cells, runs))
+    problem = store.csv_problem(path, text)
+    if problem is not None and on_corrupt is not None:
+        on_corrupt(problem)
+    if path.exists() and path.read_bytes() == text.encode("utf-8"):
+        return path  # unchanged: no write (and no lock-step rewrites between concurrent shards)
+    return store.atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def refresh_tables(profile: str, results_root: Path, *, ablations_dir: Path = ABLATIONS_DIR,
+                   runs: dict[str, dict] | None = None) -> list[Path]:
+    """Rebuild every table CSV that has runs or already exists, so reports never read a stale or
+    edited CSV (the index reads every table's); returns the CSVs written."""
+    if runs is None:
+        runs = store.load_runs(store.runs_dir(results_root, profile))
+    written = []
+    for name in list_tables(ablations_dir):
+        path = rebuild_table(load_table(name, ablations_dir), profile, Path(results_root), runs=runs,
+                             ablations_dir=ablations_dir, write_empty=False,
+                             on_corrupt=lambda line: log(f"warning: {line}"))
+        if path is not None:
+            written.append(path)
+    return written
 
 
 def render_reports(profile: str, tables: list[str], *, results_root: Path, reports_root: Path,
@@ -267,6 +377,7 @@ def render_reports(profile: str, tables: list[str], *, results_root: Path, repor
         if strict:
             raise
         return [], f"report not rendered: {e}"
+    refresh_tables(profile, Path(results_root), ablations_dir=ablations_dir)
     # The contract is (profile, table, *, results_root, reports_root); a test's own ablations dir
     # is passed only when it is not the default.
     extra = {} if Path(ablations_dir) == ABLATIONS_DIR else {"ablations_dir": Path(ablations_dir)}
@@ -329,13 +440,7 @@ def merge(sources: list[Path], profile: str, results_root: Path = Path("results"
 
     check_profile(profile)
     stats = store.merge_run_files([Path(s) for s in sources], profile, Path(results_root), log=log)
-    runs = store.load_runs(store.runs_dir(results_root, profile))
-    written = []
-    for name in list_tables(ablations_dir):
-        path = rebuild_table(load_table(name, ablations_dir), profile, Path(results_root), runs=runs,
-                             ablations_dir=ablations_dir, write_empty=False)
-        if path is not None:
-            written.append(path)
+    written = refresh_tables(profile, Path(results_root), ablations_dir=ablations_dir)
     return MergeSummary(stats, written)
 
 
@@ -351,7 +456,8 @@ def report_tables(table: str, profile: str, *, results_root: Path = Path("result
     csvs = []
     for name in names:
         path = rebuild_table(load_table(name, ablations_dir), profile, Path(results_root), runs=runs,
-                             ablations_dir=ablations_dir, write_empty=(table != "all"))
+                             ablations_dir=ablations_dir, write_empty=(table != "all"),
+                             on_corrupt=lambda line: log(f"warning: {line}"))
         if path is not None:
             csvs.append(path)
     if not csvs:

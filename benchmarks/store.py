@@ -2,23 +2,38 @@
 
 Layout::
 
-    results/<profile>/runs/<run_id>.json   the source of truth, one per run, written atomically
-    results/<profile>/<table>.csv          derived: rebuilt from runs/ at any time
+    results/<profile>/runs/<run_id>.json          the source of truth, one per run, written atomically
+    results/<profile>/<table>.csv                 derived: rebuilt from runs/ at any time
+    results/<profile>/checkpoints/<run_id>/       a run in progress (egmf_core.checkpoint); removed
+                                                  once its run file is written
+    results/<profile>/checkpoints/<run_id>.lock   held (flock) by the process training that run
 
 A run file holds ``run_id``, ``config`` (what the id hashes), ``outcome`` (RunOutcome.to_dict()),
-``provenance`` and ``checksum`` (sha256 of the canonical JSON of the other four), so a truncated
-or hand-edited file is detected and its run redone. Shards write different files; two writes
-of the same run replace each other atomically (last writer wins).
+``provenance``, ``checksum`` (sha256 of the canonical JSON of those four) and ``part_checksums``
+(one per second-level key, e.g. ``outcome.metrics``), so a truncated or hand-edited file is
+detected, named by file and line, and its run redone. A table CSV is checked against the run
+files before it is rebuilt (:func:`csv_problem`), so an edited CSV is reported too, and never
+read by a report: reports are rendered from freshly rebuilt CSVs.
+
+Every write goes through :func:`egmf_core.checkpoint.atomic_write_bytes` (temp file, fsync,
+rename): a kill at any moment leaves the old file or the new one, plus at worst a ``.*.tmp``
+file that no reader looks at (:func:`sweep_temp_files` removes old ones). Shards write
+different files; two writes of the same run replace each other atomically (last writer wins),
+and :class:`RunLock` keeps two processes from training the same run at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import fcntl
 import hashlib
+import io
 import json
 import math
 import os
-import tempfile
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -26,6 +41,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from benchmarks.schema import RESULT_COLUMNS
+from egmf_core.checkpoint import AtomicWriteError, atomic_write_bytes, remove_checkpoint  # noqa: F401 (re-exported)
 from egmf_core.config import config_hash
 
 RECORD_KEYS = ("run_id", "config", "outcome", "provenance")
@@ -35,12 +51,16 @@ COST_COLUMNS = ("wall_s", "peak_mem_mb", "trainable_params", "total_params", "st
                 "egmf_share")
 
 
-class CorruptResult(ValueError):
-    """A run file that cannot be trusted (bad JSON, wrong checksum, wrong id); names the file."""
+PART_CHECKSUMS = "part_checksums"
+TEMP_MAX_AGE_S = 3600.0  # a temp file this old belongs to a killed writer (a write takes milliseconds)
 
-    def __init__(self, path: Path, why: str):
+
+class CorruptResult(ValueError):
+    """A run file that cannot be trusted (bad JSON, wrong checksum, wrong id); names the file (and line)."""
+
+    def __init__(self, path: Path, why: str, line: int | None = None):
         super().__init__(f"{path}: {why}")
-        self.path = Path(path)
+        self.path, self.line = Path(path), line
 
 
 # ---- paths --------------------------------------------------------------------------------------
@@ -57,42 +77,96 @@ def table_csv_path(results_root: Path, profile: str, table: str) -> Path:
     return Path(results_root) / profile / f"{table}.csv"
 
 
-# ---- atomic files -------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``path`` so that readers see the old file or the new one, never a part (same-dir
-    temp file, flush, fsync, rename, then fsync the directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
+def checkpoint_dir(results_root: Path, profile: str, run_id: str) -> Path:
+    """Where a run in progress keeps its resumable state (deleted once the run file is written)."""
+    return Path(results_root) / profile / "checkpoints" / run_id
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def lock_path(results_root: Path, profile: str, run_id: str) -> Path:
+    return Path(results_root) / profile / "checkpoints" / f"{run_id}.lock"
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+# ---- temp files and locks ----------------------------------------------------------------------
+
+def sweep_temp_files(folder: Path, *, older_than_s: float = TEMP_MAX_AGE_S) -> list[Path]:
+    """Delete ``.*.tmp`` files left under ``folder`` by killed writers (only old ones: a live
+    writer's temp file is seconds old); returns what was removed. Readers ignore them anyway."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for path in folder.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+class RunLock:
+    """An exclusive, non-blocking claim on one run: ``flock`` on ``checkpoints/<run_id>.lock``.
+
+    ``with RunLock(path) as lock:`` then ``lock.acquired`` is False when another process holds it.
+    The kernel drops the lock when its holder dies (SIGKILL included), so a killed run is never
+    locked out. Releasing removes the lock file (and the checkpoints folder when empty); the
+    inode check in :meth:`acquire` makes that safe against a process that opened the old file.
+    Locks need a filesystem with working ``flock`` (local disks; NFS v4 and Lustre with
+    ``flock`` mounted).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.acquired = False
+        self._fd: int | None = None
+        self._created: list[Path] = []
+
+    def acquire(self) -> bool:
+        for _ in range(10):
+            folder, missing = self.path.parent, []
+            while not folder.exists() and folder != folder.parent:
+                missing.append(folder)
+                folder = folder.parent
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:  # the folder was removed by a releasing holder: try again
+                continue
+            except OSError as e:
+                raise AtomicWriteError(self.path, e) from None
+            self._created = self._created or missing
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd, self.acquired = fd, True
+                return True
+            os.close(fd)  # we locked a file its last holder had already removed
+        return False
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd, self.acquired = None, False
+        for folder in [self.path.parent, *self._created]:
+            with contextlib.suppress(OSError):  # only while empty: other runs may be in progress
+                folder.rmdir()
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # ---- run files ----------------------------------------------------------------------------------
@@ -114,8 +188,24 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def checksum(record: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json({k: record[k] for k in RECORD_KEYS}).encode("utf-8")).hexdigest()
+    return _sha256(canonical_json({k: record[k] for k in RECORD_KEYS}))
+
+
+def part_checksums(record: dict[str, Any]) -> dict[str, str]:
+    """sha256 per second-level key ("outcome.metrics", "config.train", ...): names what was edited."""
+    parts: dict[str, str] = {}
+    for key in RECORD_KEYS:
+        value = record.get(key)
+        if isinstance(value, dict):
+            parts.update({f"{key}.{sub}": _sha256(canonical_json(v)) for sub, v in value.items()})
+        else:
+            parts[key] = _sha256(canonical_json(value))
+    return parts
 
 
 def make_record(run_id: str, config: dict[str, Any], outcome: dict[str, Any], provenance: dict[str, Any]) -> dict:
@@ -123,7 +213,38 @@ def make_record(run_id: str, config: dict[str, Any], outcome: dict[str, Any], pr
     body = json.loads(json.dumps({"run_id": run_id, "config": config, "outcome": outcome, "provenance": provenance},
                                  default=_plain, allow_nan=True))
     body["checksum"] = checksum(body)
+    body[PART_CHECKSUMS] = part_checksums(body)
     return body
+
+
+def _edited_part(record: dict[str, Any], text: str) -> tuple[int, str] | None:
+    """(line, part) of the first part whose content no longer matches its stored checksum."""
+    stored = record.get(PART_CHECKSUMS)
+    if not isinstance(stored, dict):
+        return None
+    now = part_checksums(record)
+    bad = {k for k in set(now) | set(stored) if now.get(k) != stored.get(k)}
+    if not bad:
+        return None
+    lines = _part_lines(text)
+    return min((lines.get(k, lines.get(k.split(".")[0], 1)), k) for k in bad)
+
+
+def _part_lines(text: str) -> dict[str, int]:
+    """Line of each top-level ("outcome") and second-level ("outcome.metrics") key in a run file
+    written by write_run (indent 1: top-level keys start with one space, their keys with two)."""
+    lines: dict[str, int] = {}
+    top = None
+    for n, line in enumerate(text.splitlines(), start=1):
+        m = re.match(r'^( {1,2})"((?:[^"\\]|\\.)*)":', line)
+        if not m:
+            continue
+        if len(m.group(1)) == 1:
+            top = m.group(2)
+            lines.setdefault(top, n)
+        elif top is not None:
+            lines.setdefault(f"{top}.{m.group(2)}", n)
+    return lines
 
 
 def write_run(results_root: Path, profile: str, record: dict[str, Any]) -> Path:
@@ -142,14 +263,18 @@ def read_run(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as e:
-        raise CorruptResult(path, f"not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise CorruptResult(path, f"not valid JSON (line {e.lineno}: {e.msg})", line=e.lineno) from None
     if not isinstance(record, dict):
         raise CorruptResult(path, "not a JSON object")
     missing = [k for k in (*RECORD_KEYS, "checksum") if k not in record]
     if missing:
         raise CorruptResult(path, f"missing field {missing[0]!r}")
     if record["checksum"] != checksum(record):
-        raise CorruptResult(path, "checksum mismatch (edited or partly written)")
+        where = _edited_part(record, text)
+        if where is None:
+            raise CorruptResult(path, "checksum mismatch (edited or partly written)")
+        raise CorruptResult(path, f"checksum mismatch at line {where[0]}, in {where[1]} (edited or partly written)",
+                            line=where[0])
     if record["run_id"] != path.stem:
         raise CorruptResult(path, f"run_id {record['run_id']!r} does not match the file name")
     if config_hash(record["config"]) != record["run_id"]:
@@ -279,10 +404,72 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())[:500]
 
 
+def table_csv_text(df: pd.DataFrame) -> str:
+    """A tidy table as CSV text, deterministically (fixed columns, given row order, repr floats, "\\n")."""
+    return df[list(RESULT_COLUMNS)].to_csv(index=False, lineterminator="\n", float_format=None)
+
+
 def write_table_csv(df: pd.DataFrame, path: Path) -> Path:
-    """Write a tidy table deterministically (fixed columns, given row order, repr floats, "\\n")."""
-    text = df[list(RESULT_COLUMNS)].to_csv(index=False, lineterminator="\n", float_format=None)
-    return atomic_write_bytes(Path(path), text.encode("utf-8"))
+    """Write a tidy table atomically (see table_csv_text)."""
+    return atomic_write_bytes(Path(path), table_csv_text(df).encode("utf-8"))
+
+
+def csv_problem(path: Path, fresh_text: str) -> str | None:
+    """One line naming the first line of an existing table CSV that its run files do not back, or None.
+
+    ``fresh_text`` is the CSV the run files give now. A line is corrupt when it does not parse,
+    has the wrong number of fields, or differs from the fresh line of the same run record
+    (same run_id and timestamp); rows of a record that are missing mean a truncated file.
+    Lines of a run redone since (another timestamp) or no longer on disk are stale, not corrupt.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{path}: unreadable ({' '.join(str(e).split())})"
+    if text == fresh_text:
+        return None
+    fresh_lines = fresh_text.splitlines()
+    fresh_set = set(fresh_lines[1:])
+    cols = list(RESULT_COLUMNS)
+    i_run, i_time = cols.index("run_id"), cols.index("timestamp")
+    fresh_count: dict[tuple[str, str], int] = {}
+    for fields in csv.reader(io.StringIO("\n".join(fresh_lines[1:]))):
+        key = (fields[i_run], fields[i_time])
+        fresh_count[key] = fresh_count.get(key, 0) + 1
+    lines = text.split("\n")
+    problems: list[tuple[int, str]] = []
+    if lines[0] != fresh_lines[0]:
+        problems.append((1, "header is not the results schema"))
+    if not text.endswith("\n"):
+        problems.append((len(lines), "truncated (the last line has no end)"))
+    seen: dict[tuple[str, str], int] = {}
+    for n, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        try:
+            fields = next(csv.reader([line]))
+        except (csv.Error, StopIteration):
+            problems.append((n, "not valid CSV"))
+            continue
+        if len(fields) != len(cols):
+            problems.append((n, f"{len(fields)} fields, expected {len(cols)} (truncated or edited)"))
+            continue
+        key = (fields[i_run], fields[i_time])
+        if key in fresh_count:
+            seen[key] = seen.get(key, 0) + 1
+            if line not in fresh_set:
+                problems.append((n, f"differs from run file {fields[i_run]}.json (edited)"))
+    for key, count in seen.items():
+        if count < fresh_count[key]:
+            problems.append((len(lines), f"rows of run {key[0]} are missing (truncated)"))
+    if not problems:
+        return None
+    problems.sort()
+    more = f"; {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"{path}: line {problems[0][0]}: {problems[0][1]}{more}; rebuilt from the run files"
 
 
 # ---- merge --------------------------------------------------------------------------------------

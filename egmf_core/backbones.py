@@ -80,7 +80,7 @@ class BackboneInfo:
 
 
 def family_of(backbone: str) -> str:
-    """"glm3-tiny" -> "glm3"; "llama3" -> "llama3"."""
+    """The family of a backbone name: ``glm3-tiny`` -> ``glm3``, ``llama3`` -> ``llama3``."""
     family = backbone.removesuffix("-tiny")
     if family not in FAMILY_DIRS:
         raise BackboneError(f"config field model.backbone={backbone!r}: unknown family (known: {', '.join(FAMILY_DIRS)})")
@@ -210,7 +210,7 @@ def build_backbone(cfg: ModelConfig, *, device: str | torch.device | None = None
         hf_class=hf_class,
         source=source,
         hidden_size=int(model.config.hidden_size),
-        n_layers=int(model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.num_layers),
+        n_layers=int(getattr(model.config, "num_hidden_layers", None) or model.config.num_layers),  # chatglm: num_layers
         vocab_size=int(model.get_input_embeddings().num_embeddings),
         lora_targets=list(cfg.lora_targets or default_lora_targets(model)),
         dtype=str(dtype).removeprefix("torch."),

@@ -78,8 +78,13 @@ class PromptEncoder:
         return ids + self.task, start
 
     def answer_ids(self, value) -> list[int]:
+        """The target's tokens + eos. A separating space that the tokenizer keeps as a token of
+        its own (SentencePiece's dummy prefix, or byte-level BPE before a digit) is dropped, so the
+        answer starts with content and fits max_new_tokens."""
         target = format_target(value, self.spec, self.cfg.class_target)
-        return self._ids(self.answer_prefix + target) + [self.eos]
+        spaced, bare = self._ids(self.answer_prefix + target), self._ids(target)
+        ids = bare if len(spaced) == len(bare) + 1 and spaced[1:] == bare else spaced
+        return ids + [self.eos]
 
     def encode(self, split: Split) -> EncodedSplit:
         utt = [self.utterance_ids(t) for t in split.text]

@@ -35,6 +35,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # never on unless the user opts in (recorded in reports)
     d_h: int = 256  # [C] fusion width d_h; the paper does not state it
     av_encoder: str = "attn_pool"  # [C] AudioVisualEncoder: "attn_pool" | "mean_pool" | "gru"
+    text_proj: str = "linear"  # [C] H_text projection: "linear" or "mlp" (GELU hidden layer)
     fusion_heads: int = 4  # [C] heads in the cross/self attention of Eq. 1-2
     dropout: float = 0.1  # [C]
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # ablation switch
@@ -173,6 +174,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(all(a in ACTIVATIONS for a in m.expert_activation.values()), "model.expert_activation", m.expert_activation, f"activations must be in {ACTIVATIONS}")
     need(m.gating in GATING_MODES, "model.gating", m.gating, f"must be one of {GATING_MODES}")
     need(m.beta_mode in ("learned", "fixed"), "model.beta_mode", m.beta_mode, "must be 'learned' or 'fixed'")
+    need(m.text_proj in ("linear", "mlp"), "model.text_proj", m.text_proj, "must be 'linear' or 'mlp'")
     need(m.av_encoder in ("attn_pool", "mean_pool", "gru"), "model.av_encoder", m.av_encoder, "must be attn_pool, mean_pool or gru")
     need(isinstance(m.n_tokens, int) and m.n_tokens > 0, "model.n_tokens", m.n_tokens, "must be a positive integer")
     need(m.pseudo_token_mode in ("repeat", "distinct"), "model.pseudo_token_mode", m.pseudo_token_mode, "must be 'repeat' or 'distinct'")

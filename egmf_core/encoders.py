@@ -114,15 +114,21 @@ class TextProjection(nn.Module):
 
     LayerNorm first ([C]): LLM embedding tables have their own scale (and may arrive in bf16);
     normalising makes the projection's input scale the same for every backbone.
+    kind "linear" is one Linear; kind "mlp" ([C], model.text_proj) adds a GELU hidden layer of
+    width `hidden`, so that each token can be mapped non-linearly before the attention pools it.
     """
 
-    def __init__(self, d_llm: int, d_h: int, dropout: float = 0.1):
+    def __init__(self, d_llm: int, d_h: int, dropout: float = 0.1, kind: str = "linear", hidden: int | None = None):
         super().__init__()
         self.norm = nn.LayerNorm(d_llm)
-        self.proj = nn.Linear(d_llm, d_h)
+        if kind == "mlp":
+            width = hidden or 4 * d_h
+            self.proj = nn.Sequential(nn.Linear(d_llm, width), nn.GELU(), nn.Linear(width, d_h))
+        else:
+            self.proj = nn.Linear(d_llm, d_h)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, E_text: torch.Tensor) -> torch.Tensor:
         # E_text: (B, L_t, d_llm) the LLM's input embeddings of the utterance tokens
-        E_text = E_text.to(self.proj.weight.dtype)  # (B, L_t, d_llm) frozen LLM may be bf16
+        E_text = E_text.to(self.norm.weight.dtype)  # (B, L_t, d_llm) frozen LLM may be bf16
         return self.drop(self.proj(self.norm(E_text)))  # (B, L_t, d_h) H_text

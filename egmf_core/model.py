@@ -32,7 +32,7 @@ class EGMF(nn.Module):
         d_llm = llm.get_input_embeddings().embedding_dim
         mods = set(cfg.modalities)
         # Removing a modality removes its module: no parameters, no path (config switch, not a copy).
-        self.text_proj = TextProjection(d_llm, cfg.d_h, cfg.dropout) if "text" in mods else None
+        self.text_proj = TextProjection(d_llm, cfg.d_h, cfg.dropout, cfg.text_proj) if "text" in mods else None
         self.text_query = LearnedQuery(cfg.d_h) if "text" not in mods else None
         self.audio_enc = AudioVisualEncoder(audio_dim, cfg.d_h, cfg.av_encoder, cfg.dropout) if "audio" in mods else None
         self.visual_enc = AudioVisualEncoder(vision_dim, cfg.d_h, cfg.av_encoder, cfg.dropout) if "visual" in mods else None

@@ -45,7 +45,7 @@ def build_model(cfg: RunConfig, audio_dim: int, vision_dim: int, *, device: torc
     from egmf_core.model import EGMF
 
     llm, tokenizer, info = build_backbone(cfg.model, device=device)
-    llm = apply_lora(llm, cfg.model)
+    llm = apply_lora(llm, cfg.model, seed=cfg.seed)
     seed_everything(cfg.seed)  # EGMF's own init depends on the run seed only
     model = EGMF(cfg.model, llm, audio_dim, vision_dim)
     dev = device or next(llm.parameters()).device
@@ -53,6 +53,15 @@ def build_model(cfg: RunConfig, audio_dim: int, vision_dim: int, *, device: torc
         if name != "llm":
             module.to(dev)
     return model, tokenizer, info
+
+
+def check_special_tokens(tokenizer, where: str) -> None:
+    """Refuse a tokenizer that cannot end an answer: prompts and targets need eos and pad ids."""
+    from egmf_core.backbones import BackboneError
+
+    for name in ("eos_token_id", "pad_token_id"):
+        if getattr(tokenizer, name, None) is None:
+            raise BackboneError(f"{where}: tokenizer has no {name.removesuffix('_id')} (set it in tokenizer_config.json)")
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -91,14 +100,25 @@ def egmf_step_share(model, batch: dict[str, torch.Tensor], repeats: int = 3) -> 
     return min(t_egmf / max(t_full, 1e-12), 1.0)
 
 
-def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] | None = None) -> RunOutcome:
-    """Train and evaluate one configuration; the test split is evaluated once, at the end."""
+def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] | None = None,
+                   checkpoint_dir: str | Path | None = None) -> RunOutcome:
+    """Train and evaluate one configuration; the test split is evaluated once, at the end.
+
+    With ``checkpoint_dir`` the training state is saved there every ``train.checkpoint_every``
+    steps, and a checkpoint found there is resumed (egmf_core.checkpoint); the caller deletes the
+    directory once the outcome is stored.
+    """
     from egmf_core.batching import PromptEncoder, collate
+    from egmf_core.checkpoint import Checkpointer
+    from egmf_core.config import config_hash
     from egmf_core.data import load_dataset
     from egmf_core.metrics import METRIC_INFO, key_metric
     from egmf_core.train import TrainingFailed, evaluate, fit
 
     cfg = validate(cfg)
+    set_threads(cfg.profile)
+    checkpoint = None if checkpoint_dir is None else Checkpointer(
+        checkpoint_dir, every=cfg.train.checkpoint_every, tag=config_hash(cfg))
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     root = resolve_path(cfg.data.root)
@@ -113,6 +133,7 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, tokenizer, info = build_model(cfg, data.audio_dim, data.vision_dim, device=device)
+    check_special_tokens(tokenizer, info.source)
     encoder = PromptEncoder(tokenizer, spec, cfg.model)
     enc = {"train": encoder.encode(train_split), "valid": encoder.encode(data.valid), "test": encoder.encode(data.test)}
     km = key_metric(spec.name)
@@ -125,7 +146,7 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
         fr = fit(
             model, enc["train"], enc["valid"], encoder, tokenizer, spec, cfg.train,
             seed=cfg.seed, train_labels=train_split.labels, key_metric=km,
-            higher_is_better=METRIC_INFO[km].higher_is_better, progress=progress,
+            higher_is_better=METRIC_INFO[km].higher_is_better, progress=progress, checkpoint=checkpoint,
         )
     except TrainingFailed as e:
         outcome.status, outcome.error = "failed", str(e)
@@ -151,10 +172,15 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
     return outcome
 
 
-def _threads_from_env() -> None:
+def set_threads(profile: str) -> None:
+    """Intra-op threads: ``$EGMF_TORCH_THREADS`` if set, else 1 for the smoke profile.
+
+    The smoke profile's matrices are tiny (width 64): a second thread buys nothing and, on a
+    busy 2-core machine, OpenMP's spin-waiting made a training step 20x slower (77 ms with one
+    thread, 1.8 s with two, measured here). The paper profile keeps torch's default.
+    """
     n = os.environ.get("EGMF_TORCH_THREADS")
     if n:
         torch.set_num_threads(int(n))
-
-
-_threads_from_env()
+    elif profile == "smoke":
+        torch.set_num_threads(1)

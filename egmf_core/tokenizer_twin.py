@@ -28,7 +28,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import PreTrainedTokenizerFast
 
 FAMILIES = ("glm3", "glm4", "llama3")
-DEFAULT_VOCAB_SIZE = 1024  # learned pieces incl. 256 bytes; specials come on top
+DEFAULT_VOCAB_SIZE = 2048  # learned pieces incl. 256 bytes; specials come on top
+# Each corpus line is seen this many times, so that every word of the synthetic vocabulary becomes
+# one or two tokens, as common words are in a real LLM's vocabulary. Seen once, a word like
+# "unbelievable" stayed 9 pieces and a tiny twin could not tell cue words from fillers.
+CORPUS_REPEATS = 8
 
 # Llama-3's split pattern (tiktoken cl100k style); GLM-4's tiktoken pattern is the same shape.
 LLAMA3_SPLIT_PATTERN = (
@@ -106,6 +110,22 @@ _BUILTIN_ZH = [
 ]
 
 
+def _prompt_lines() -> list[str]:
+    """The prompt templates and answer targets of every dataset, so prompts tokenise compactly."""
+    from egmf_core.answers import label_strings
+    from egmf_core.data.dataset import SPECS
+    from egmf_core.prompts import prompt_parts
+
+    lines = []
+    for spec in SPECS.values():
+        parts = prompt_parts(spec)
+        lines += [parts.prefix, parts.suffix.replace("{text}", ""), parts.task]
+        if spec.task == "classification":
+            lines += label_strings(spec)
+    lines += [f"{x / 10:.1f}" for x in range(-30, 31)]
+    return lines
+
+
 def default_corpus() -> list[str]:
     """The twins' training text: the synthetic data's vocabulary (en + zh) if available, else a built-in list."""
     try:
@@ -113,7 +133,7 @@ def default_corpus() -> list[str]:
 
         lines = [str(s) for s in synth_vocabulary("en")] + [str(s) for s in synth_vocabulary("zh")]
         if lines:
-            return lines + _BUILTIN_EN + _BUILTIN_ZH
+            return lines + _prompt_lines() + _BUILTIN_EN + _BUILTIN_ZH
     except ImportError:  # not written yet (or an older tree): the built-in text keeps twins buildable
         pass
     return list(_BUILTIN_EN + _BUILTIN_ZH)
@@ -132,10 +152,15 @@ def _is_cjk(ch: str) -> bool:
     return "CJK" in unicodedata.name(ch, "") or ch in "，。、？！：；“”‘’（）《》"
 
 
-def training_lines(corpus: list[str] | None) -> list[str]:
-    """The corpus (default: :func:`default_corpus`) plus coverage lines, in a fixed order."""
+def training_lines(corpus: list[str] | None, *, leading_space: bool = False) -> list[str]:
+    """The corpus (default: :func:`default_corpus`) repeated, plus coverage lines, in a fixed order.
+
+    ``leading_space`` adds each line again after a space, so that byte-level BPE learns the
+    in-sentence form of a word ("Ġword") as well as its line-initial form.
+    """
     corpus = default_corpus() if corpus is None else [str(s) for s in corpus]
-    return corpus + _coverage_lines(corpus)
+    lines = corpus + [" " + c for c in corpus] if leading_space else corpus
+    return lines * CORPUS_REPEATS + _coverage_lines(corpus)
 
 
 def build_bpe_tokenizer(
@@ -158,7 +183,7 @@ def build_bpe_tokenizer(
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes
     )
-    tok.train_from_iterator(training_lines(corpus), trainer=trainer)
+    tok.train_from_iterator(training_lines(corpus, leading_space=True), trainer=trainer)
 
     specials = LLAMA3_SPECIALS if family == "llama3" else GLM4_SPECIALS
     tok.add_special_tokens(specials)  # ids = learned size + i, as in the real releases

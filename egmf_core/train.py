@@ -20,6 +20,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from egmf_core.answers import fill_invalid, parse_answers
 from egmf_core.batching import EncodedSplit, PromptEncoder, collate
+from egmf_core.checkpoint import Checkpointer
 from egmf_core.config import TrainConfig
 from egmf_core.data.dataset import DatasetSpec
 from egmf_core.decoding import generate_answers, score_labels
@@ -148,8 +149,13 @@ def fit(
     key_metric: str,
     higher_is_better: bool,
     progress: Callable[[int, int, str], None] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> FitResult:
-    """Train EGMF's modules (and LoRA) with early stopping on the validation split only."""
+    """Train EGMF's modules (and LoRA) with early stopping on the validation split only.
+
+    With ``checkpoint``, the state is saved every ``checkpoint.every`` steps and a run that finds
+    a checkpoint continues from it, giving the same result as if it had never stopped.
+    """
     device = _device_of(model)
     egmf_params = [p for p in model.egmf_parameters() if p.requires_grad]
     egmf_ids = {id(p) for p in egmf_params}
@@ -171,6 +177,11 @@ def fit(
     history: list[dict] = []
     step, step_time = 0, 0.0
     order: list[int] = []
+    resumed = checkpoint.resume(model, opt, sched, gen) if checkpoint is not None else None
+    if resumed is not None:  # continue exactly where the saved run stopped
+        step, order, step_time = resumed["step"], resumed["order"], resumed["step_time"]
+        best, best_step, bad_evals = resumed["best"], resumed["best_step"], resumed["bad_evals"]
+        best_state, history = resumed["best_state"], resumed["history"]
     while step < total:
         if not order:
             order = torch.randperm(len(train), generator=gen).tolist()
@@ -203,6 +214,10 @@ def fit(
                 bad_evals += 1
                 if bad_evals >= patience:
                     break
+        if checkpoint is not None and checkpoint.due(step):
+            checkpoint.save(step, model, opt, sched, gen, dict(
+                step=step, order=order, step_time=step_time, best=best, best_step=best_step,
+                bad_evals=bad_evals, best_state=best_state, history=history))
     _load_trainable_state(model, best_state)
     return FitResult(
         steps=step,

@@ -51,6 +51,13 @@ _DONE_MARKER = "twin.json"
 # Width shared by every twin; the per-family traits are in TWIN_SPECS.
 _HIDDEN, _LAYERS, _HEAD_DIM = 64, 2, 16
 
+# A trained LM's output layer gives confident logits. Drawn with transformers' default std 0.02 at
+# width 64, a frozen random head caps the logit gap between two tokens near 2, so no adapter or
+# pseudo token could make the twin answer anything with confidence (measured: the loss stalls at
+# ~5.8 nats). We draw the output layer with std 0.4 (logit std ~3) instead; everything else keeps
+# the class's own initialisation.
+OUTPUT_LAYER_STD = 0.4
+
 
 @dataclass(frozen=True)
 class TwinSpec:
@@ -191,6 +198,8 @@ def build_twin(
     with torch.random.fork_rng(devices=[]):  # the twin's seed must not reset the caller's RNG
         torch.manual_seed(seed)
         model = cls(config).to(torch.float32).eval()
+        with torch.no_grad():
+            model.get_output_embeddings().weight.normal_(0.0, OUTPUT_LAYER_STD)
     return model, tokenizer
 
 

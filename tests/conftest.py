@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EGMF_NO_PROGRESS", "1")
 
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny matrices: one thread is fastest and immune to CPU contention
+
 from egmf_core.config import ModelConfig, TrainConfig  # noqa: E402
 from egmf_core.data.dataset import SPECS, MultimodalDataset, Split  # noqa: E402
 

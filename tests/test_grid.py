@@ -169,8 +169,9 @@ def test_smoke_profile_maps_backbones_to_tiny_twins_and_uses_the_smoke_settings(
         "GLM3-6B": "glm3-tiny", "GLM4-9B": "glm4-tiny", "Llama3-8B": "llama3-tiny"}
     cfg = cells["GLM3-6B"]
     assert (cfg.model.d_h, cfg.model.fusion_heads, cfg.model.model_path) == (64, 4, None)
-    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.max_steps) == (2e-3, 16, 150)
-    assert cfg.data.root == "<repo>/.cache/smoke-data" and cfg.data.name == "cherma" and cfg.seed == 1111
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.max_steps) == (
+        profiles.SMOKE_TRAIN["train.lr"], profiles.SMOKE_TRAIN["train.batch_size"], profiles.SMOKE_TRAIN["train.max_steps"])
+    assert cfg.data.root == profiles.SMOKE_DATA_MARKER and cfg.data.name == "cherma" and cfg.seed == 1111
 
 
 def test_a_row_that_sets_a_smoke_training_knob_keeps_its_value():
@@ -237,9 +238,15 @@ def test_smoke_data_is_generated_once_under_the_repo_cache(smoke_repo):
     cfg = expand(load_table("main_erc"), "smoke", datasets=["meld"], seeds=[1111])[0].config
     first = resolve_run_config(cfg)
     again = resolve_run_config(cfg)
-    root = profiles.REPO_ROOT / ".cache" / "smoke-data"
+    root = profiles.smoke_data_root()
     assert first.data.root == again.data.root == str(root)
     assert (root / "meld" / "data.txt").read_text() == "meld seed=0"
     assert smoke_repo == ["meld"]  # written on first use only
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary dir left
-    assert cfg.data.root == "<repo>/.cache/smoke-data"  # the hashed config is untouched
+    assert cfg.data.root == profiles.SMOKE_DATA_MARKER  # the hashed config is untouched
+
+
+def test_smoke_data_version_follows_the_generator():
+    from egmf_core.data.synth import SYNTH_VERSION
+
+    assert profiles.SMOKE_DATA_VERSION == SYNTH_VERSION

@@ -208,7 +208,7 @@ def test_dataset_statistics_reads_through_load_dataset(monkeypatch):
                         raising=False)
     cfg = runner.expand(runner.load_table("datasets"), "smoke", datasets=["cherma"])[0].config
     out = dataset_statistics(cfg)
-    assert seen == [("cherma", "<repo>/.cache/smoke-data")]
+    assert seen == [("cherma", profiles.SMOKE_DATA_MARKER)]
     assert out.metrics["train"]["n_samples"] == 12 and out.metrics["test"]["n_samples"] == 4
     assert out.metrics["all"]["n_samples"] == 20 and out.metrics["all"]["language:zh"] == 1.0
     assert out.metrics["all"]["audio_dim"] == 6 and out.metrics["all"]["visual_dim"] == 5

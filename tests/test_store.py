@@ -47,7 +47,7 @@ def test_run_file_round_trips_with_its_checksum(tmp_path, cells):
     back = store.read_run(path)
     assert back == json.loads(path.read_text()) and back["checksum"] == rec["checksum"]
     assert math.isnan(back["outcome"]["metrics"]["valid"]["macro_f1"])  # NaN survives
-    assert set(back) == {"run_id", "config", "outcome", "provenance", "checksum"}
+    assert set(back) == {"run_id", "config", "outcome", "provenance", "checksum", "part_checksums"}
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
 
 

@@ -15,14 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from .checksums import verify_checksums as verify_files
 from .cherma_json import read_cherma_release
 from .dataset import SPECS, DatasetSpec, MultimodalDataset, Split
 from .errors import DataError
 from .meld_csv import SPLIT_FILES as MELD_CSV_FILES
 from .meld_csv import read_meld_release
 from .mmsa_pickle import read_mmsa_npz, read_mmsa_pickle
-from .synth import generate, synth_vocabulary, write_synthetic
 
 FORMATS = ("mmsa-pickle", "npz", "meld-csv", "cherma-json")
 PICKLE_NAMES = {  # the names the processed releases use (any single *.pkl is accepted too)
@@ -31,6 +29,10 @@ PICKLE_NAMES = {  # the names the processed releases use (any single *.pkl is ac
     "meld": ("meld.pkl",),
     "cherma": ("cherma.pkl",),
 }
+
+# The CLI modules (synth, checksums, convert) are imported on first use, so that
+# `python -m egmf_core.data.synth` does not find itself already imported by this package.
+_FROM_SYNTH = ("generate", "synth_vocabulary", "write_synthetic")
 
 __all__ = ["DataError", "DatasetSpec", "FORMATS", "MultimodalDataset", "SPECS", "Split",
            "dataset_folder", "detect_format", "generate", "load_dataset", "synth_vocabulary",
@@ -93,18 +95,13 @@ def load_dataset(name: str, root: str | Path, *, verify_checksums: bool = False,
     spec = SPECS[name]
     folder = dataset_folder(name, root)
     if verify_checksums or checksums is not None:
+        from .checksums import verify_checksums as verify_files
+
         verify_files(folder, checksums)
     if fmt is None:
         fmt, path = detect_format(name, folder)
-    elif fmt == "mmsa-pickle":
-        path = next((folder / f for f in PICKLE_NAMES[name] if (folder / f).is_file()), None) \
-            or _single(folder, "*.pkl") or folder / PICKLE_NAMES[name][0]
-    elif fmt == "npz":
-        path = _single(folder, "*.npz") or folder / Path(PICKLE_NAMES[name][0]).with_suffix(".npz")
-    elif fmt in ("meld-csv", "cherma-json"):
-        path = folder
     else:
-        raise DataError(folder, "fmt", f"{fmt!r} is not one of {FORMATS}")
+        path = _forced_path(fmt, name, folder)
     if fmt == "mmsa-pickle":
         return read_mmsa_pickle(path, spec)
     if fmt == "npz":
@@ -114,3 +111,24 @@ def load_dataset(name: str, root: str | Path, *, verify_checksums: bool = False,
     if fmt == "cherma-json" and name == "cherma":
         return read_cherma_release(path, spec)
     raise DataError(folder, "fmt", f"{fmt!r} does not apply to {name}")
+
+
+def _forced_path(fmt: str, name: str, folder: Path) -> Path:
+    """The file (or folder) to read when the caller names the form."""
+    if fmt in ("mmsa-pickle", "npz"):
+        suffix = ".pkl" if fmt == "mmsa-pickle" else ".npz"
+        for filename in PICKLE_NAMES[name]:
+            if (folder / filename).with_suffix(suffix).is_file():
+                return (folder / filename).with_suffix(suffix)
+        return _single(folder, f"*{suffix}") or (folder / PICKLE_NAMES[name][0]).with_suffix(suffix)
+    if fmt in ("meld-csv", "cherma-json"):
+        return folder
+    raise DataError(folder, "fmt", f"{fmt!r} is not one of {FORMATS}")
+
+
+def __getattr__(attr: str):
+    if attr in _FROM_SYNTH:
+        from . import synth
+
+        return getattr(synth, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -54,7 +54,8 @@ def find_stage_files(folder: Path) -> dict[str, tuple[str, Path]]:
             hint = " (the original release has train/test only: add a valid.json)" if split == "valid" else ""
             raise DataError(folder / f"{stages[0]}.json", "", f"missing: split {split!r} not found{hint}")
         if len(present) > 1:
-            raise DataError(folder, "splits", f"both {present[0]}.json and {present[1]}.json given for {split}")
+            raise DataError(folder, "splits",
+                            f"both {present[0]}.json and {present[1]}.json given for {split}")
         found[split] = (present[0], folder / f"{present[0]}.json")
     return found
 
@@ -108,7 +109,8 @@ def read_split(folder: Path, split: str, stage: str, json_path: Path, spec: Data
         audio_name = PurePosixPath(entry["audio_file"]).name
         sample_id = audio_name[:-4] if audio_name.endswith(".wav") else audio_name
         if sample_id in seen:
-            raise DataError(json_path, f"[{i}].audio_file", f"={entry['audio_file']!r} duplicates entry [{seen[sample_id]}]")
+            raise DataError(json_path, f"[{i}].audio_file",
+                            f"={entry['audio_file']!r} duplicates entry [{seen[sample_id]}]")
         seen[sample_id] = i
         context = f"entry [{i}] of {json_path.name}"
         audio_path = folder / "audio" / stage / f"{sample_id}.npy"

@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", type=Path, help="processed-feature pickle (.pkl)")
     parser.add_argument("output", type=Path, help="where to write the .npz")
     args = parser.parse_args(argv)
-    out = convert_pickle_to_npz(args.input, args.output)
-    print(out)
+    try:
+        print(convert_pickle_to_npz(args.input, args.output))
+    except DataError as err:
+        parser.exit(2, f"error: {err}\n")
     return 0
 
 

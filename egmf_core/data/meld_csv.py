@@ -3,7 +3,8 @@
 Layout (data/README.md)::
 
     meld/train_sent_emo.csv  dev_sent_emo.csv  test_sent_emo.csv
-    meld/features/{train,dev,test}/dia{Dialogue_ID}_utt{Utterance_ID}.npz   # audio (L_a, d_a), visual (L_v, d_v)
+    meld/features/{train,dev,test}/dia{Dialogue_ID}_utt{Utterance_ID}.npz
+        # keys: audio (L_a, d_a), visual (L_v, d_v), float
 
 The CSVs carry Windows code-page quirks: a file is decoded as utf-8, else cp1252 (bytes that
 neither accepts are an error naming the row and column), then each utterance is repaired:
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from . import validate as v
-from .convert import write_npz
 from .dataset import DatasetSpec, MultimodalDataset, Split
 from .errors import DataError
+from .validate import fix_text
 
 COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
            "Utterance_ID", "Season", "Episode", "StartTime", "EndTime")
@@ -35,48 +35,8 @@ SPLIT_FILES = {"train": "train_sent_emo.csv", "valid": "dev_sent_emo.csv", "test
 FEATURE_DIRS = {"train": "train", "valid": "dev", "test": "test"}  # features/<dir>/ per split
 FEATURE_KEYS = {"audio": "audio", "vision": "visual"}  # canonical modality -> key in each .npz
 
-# ---- text repair -------------------------------------------------------------------------
+# ---- decoding ------------------------------------------------------------------------------
 _UNDECODABLE = "\uffff"  # stands in for a byte neither utf-8 nor cp1252 accepts
-_ASCII_PUNCT = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
-                              "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2026": "...",
-                              "\u2013": "-", "\u2014": "-", "\u00a0": " "})
-
-
-def _cp1252_char_to_byte() -> dict[str, int]:
-    table = {}
-    for b in range(0x80, 0x100):
-        try:
-            table[bytes([b]).decode("cp1252")] = b
-        except UnicodeDecodeError:
-            table[chr(b)] = b  # 0x81, 0x8D, 0x8F, 0x90, 0x9D: latin-1 reading
-    return table
-
-
-_CP1252_BYTE = _cp1252_char_to_byte()
-_CONTINUATION = "".join(re.escape(c) for c, b in _CP1252_BYTE.items() if 0x80 <= b <= 0xBF)
-_MOJIBAKE = re.compile(f"[\u00c2-\u00f4][{_CONTINUATION}]{{1,3}}")  # utf-8 read as cp1252
-_C1 = re.compile("[\u0080-\u009f]")
-
-
-def _undo_double_encoding(match: re.Match) -> str:
-    try:
-        return bytes(_CP1252_BYTE[c] for c in match.group(0)).decode("utf-8")
-    except (KeyError, UnicodeDecodeError):
-        return match.group(0)
-
-
-def _c1_to_cp1252(match: re.Match) -> str:
-    try:
-        return match.group(0).encode("latin-1").decode("cp1252")
-    except UnicodeDecodeError:
-        return match.group(0)
-
-
-def fix_text(text: str) -> str:
-    """Repair MELD's code-page mojibake: ``"I\\x92m"`` and ``"Iâ€™m"`` both become ``"I'm"``."""
-    text = _MOJIBAKE.sub(_undo_double_encoding, text)
-    text = _C1.sub(_c1_to_cp1252, text)
-    return text.translate(_ASCII_PUNCT)
 
 
 def decode_csv_bytes(data: bytes) -> tuple[str, str]:
@@ -109,7 +69,7 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
             raise DataError(path, f"column {column!r}", f"missing (header has {header})")
     where = {c: header.index(c) for c in COLUMNS}
     rows: list[dict[str, str]] = []
-    for number, record in enumerate(reader, start=2):  # line 1 is the header
+    for number, record in enumerate(reader, start=2):  # spreadsheet rows: the header is row 1
         if not record or all(not cell.strip() for cell in record):
             continue
         if len(record) != len(header):
@@ -147,6 +107,8 @@ def _load_feature_file(path: Path, context: str) -> dict[str, np.ndarray]:
                     raise DataError(path, key, f"missing (keys present: {sorted(npz.files)})")
                 out[modality] = npz[key]
             return out
+    except DataError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(path, "", f"is not a readable .npz ({type(err).__name__}: {err})") from None
 
@@ -232,4 +194,6 @@ def write_meld_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], encoding
 
 def write_feature_file(path: str | Path, audio: np.ndarray, visual: np.ndarray) -> Path:
     """One utterance's features: ``audio`` (L_a, d_a) and ``visual`` (L_v, d_v) in an .npz."""
+    from .convert import write_npz  # on use: keeps `python -m egmf_core.data.convert` warning-free
+
     return write_npz(path, {"audio": audio, "visual": visual})

@@ -51,10 +51,17 @@ class LazyNpzSplit(Mapping):
 
     def shape_of(self, field: str) -> tuple[int, ...]:
         """The array's shape from its .npy header, without reading the data."""
-        with self._npz.zip.open(f"{self._split}/{field}.npy") as handle:
-            version = np.lib.format.read_magic(handle)
-            shape, _, _ = np.lib.format._read_array_header(handle, version)
-        return tuple(shape)
+        fmt = np.lib.format
+        try:
+            with self._npz.zip.open(f"{self._split}/{field}.npy") as handle:
+                version = fmt.read_magic(handle)
+                read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+                if version in read_header:
+                    return tuple(read_header[version](handle)[0])
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            key = f"{self._split}/{field}"
+            raise DataError(self._path, key, f"is corrupt ({type(err).__name__}: {err})") from None
+        return tuple(np.shape(self[field]))  # other header versions: read the array
 
     def __contains__(self, field: object) -> bool:  # Mapping's default would load the array
         return field in self._fields
@@ -77,8 +84,9 @@ def split_from_arrays(data: Mapping[str, Any], spec: DatasetSpec, file: Path, sp
     """Validate one split's parallel arrays and return the canonical Split."""
     label_key = label_field(spec)
     v.require_keys(data, (*REQUIRED_FIELDS, label_key), file, split)
-    ids = v.as_strings(data["id"], file, f"{split}.id", n=len(data["id"]) if np.ndim(data["id"]) else 0)
-    n = len(ids)
+    raw_ids = data["id"]
+    n = len(raw_ids) if np.ndim(raw_ids) else 0  # the split's sample count comes from its ids
+    ids = v.as_strings(raw_ids, file, f"{split}.id", n)
     v.check_nonempty(n, file, split)
     v.check_unique_ids(ids, file, f"{split}.id")
     for field in data:  # every present field is parallel, including the ones we do not use
@@ -86,6 +94,8 @@ def split_from_arrays(data: Mapping[str, Any], spec: DatasetSpec, file: Path, sp
         if not shape or shape[0] != n:
             raise DataError(file, f"{split}.{field}", f"has shape {shape}, expected {n} samples first")
     text = v.as_strings(data["raw_text"], file, f"{split}.raw_text", n)
+    if spec.language == "en":  # the same code-page repair as MELD's CSVs: one text, any form
+        text = [v.fix_text(t) for t in text]
     audio = v.as_features(data["audio"], file, f"{split}.audio", n)
     audio_lengths = v.as_lengths(data["audio_lengths"], file, f"{split}.audio_lengths", n,
                                  audio.shape[1], "audio")

@@ -96,5 +96,5 @@ def load_pickle(path: str | Path) -> Any:
     except MemoryError:
         raise
     except Exception as err:  # EOFError, UnpicklingError, ValueError from truncated or corrupt data
-        kind = "truncated" if isinstance(err, EOFError) else "corrupt"
+        kind = "truncated" if isinstance(err, EOFError) or "truncated" in str(err) else "corrupt"
         raise DataError(path, "", f"{kind} pickle ({type(err).__name__}: {err})") from None

@@ -1,12 +1,14 @@
 """Boundary checks shared by every reader: each failure is a DataError naming the file and field.
 
 Readers call these once on what they read; everything after the loader trusts the arrays.
+Also home of the text repair for Windows code-page mojibake (MELD's CSVs, English pickles).
 Features are scanned in chunks of samples, so a full-size MOSEI split (3.4 GB of audio) never
 needs a second full-size temporary.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -235,3 +237,46 @@ def pad_sequences(seqs: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndar
     for i, seq in enumerate(seqs):
         out[i, : seq.shape[0]] = seq
     return out, lengths
+
+
+# ---- text repair: Windows code-page mojibake (MELD's CSVs, English pickles) ----------------
+_ASCII_PUNCT = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
+                              "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2026": "...",
+                              "\u2013": "-", "\u2014": "-", "\u00a0": " "})
+
+
+def _cp1252_char_to_byte() -> dict[str, int]:
+    table = {}
+    for b in range(0x80, 0x100):
+        try:
+            table[bytes([b]).decode("cp1252")] = b
+        except UnicodeDecodeError:
+            table[chr(b)] = b  # 0x81, 0x8D, 0x8F, 0x90, 0x9D: latin-1 reading
+    return table
+
+
+_CP1252_BYTE = _cp1252_char_to_byte()
+_CONTINUATION = "".join(re.escape(c) for c, b in _CP1252_BYTE.items() if 0x80 <= b <= 0xBF)
+_MOJIBAKE = re.compile(f"[\u00c2-\u00f4][{_CONTINUATION}]{{1,3}}")  # utf-8 read as cp1252
+_C1 = re.compile("[\u0080-\u009f]")
+
+
+def _undo_double_encoding(match: re.Match) -> str:
+    try:
+        return bytes(_CP1252_BYTE[c] for c in match.group(0)).decode("utf-8")
+    except (KeyError, UnicodeDecodeError):
+        return match.group(0)
+
+
+def _c1_to_cp1252(match: re.Match) -> str:
+    try:
+        return match.group(0).encode("latin-1").decode("cp1252")
+    except UnicodeDecodeError:
+        return match.group(0)
+
+
+def fix_text(text: str) -> str:
+    """Repair MELD's code-page mojibake: ``"I\\x92m"`` and ``"Iâ€™m"`` both become ``"I'm"``."""
+    text = _MOJIBAKE.sub(_undo_double_encoding, text)
+    text = _C1.sub(_c1_to_cp1252, text)
+    return text.translate(_ASCII_PUNCT)

@@ -1,0 +1,253 @@
+"""The nightly regression check: reproduce the nightly tables, compare with the committed baseline.
+
+    python -m benchmarks.nightly [--profile smoke|paper] [--tables main_erc,main_msa]
+        [--data-root DIR] [--model-root DIR] [--results-root results] [--reports-root reports]
+        [--baseline FILE] [--tolerance-k 3] [--force] [--skip-reproduce] [--update-baseline]
+
+Reproduces each table with ``benchmarks.runner.reproduce`` (cached runs are reused; ``--force``
+retrains them), then compares the test split of ``results/<profile>/<table>.csv`` with
+``results/baselines/<profile>.csv`` (rule and verdicts: ``benchmarks.baselines``) and writes
+``reports/<profile>/regression.md`` atomically, appending it to ``$GITHUB_STEP_SUMMARY`` when set.
+
+``--update-baseline`` rewrites the selected tables' rows of the baseline from the latest results
+(other tables' rows are kept); it refuses when a run failed or a table has no results. It is the
+only way the baseline changes.
+
+Exit codes: 0 no regression (or baseline written); 1 a regression, a missing cell or a failed run;
+2 bad input (one line on stderr: unknown table or profile, missing roots, missing or malformed
+baseline, refusing to update); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from benchmarks import baselines
+
+# The headline tables: every backbone-independent regression (fusion, gating, decoding, metrics,
+# data loading) shows in them, and they are the cheapest trained tables (2 datasets x seeds each).
+NIGHTLY_TABLES = ("main_erc", "main_msa")
+COMPARED_SPLIT = "test"
+REQUIRED_RESULT_COLUMNS = ("table", "row", "dataset", "seed", "split", "metric", "value", "status")
+
+
+class NightlyInputError(ValueError):
+    """Bad input for the nightly check (arguments, results or baseline); the message says which."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise NightlyInputError(message)
+
+
+@dataclass
+class NightlyResult:
+    """What one nightly call did: its exit code, the comparison and where the report went."""
+
+    exit_code: int
+    comparison: pd.DataFrame | None = None
+    report: Path | None = None
+    baseline: Path | None = None
+    lines: list[str] = field(default_factory=list)  # what the CLI prints
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m benchmarks.nightly", description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default="smoke", help="smoke (default) or paper")
+    p.add_argument("--tables", default=",".join(NIGHTLY_TABLES),
+                   help=f"comma-separated table names or numbers (default: {','.join(NIGHTLY_TABLES)})")
+    p.add_argument("--data-root", help="paper profile: datasets under DIR/<name>/ (or $EGMF_DATA_ROOT)")
+    p.add_argument("--model-root", help="paper profile: backbone weights under DIR (or $EGMF_MODEL_ROOT)")
+    p.add_argument("--results-root", type=Path, default=Path("results"), help="default: results")
+    p.add_argument("--reports-root", type=Path, default=Path("reports"), help="default: reports")
+    p.add_argument("--baseline", type=Path, help="default: <results-root>/baselines/<profile>.csv")
+    p.add_argument("--tolerance-k", type=float, default=baselines.DEFAULT_K,
+                   help="k in max(floor, k*std*sqrt(2/n)), used when writing the baseline (default 3)")
+    p.add_argument("--force", action="store_true", help="retrain the tables' runs even when results exist")
+    p.add_argument("--skip-reproduce", action="store_true", help="compare the stored results only (no training)")
+    p.add_argument("--update-baseline", action="store_true",
+                   help="rewrite these tables' baseline rows from the latest results (on purpose only)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def parse_tables(text: str) -> list[str]:
+    """Table names (numbers resolved) in the order given, without duplicates."""
+    from benchmarks.tables import load_table
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise NightlyInputError("--tables: name at least one table")
+    out: list[str] = []
+    for name in names:
+        spec = load_table(name)
+        if not spec.trains:
+            raise NightlyInputError(f"--tables: {spec.name!r} trains nothing (its numbers are data statistics)")
+        if spec.name not in out:
+            out.append(spec.name)
+    return out
+
+
+def load_table_results(profile: str, table: str, results_root: Path) -> pd.DataFrame:
+    """The tidy rows of ``results/<profile>/<table>.csv`` (empty when the file does not exist)."""
+    path = Path(results_root) / profile / f"{table}.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=list(REQUIRED_RESULT_COLUMNS))
+    df = pd.read_csv(path, dtype={"table": str, "row": str, "dataset": str, "split": str, "metric": str,
+                                  "status": str}, keep_default_na=False)
+    missing = [c for c in REQUIRED_RESULT_COLUMNS if c not in df.columns]
+    if missing:
+        raise NightlyInputError(f"{path}: missing column {missing[0]!r}")
+    df["value"] = pd.to_numeric(df["value"].replace("", float("nan")), errors="coerce")
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce")
+    return df
+
+
+def compared_results(profile: str, tables: list[str], results_root: Path) -> pd.DataFrame:
+    """The selected tables' rows of the compared split, all tables in one frame."""
+    frames = [load_table_results(profile, t, results_root) for t in tables]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REQUIRED_RESULT_COLUMNS))
+    return df[df["split"].astype(str) == COMPARED_SPLIT].reset_index(drop=True)
+
+
+def write_report(markdown: str, path: Path) -> Path:
+    """Replace the report atomically, and append it to the GitHub job summary when there is one."""
+    from benchmarks.store import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), markdown.encode("utf-8"))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(markdown.rstrip("\n") + "\n\n")
+    return Path(path)
+
+
+def reproduce_tables(profile: str, tables: list[str], *, data_root, model_root, results_root: Path,
+                     reports_root: Path, force: bool, run_fn: Callable | None, render: bool) -> list:
+    """runner.reproduce for each table; the list of its Summary objects."""
+    from benchmarks import runner
+
+    return [runner.reproduce(t, profile, data_root=data_root, model_root=model_root, force=force,
+                             results_root=results_root, reports_root=reports_root, run_fn=run_fn, render=render)
+            for t in tables]
+
+
+def run_nightly(
+    profile: str = "smoke",
+    tables: list[str] | None = None,
+    *,
+    data_root: str | Path | None = None,
+    model_root: str | Path | None = None,
+    results_root: Path = Path("results"),
+    reports_root: Path = Path("reports"),
+    baseline: Path | None = None,
+    k: float = baselines.DEFAULT_K,
+    update_baseline: bool = False,
+    reproduce: bool = True,
+    force: bool = False,
+    run_fn: Callable | None = None,
+    render: bool = True,
+) -> NightlyResult:
+    """Reproduce (unless ``reproduce=False``), then compare or, with ``update_baseline``, rewrite.
+
+    Raises ValueError (exit 2 in the CLI) on bad input; returns exit code 1 on a regression.
+    """
+    from benchmarks.profiles import check_profile
+
+    check_profile(profile)
+    tables = list(tables or NIGHTLY_TABLES)
+    if not k > 0:
+        raise NightlyInputError(f"--tolerance-k must be positive, got {k}")
+    results_root, reports_root = Path(results_root), Path(reports_root)
+    baseline_file = Path(baseline) if baseline is not None else baselines.baseline_path(profile, results_root)
+    if not update_baseline:
+        base = baselines.read_baseline(baseline_file)  # before training: a missing baseline is bad input
+        base = base[base["table"].isin(tables)]
+        lacking = [t for t in tables if t not in set(base["table"])]
+        if lacking:
+            raise baselines.BaselineError(f"{baseline_file}: no rows for table {lacking[0]!r} (add them with "
+                                          f"--update-baseline --tables {lacking[0]})")
+    summaries = []
+    if reproduce:
+        summaries = reproduce_tables(profile, tables, data_root=data_root, model_root=model_root,
+                                     results_root=results_root, reports_root=reports_root, force=force,
+                                     run_fn=run_fn, render=render)
+    lines = [s.line() for s in summaries]
+    failures = [f for s in summaries for f in s.failures]
+    results = compared_results(profile, tables, results_root)
+    if update_baseline:
+        return _update(profile, tables, results, baseline_file, k, failures, lines)
+
+    comparison = baselines.compare(results, base, k=k)
+    notes = lines + failures
+    if (reports_root / profile / "cost.md").is_file():
+        notes.append("measured cost ratios (EGMF's share of a step, scoring vs generation): [cost.md](cost.md)")
+    markdown = baselines.render_markdown(comparison, profile, baseline_file=str(baseline_file), k=k, notes=notes)
+    report = write_report(markdown, reports_root / profile / "regression.md")
+    lines.append(baselines.summary_line(comparison, profile).replace("**", ""))
+    for _, r in comparison[comparison["verdict"].isin(baselines.FAILING)].iterrows():
+        lines.append(f"  {r['verdict']}: {baselines.cell_label(r)} {r['metric']}: "
+                     f"{baselines.change_text(r)} against tolerance {baselines.tolerance_text(r['metric'], r['tolerance'])}")
+    lines.append(f"report: {report}")
+    code = 1 if baselines.failed(comparison) or failures else 0
+    return NightlyResult(code, comparison, report, baseline_file, lines)
+
+
+def _update(profile: str, tables: list[str], results: pd.DataFrame, baseline_file: Path, k: float,
+            failures: list[str], lines: list[str]) -> NightlyResult:
+    """Rewrite the selected tables' baseline rows; refuse on failed or absent results."""
+    if failures:
+        raise NightlyInputError(f"refusing to update the baseline: {len(failures)} run(s) failed ({failures[0]})")
+    for table in tables:
+        rows = results[results["table"].astype(str) == table]
+        if rows.empty:
+            raise NightlyInputError(f"refusing to update the baseline: no {COMPARED_SPLIT} results for table "
+                                    f"{table!r} under {baseline_file.parent.parent}/{profile}/ (reproduce it first)")
+        bad = rows[(rows["status"].astype(str) != "ok") | rows["value"].isna()]
+        if not bad.empty:
+            r = bad.iloc[0]
+            raise NightlyInputError(f"refusing to update the baseline: table {table!r} has a failed or empty result "
+                                    f"({r['row']} / {r['dataset']} / seed {r['seed']} / {r['metric']})")
+    new = baselines.make_baseline(results, k=k)
+    old = baselines.read_baseline(baseline_file) if baseline_file.is_file() else None
+    if old is not None:
+        counts = baselines.verdict_counts(baselines.compare(results, old[old["table"].isin(tables)], k=k))
+        lines.append("against the previous baseline: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    baselines.write_baseline(baselines.replace_tables(old, new), baseline_file)
+    lines.append(f"baseline updated: {len(new)} cells of {', '.join(tables)} written to {baseline_file} "
+                 f"(k = {k:g}); review and commit it")
+    return NightlyResult(0, None, None, baseline_file, lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        result = run_nightly(
+            args.profile, parse_tables(args.tables), data_root=args.data_root, model_root=args.model_root,
+            results_root=args.results_root, reports_root=args.reports_root, baseline=args.baseline,
+            k=args.tolerance_k, update_baseline=args.update_baseline, reproduce=not args.skip_reproduce,
+            force=args.force,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:
+        if debug:
+            raise
+        print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 2
+    print("\n".join(result.lines))
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Resumable mid-run checkpoints and the one atomic file writer; nothing read back can run code.
+
+A run's checkpoint directory (the harness uses ``results/<profile>/checkpoints/<run_id>/``)::
+
+    step-000012.safetensors  trainable weights at step 12: EGMF's modules and the LoRA adapters
+    step-000012.pt           optimizer, scheduler, RNG states, loop state (step, data order, best
+                             weights, early-stopping counters, history); torch.save, read back with
+                             torch.load(weights_only=True)
+    latest.json              {"format", "tag", "step", "files": {name: sha256}}: written last
+
+Every file is written with :func:`atomic_write_bytes` (same-folder temp file, fsync, rename,
+fsync of the folder), and ``latest.json`` only after both step files are complete, so a kill at
+any moment (SIGKILL included) leaves either the previous checkpoint or the new one. The results
+store writes through the same function; torch and numpy are imported on use, so importing this
+module stays cheap. A pointer
+whose files are missing, truncated (sha256) or from another configuration (``tag``) is ignored
+with one warning line and the run starts from step 0. Stray ``*.tmp`` files are never read.
+
+Exact resumption: the frozen backbone and EGMF are rebuilt from the run seed as usual, then the
+checkpoint restores the trainable weights, AdamW's moments, the schedule, the shuffling
+generator and what is left of the epoch's order, the best-so-far weights, the patience counter,
+and the global torch / CUDA / numpy / Python RNG states (LoRA dropout draws from the global
+one). On CPU a resumed run therefore gives the same final metrics as an uninterrupted one, bit
+for bit (tests/test_checkpoint.py, tests/test_kill_resume.py).
+
+What is and is not deterministic on GPU
+---------------------------------------
+* Same seed, same GPU model, same software: most of a run repeats, but not bit for bit by
+  default. cuBLAS may pick a different reduction split per call unless its workspace is
+  pinned (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` or ``:16:8``, set before CUDA starts);
+  backward passes of ``index_add_`` / ``scatter_add_`` / embedding lookups (the frozen
+  embedding's gradient is off, but LoRA and attention kernels may use atomics) add floats in
+  a scheduling-dependent order; flash / memory-efficient SDPA kernels have non-deterministic
+  backward passes.
+* bf16 autocast (``train.mixed_precision="auto"`` on CUDA) rounds every matmul to 8 bits of
+  mantissa, so a last-bit difference from the points above grows into visibly different losses
+  after some hundred steps, and greedy generation can then flip an answer token whose two top
+  logits were close. Metrics agree closely, not exactly.
+* Resuming from a checkpoint restores the CUDA RNG states too, so a resumed GPU run is as
+  deterministic as an uninterrupted one, no more.
+* What helps: ``torch.use_deterministic_algorithms(True)`` with
+  ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (errors out on ops without a deterministic kernel, and
+  is slower), ``torch.backends.cudnn.benchmark = False``, ``train.mixed_precision="no"``
+  (fp32), and the same GPU model and driver/library versions (a different card, cuBLAS or
+  cuDNN version changes kernels and so the last bits). Run files record device and versions.
+* Never deterministic across hardware: CPU vs GPU, or two GPU models, give different numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+CHECKPOINT_FORMAT = 1
+POINTER = "latest.json"
+_STEP_FILE = re.compile(r"^step-(\d{6,})\.(safetensors|pt)$")
+
+
+class AtomicWriteError(ValueError):
+    """A file could not be written (disk full, read-only, not a folder); names the file and why."""
+
+    def __init__(self, path: Path, err: OSError):
+        code = errno.errorcode.get(err.errno or 0, "")
+        why = f"{err.strerror or err}" + (f" ({code})" if code else "")
+        super().__init__(f"cannot write {path}: {why}")
+        self.path, self.errno = Path(path), err.errno
+
+
+class CheckpointError(ValueError):
+    """A checkpoint setting is out of range (names the config field) or a checkpoint cannot be trusted."""
+
+
+# ---- atomic files -------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``path`` so that readers see the old file or the new one, never a part.
+
+    Same-folder temp file (``.<name>.<random>.tmp``), every byte written with ``os.write``, fsync,
+    rename, fsync of the folder. On failure the temp file and any folder this call created are
+    removed and :class:`AtomicWriteError` names the file (e.g. ENOSPC: disk full).
+    """
+    path = Path(path)
+    created = _missing_parents(path.parent)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for folder in created:  # deepest first; only while still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, OSError):
+            raise AtomicWriteError(path, e) from None
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (not every filesystem allows it: then a no-op)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- RNG states ---------------------------------------------------------------------------------
+
+def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a training step draws from, as weights_only-loadable values."""
+    import numpy as np
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+        "shuffle": generator.get_state(),  # the data order's own generator
+    }
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])
+    generator.set_state(state["shuffle"])
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of the model: trainable parameters (EGMF + LoRA) and EGMF's buffers."""
+    out = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    out.update({n: b for n, b in model.named_buffers() if not n.startswith("llm.")})
+    return out
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+class Checkpointer:
+    """Saves a run's training state every ``every`` steps into ``directory`` and resumes from it.
+
+    ``tag`` identifies the configuration (the resolved config's hash): a checkpoint written
+    under another tag is ignored. ``every=None`` writes nothing but still resumes.
+    """
+
+    def __init__(self, directory: str | Path, *, every: int | None, tag: str,
+                 log: Callable[[str], None] = _stderr):
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every <= 0):
+            raise CheckpointError(f"config field train.checkpoint_every={every!r}: must be a positive number of "
+                                  "steps or None (off)")
+        self.directory, self.every, self.tag, self.log = Path(directory), every, str(tag), log
+
+    def due(self, step: int) -> bool:
+        return self.every is not None and step % self.every == 0
+
+    # -- save --
+
+    def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, generator: torch.Generator,
+             loop: dict[str, Any]) -> Path:
+        """Write step ``step`` (weights, then state, then the pointer) and drop older step files."""
+        from safetensors.torch import save as safetensors_bytes
+
+        weights = {n: t.detach().to("cpu").contiguous() for n, t in trainable_tensors(model).items()}
+        blobs = {
+            f"step-{step:06d}.safetensors": safetensors_bytes(weights, metadata={"step": str(step), "tag": self.tag}),
+            f"step-{step:06d}.pt": _torch_bytes({
+                "step": int(step),
+                "tag": self.tag,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": capture_rng(generator),
+                "loop": {k: _cpu(v) for k, v in loop.items()},
+            }),
+        }
+        for name, data in blobs.items():
+            atomic_write_bytes(self.directory / name, data)
+        pointer = {"format": CHECKPOINT_FORMAT, "tag": self.tag, "step": int(step),
+                   "files": {name: sha256_bytes(data) for name, data in blobs.items()}}
+        path = atomic_write_bytes(self.directory / POINTER, (json.dumps(pointer, indent=1) + "\n").encode())
+        for old in self.directory.iterdir():
+            if _STEP_FILE.match(old.name) and old.name not in blobs:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+        return path
+
+    # -- resume --
+
+    def resume(self, model: torch.nn.Module, optimizer, scheduler, generator: torch.Generator
+               ) -> dict[str, Any] | None:
+        """Restore the latest valid checkpoint into model, optimizer, scheduler and RNGs; its loop
+        state, or None (no checkpoint, or one that cannot be trusted: one warning line)."""
+        pointer_path = self.directory / POINTER
+        if not pointer_path.is_file():
+            return None
+        try:
+            weights, state = self._read(pointer_path)
+            params = trainable_tensors(model)
+            if set(weights) != set(params):
+                extra = sorted(set(weights) ^ set(params))[0]
+                raise CheckpointError(f"weights do not match the model ({extra!r})")
+            wrong = next((n for n, t in params.items() if t.shape != weights[n].shape), None)
+            if wrong is not None:
+                raise CheckpointError(f"{wrong} has shape {tuple(weights[wrong].shape)}, the model "
+                                      f"{tuple(params[wrong].shape)}")
+        except (CheckpointError, OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            return self._refuse(pointer_path, e)
+        # Restore everything or nothing: a half-restored run would silently differ from a fresh one.
+        backup = ({n: t.detach().clone() for n, t in params.items()}, optimizer.state_dict(),
+                  scheduler.state_dict(), capture_rng(generator))
+        try:
+            self._apply(params, weights, state["optimizer"], state["scheduler"], state["rng"],
+                        optimizer, scheduler, generator)
+        except (CheckpointError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            self._apply(params, *backup, optimizer, scheduler, generator)
+            return self._refuse(pointer_path, e)
+        self.log(f"resuming from {self.directory} at step {state['step']}")
+        return state["loop"]
+
+    @staticmethod
+    def _apply(params, weights, optimizer_state, scheduler_state, rng_state, optimizer, scheduler, generator) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, tensor in params.items():
+                tensor.copy_(weights[name])
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        restore_rng(rng_state, generator)
+
+    def _refuse(self, pointer_path: Path, err: BaseException) -> None:
+        self.log(f"warning: {pointer_path}: checkpoint not used ({' '.join(str(err).split())[:300]}); "
+                 "starting the run from step 0")
+        return None
+
+    def _read(self, pointer_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        import torch
+        from safetensors.torch import load as safetensors_load
+
+        try:
+            pointer = json.loads(pointer_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"unreadable pointer ({e})") from None
+        if pointer.get("format") != CHECKPOINT_FORMAT or pointer.get("tag") != self.tag:
+            raise CheckpointError(f"written for another configuration or format (tag {pointer.get('tag')!r})")
+        blobs = {}
+        for name, digest in (pointer.get("files") or {}).items():
+            if not _STEP_FILE.match(name):
+                raise CheckpointError(f"unexpected file name {name!r}")
+            data = (self.directory / name).read_bytes()
+            if sha256_bytes(data) != digest:
+                raise CheckpointError(f"{name} does not match its sha256 (truncated or edited)")
+            blobs[name.rsplit(".", 1)[1]] = data
+        if set(blobs) != {"safetensors", "pt"}:
+            raise CheckpointError("pointer does not name a weights file and a state file")
+        weights = safetensors_load(blobs["safetensors"])
+        state = torch.load(io.BytesIO(blobs["pt"]), map_location="cpu", weights_only=True)
+        if state.get("tag") != self.tag or state.get("step") != pointer.get("step"):
+            raise CheckpointError("state file does not belong to the pointer")
+        return weights, state
+
+    def clear(self) -> None:
+        """Delete the checkpoint directory (the run's result is safely stored)."""
+        remove_checkpoint(self.directory)
+
+
+def remove_checkpoint(directory: str | Path) -> None:
+    """Delete a run's checkpoint directory and everything in it; a missing one is fine."""
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _cpu(value: Any) -> Any:
+    """Tensors to CPU (nested in dicts and lists) so a checkpoint loads on any machine."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu")
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(v) for v in value)
+    return value
