@@ -91,7 +91,7 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def nightly(session: nox.Session) -> None:
     """Reproduce the nightly tables, compare with results/baselines/<profile>.csv, fail on regression."""
-    _harness(session, "nightly")
+    session.run(_python(session), "-m", "benchmarks.nightly", *session.posargs)
 
 
 def _register_table_sessions() -> None:

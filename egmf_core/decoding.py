@@ -37,9 +37,12 @@ def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: lis
     """Greedy decoding restricted to the label answers; returns the chosen class per sample (B,)."""
     embeds, _ = model.prompt_embeds(batch)
     mask = batch["attention_mask"]
-    out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"], use_cache=True)
+    # When every label starts with its own token, the prompt pass decides: no cache is needed.
+    needs_more = len({a[0] for a in label_answers}) < len(label_answers)
+    out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
+                    use_cache=needs_more, logits_to_keep=1)
     logits = out.logits[:, -1, :]  # (B, V)
-    cache = out.cache
+    cache = out.cache if needs_more else None
     B, K = embeds.shape[0], len(label_answers)
     device = logits.device
     alive = torch.ones(B, K, dtype=torch.bool, device=device)  # labels still consistent with the choice
@@ -66,6 +69,7 @@ def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: lis
             position_ids=positions.unsqueeze(1),
             cache=cache,
             use_cache=True,
+            logits_to_keep=1,
         )
         logits, cache = out.logits[:, -1, :], out.cache
     return alive.float().argmax(dim=1)  # the single surviving label (first one on exact ties)

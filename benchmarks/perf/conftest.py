@@ -22,7 +22,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import egmf_core.run  # noqa: E402,F401  (applies EGMF_TORCH_THREADS first; ours wins below)
 from egmf_core.batching import EncodedSplit, PromptEncoder  # noqa: E402
 from egmf_core.config import RunConfig, apply_overrides  # noqa: E402
 from egmf_core.data.dataset import DatasetSpec  # noqa: E402

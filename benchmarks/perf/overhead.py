@@ -1,7 +1,7 @@
 """EGMF's own modules against the frozen backbone at paper scale: their share of one training step.
 
     python -m benchmarks.perf.overhead [--backbones llama3,glm3,glm4] [--batch 8] [--tokens 120]
-        [--repeats 2] [--device cpu] [--out reports/smoke/cost.json]
+        [--repeats 2] [--device cpu] [--threads N] [--out reports/smoke/cost.json]
 
 Two estimates, printed side by side and recorded in ``cost.json`` / ``cost.md``:
 
@@ -404,12 +404,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=STEP_TOKENS, help="tokens per training sequence")
     p.add_argument("--repeats", type=int, default=2, help="timed repetitions per decoder layer (median)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a busy CPU)")
     p.add_argument("--no-count", action="store_true", help="skip the torch.utils.flop_counter check pass")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="cost JSON (cost.md is written beside it)")
     args = p.parse_args(argv)
     unknown = [b for b in args.backbones.split(",") if b not in PAPER_BACKBONES]
     if unknown:
         p.error(f"--backbones: unknown {unknown[0]!r} (known: {', '.join(PAPER_BACKBONES)})")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = measure(args.backbones.split(","), batch=args.batch, tokens=args.tokens, repeats=args.repeats,
                      device=args.device, count=not args.no_count, log=print)
     print(overhead_table(result))
