@@ -78,6 +78,7 @@ PAPER_TRAIN: dict[str, Any] = {
     "train.adam_eps": 1e-4,
     "train.warmup_ratio": 0.1,
     "train.mixed_precision": "auto",
+    "train.checkpoint_every": 200,  # resumable mid-run on shared GPUs (egmf_core/checkpoint.py)
 }
 PAPER_PATIENCE: dict[str, int] = {"classification": 8, "regression": 10}
 

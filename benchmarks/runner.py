@@ -194,14 +194,7 @@ def reproduce(
 
 
 def _checked_table(spec: TableSpec) -> TableSpec:
-    """Names checked here so the error names the table file (load_table checks the file's shape)."""
-    from benchmarks.tables import TableError
-    from egmf_core.config import DATASETS
-
-    for name in spec.datasets:
-        if name not in DATASETS:
-            raise TableError(f"{spec.path}: field 'datasets' names unknown dataset {name!r} "
-                             f"(known: {', '.join(DATASETS)})")
+    """Kept for callers; load_table now checks dataset names itself."""
     return spec
 
 

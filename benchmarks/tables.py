@@ -133,6 +133,11 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
         return d[key]
 
     datasets = tuple(need("datasets", list))
+    from egmf_core.config import DATASETS
+
+    unknown = [ds for ds in datasets if ds not in DATASETS]
+    if unknown:
+        raise TableError(f"{path}: field 'datasets' names unknown dataset {unknown[0]!r} (known: {', '.join(DATASETS)})")
     metrics_raw = need("metrics", dict)
     for ds in datasets:
         if ds not in metrics_raw:

@@ -190,6 +190,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be positive")
     need(t.epochs > 0, "train.epochs", t.epochs, "must be positive")
     need(t.eval_mode in ("generate", "score"), "train.eval_mode", t.eval_mode, "must be 'generate' or 'score'")
+    need(not (t.eval_mode == "score" and dc.name in ("mosei", "sims_v2")), "train.eval_mode", t.eval_mode,
+         f"label scoring needs a classification dataset, and {dc.name} is regression")
+    need(t.checkpoint_every is None or t.checkpoint_every > 0, "train.checkpoint_every", t.checkpoint_every,
+         "must be a positive number of steps or unset")
+    need(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every, "must be positive or unset")
+    need(t.patience is None or t.patience > 0, "train.patience", t.patience, "must be positive or unset")
     need(t.select_on == "valid", "train.select_on", t.select_on, "model selection uses the validation split only")
     need(t.invalid_fallback in ("majority", "mean", "wrong"), "train.invalid_fallback", t.invalid_fallback, "must be majority, mean or wrong")
     need(t.mixed_precision in ("auto", "no", "bf16"), "train.mixed_precision", t.mixed_precision, "must be auto, no or bf16")
