@@ -76,6 +76,21 @@ HAND_WRITTEN: tuple[str, ...] = (
     "failure but gives no threshold.",
     "Paired comparisons use the seeds present in both rows: mean delta, 95% percentile bootstrap "
     "CI (10,000 resamples, fixed RNG seed) and a paired t-test; fewer than two pairs gives n/a.",
+    "Each expert is a bottleneck LayerNorm -> Linear(d_h, d_h/ratio) -> activation -> Linear(d_h/ratio, "
+    "d_h); the paper gives only the ratios and activations (model.expert_ratio, model.expert_activation).",
+    "Eq. 1-2: queries, keys and Z_cross are LayerNormed before each attention, residuals as written, "
+    "no feed-forward block; f_fusion is the mean over the utterance's valid tokens (egmf_core/fusion.py).",
+    "Removing text replaces H_text by one learned query vector in the fusion and removes the "
+    "utterance from the prompt (model.modalities without 'text').",
+    "Prompt wording (egmf_core/prompts.py): 'Multimodal features:' [T_pseudo] 'Utterance: \"...\"' "
+    "then the label list with indices or the score range, in the dataset's language; targets are "
+    "the label word (Chinese for CHERMA) or the score with one decimal, then end-of-sequence.",
+    "Answers are decoded greedily (train.eval_mode='generate'); label scoring is greedy decoding "
+    "restricted to the label set, so it returns generation's answer wherever that answer is valid.",
+    "Regression gating statistics group samples as negative / neutral / positive, neutral being "
+    "|y| <= 0.5 (MOSEI) or 0.1 (SIMS-V2), the usual Acc-3 bands.",
+    "Tiny twins (smoke) draw the frozen output layer with std 0.4 instead of 0.02: a random head "
+    "with std 0.02 at width 64 caps logit gaps near 2 and no answer could be learned.",
 )
 
 

@@ -9,8 +9,6 @@ Each function returns the paths it wrote; it writes nothing when there is nothin
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from benchmarks.stats import dataset_key_metric, display_name, gating_runs, improvement, ok_metric_rows, to_display
+from egmf_core.checkpoint import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 
 REFERENCE_COLOR = "#c0392b"
@@ -31,19 +30,8 @@ _STYLE = {"font.size": 9, "axes.titlesize": 10}
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (the suite's one writer: temp, fsync, rename, fsync dir)."""
+    atomic_write_bytes(path, data)
 
 
 def _save(fig: Figure, path: Path) -> Path:
