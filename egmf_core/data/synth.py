@@ -19,7 +19,7 @@ Planted structure (the constants below the imports; a retune is one edit):
   neutral, fear and disgust ~2.7%) or a score (MOSEI: multiples of 1/3 in [-3, 3], ~20%
   exactly 0; SIMS-V2: multiples of 0.2 in [-1, 1]).
 - TEXT carries the strongest signal: a short sentence in the dataset's language (English for
-  mosei/meld, Chinese for sims_v2/cherma) of 3-7 filler words plus one cue phrase from y's
+  mosei/meld, Chinese for sims_v2/cherma) of 2-4 filler words (FILLER_COUNT) plus one cue phrase, said twice (CUE_REPEATS), from y's
   lexicon (CUES: per class, or per signed intensity bucket for scores: 7 over [-3, 3] for
   MOSEI, 5 over [-1, 1] for SIMS-V2, exact 0 alone in the middle bucket; see score_bucket).
   For TEXT_CONFLICT_SHARE (25%) of samples the text disagrees with y: half of those
