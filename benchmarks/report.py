@@ -131,7 +131,7 @@ def _banner(profile: str, df: pd.DataFrame) -> str:
     data = ", ".join(_uniq(df["data_source"])) or "unknown (no results yet)"
     model = ", ".join(_uniq(df["model_source"])) or "unknown (no results yet)"
     if profile == "paper":
-        return f"> PAPER PROFILE: real data from {data}, weights from {model}."
+        return f"> PAPER PROFILE: data read from {data}, weights from {model}."
     return f"> {profile.upper()} PROFILE: data from {data}, weights from {model}."
 
 
