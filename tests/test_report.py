@@ -123,7 +123,7 @@ def test_means_and_stds_over_seeds_in_points_and_raw_units():
 
 def test_paper_profile_verdicts_are_direction_aware():
     md = build_table_report(toy_spec(), toy_results("paper"), "paper")
-    assert md.splitlines()[0] == "> PAPER PROFILE: real data from synth:v1, weights from random-init."
+    assert md.splitlines()[0] == "> PAPER PROFILE: data read from synth:v1, weights from random-init."
     assert "| 62.50 (seed) | -0.50 | held, ours worse |" in md
     assert "| 72.50 (leaderboard) | -1.50 | within tolerance, ours worse |" in md
     # MAE 0.550 vs the paper's 0.700: outside tolerance, and lower MAE is better
