@@ -29,8 +29,8 @@ WHY_BELOW_TARGET = (
     "tokenizers, so scoring is one forward pass over the prompt, and a trained model's generation is that same "
     "prompt pass plus one single-token decoding step before every row has ended (generation stops early). The "
     "prompt pass (32 rows x ~90 tokens) dominates both (compare 'prefill' with 'generate': the step after it adds "
-    "a fraction of the prompt pass), and generate()'s prompt pass computes logits for the last position only while score_labels computes them "
-    "for every position and fills a KV cache it rarely needs. Scoring can only save the decoding steps after the "
+    "a fraction of the prompt pass); score_labels keeps only the last position's logits and skips the KV cache "
+    "when the first token decides, so the two share the same prompt pass. Scoring can only save the decoding steps after the "
     "prompt, so it reaches 3x only when generation runs 3 prompt-equivalents: answers of many tokens, or hardware "
     "where each decoding step costs about as much as the prompt pass (large models at small batch on a GPU)."
 )
