@@ -123,7 +123,7 @@ def reproduce(
     """
     t0 = time.monotonic()
     results_root, reports_root = Path(results_root), Path(reports_root)
-    spec = _checked_table(load_table(table_name, ablations_dir))
+    spec = load_table(table_name, ablations_dir)
     cells = expand(spec, profile, seeds=seeds, rows=rows, datasets=datasets, data_root=data_root,
                    model_root=model_root, trust_remote_code=trust_remote_code)
     if isinstance(shard, str):
@@ -191,11 +191,6 @@ def reproduce(
         summary.report = paths[-1] if paths else None
     summary.seconds = time.monotonic() - t0
     return summary
-
-
-def _checked_table(spec: TableSpec) -> TableSpec:
-    """Kept for callers; load_table now checks dataset names itself."""
-    return spec
 
 
 def _stored_ok(path: Path, cell: Cell, summary: Summary | None) -> bool:

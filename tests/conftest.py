@@ -90,3 +90,15 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError(f"network connection to {a[0]!r}")))
     yield
+
+
+def isolate_harness(tmp_path, monkeypatch):
+    """Point the smoke profile's repo root at tmp, fake its data writer, clear the roots' env vars."""
+    from benchmarks import profiles
+
+    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(profiles, "write_synthetic_dataset",
+                        lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
+    monkeypatch.delenv("EGMF_DATA_ROOT", raising=False)
+    monkeypatch.delenv("EGMF_MODEL_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)

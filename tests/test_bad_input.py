@@ -24,6 +24,7 @@ from benchmarks import profiles, runner
 from benchmarks.cli import main
 from egmf_core.config import config_hash
 from egmf_core.outcome import RunOutcome
+from tests.conftest import isolate_harness
 from tests.test_kill_resume import write_tiny_ablations
 
 LLAMA_DIR = profiles.MODEL_DIRS["llama3"]
@@ -299,12 +300,7 @@ def _tree(root: Path) -> dict[str, bytes | None]:
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, request):
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset",
-                        lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
-    monkeypatch.delenv("EGMF_DATA_ROOT", raising=False)
-    monkeypatch.delenv("EGMF_MODEL_ROOT", raising=False)
-    monkeypatch.chdir(tmp_path)
+    isolate_harness(tmp_path, monkeypatch)
     results = tmp_path / "results"
     # A results tree with finished runs in it, so that "nothing added or changed" means something.
     runner.reproduce("main_msa", "smoke", seeds=[1111], results_root=results, reports_root=tmp_path / "reports",

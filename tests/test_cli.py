@@ -7,10 +7,11 @@ import types
 
 import pytest
 
-from benchmarks import launchers, profiles, runner
+from benchmarks import launchers, runner
 from benchmarks.cli import main
 from egmf_core.config import ConfigError, config_hash
 from egmf_core.outcome import RunOutcome
+from tests.conftest import isolate_harness
 
 
 def fake_run(cfg, *, progress=None):
@@ -23,12 +24,7 @@ def fake_run(cfg, *, progress=None):
 def isolated(tmp_path, monkeypatch):
     """Fake runs and fake synthetic data; no real training, nothing written in the repo."""
     monkeypatch.setattr(runner, "_default_run_fn", lambda spec: fake_run)
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset",
-                        lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
-    monkeypatch.delenv("EGMF_DATA_ROOT", raising=False)
-    monkeypatch.delenv("EGMF_MODEL_ROOT", raising=False)
-    monkeypatch.chdir(tmp_path)
+    isolate_harness(tmp_path, monkeypatch)
 
 
 def _roots(tmp_path):
