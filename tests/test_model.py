@@ -51,6 +51,22 @@ def test_padding_never_changes_the_loss_or_the_pseudo_tokens(split):
     assert torch.allclose(row, loss_alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["glm3-tiny", "glm4-tiny", "llama3-tiny"])
+def test_the_answer_only_loss_equals_the_loss_over_all_logits(split, backbone):
+    model, tok, _, _ = _build(backbone=backbone)
+    batch, _, _ = _batch(model, tok, split, list(range(8)), with_answer=True)
+    # eval mode: no dropout, so both passes see the same network; gradients flow all the same
+    loss, _ = model(batch)
+    emb, _ = model.prompt_embeds(batch)
+    full = model.llm(inputs_embeds=emb, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                     labels=batch["labels"], use_cache=False).loss  # HF: the LM head over every position
+    assert torch.allclose(loss, full, atol=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    mine = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    ref = torch.autograd.grad(full, params, allow_unused=True)
+    assert all((a is None and b is None) or torch.allclose(a, b, atol=1e-5) for a, b in zip(mine, ref))
+
+
 def test_left_padded_prompts_give_the_same_next_token_logits(split):
     model, tok, _, _ = _build()
     alone, _, _ = _batch(model, tok, split, [2], with_answer=False)
