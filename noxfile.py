@@ -72,8 +72,10 @@ def report(session: nox.Session) -> None:
 
 @nox.session
 def reproduce_all(session: nox.Session) -> None:
-    """Reproduce every paper table (smoke profile unless -- --profile paper)."""
-    _harness(session, "reproduce", "all")
+    """Reproduce every paper table (smoke profile unless -- --profile paper; smoke trains one run per CPU core)."""
+    smoke = "paper" not in session.posargs and not any(a.startswith("--profile=paper") for a in session.posargs)
+    jobs = [] if not smoke or any(a.startswith("--jobs") for a in session.posargs) else ["--jobs", str(os.cpu_count() or 1)]
+    _harness(session, "reproduce", "all", *jobs)
 
 
 @nox.session

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--datasets", help="comma-separated datasets, e.g. mosei,meld")
     r.add_argument("--force", action="store_true", help="retrain runs that already have a result")
     r.add_argument("--shard", help="run shard i of n only, e.g. 0/4 (numbered from 0)")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="local: train in N worker processes at once, one shard each (smoke: one per CPU core)")
     r.add_argument("--launcher", default="local", help="local (default) or slurm (needs submitit)")
     r.add_argument("--shards", type=int, help="slurm: array tasks (default: one per run)")
     r.add_argument("--slurm-partition", help="slurm: partition to submit to")
@@ -168,6 +170,15 @@ def cmd_reproduce(args) -> int:
     else:
         if args.shards is not None or args.slurm_partition is not None:
             raise GridError("--shards and --slurm-partition need --launcher slurm (locally use --shard i/n)")
+        if args.jobs < 1:
+            raise GridError(f"--jobs {args.jobs}: must be at least 1")
+        if args.jobs > 1:
+            if shard is not None:
+                raise GridError("--jobs splits the grid into shards itself; drop --shard")
+            rc = launchers.run_local_jobs(_worker_argv(args), args.jobs)
+            if rc == 2:
+                return 2  # the workers printed the error
+            kwargs["force"] = False  # the workers retrained what --force asked for; collect and render
         kwargs.update(shard=shard, raise_render_errors=args.debug)
         if args.table == "all":
             summaries = runner.reproduce_all(args.profile, rows=rows, **kwargs)
@@ -176,6 +187,21 @@ def cmd_reproduce(args) -> int:
     for s in summaries:
         print(s.line())
     return 0 if all(s.ok for s in summaries) else 1
+
+
+def _worker_argv(args) -> list[str]:
+    """The ``reproduce`` command line of one --jobs worker, less its --shard (reports off)."""
+    argv = ["reproduce", args.table, "--profile", args.profile, "--results-root", str(args.results_root),
+            "--ablations-dir", str(args.ablations_dir), "--no-report"]
+    for flag, value in (("--data-root", args.data_root), ("--model-root", args.model_root),
+                        ("--seeds", args.seeds), ("--rows", args.rows), ("--datasets", args.datasets)):
+        if value is not None:
+            argv += [f"{flag}={value}"]  # = keeps values that start with a dash ("-T,-A")
+    for flag, on in (("--force", args.force), ("--trust-remote-code", args.trust_remote_code),
+                     ("--debug", args.debug)):
+        if on:
+            argv.append(flag)
+    return argv
 
 
 def cmd_report(args) -> int:

@@ -1,6 +1,7 @@
 """Where a table's runs execute: here, one after another ("local"), or as a Slurm job array.
 
-Sharding is the only parallelism: shard i of n holds the runs whose id hashes to i (see
+Sharding is the only parallelism: ``--jobs N`` (local) starts N worker processes on this
+machine, one shard each, and ``--launcher slurm`` one array task per shard. Shard i of n holds the runs whose id hashes to i (see
 ``benchmarks.grid.shard``), so n workers never train the same run and their run files never
 collide. Data-parallel seeds are therefore shards too: one GPU per shard, one run at a time.
 
@@ -33,6 +34,50 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "cpus_per_task": 8,
     "mem_gb": 64,
 }
+
+
+def run_local_jobs(worker_argv: list[str], jobs: int, *, command: list[str] | None = None) -> int:
+    """Run ``python -m benchmarks <worker_argv> --shard i/jobs`` for every i at once; wait for all.
+
+    ``command`` replaces ``python -m benchmarks`` (tests start workers through a driver).
+
+    The smoke profile trains with one thread per process, so on a machine with c cores
+    ``--jobs c`` trains c runs at a time. Workers share the results directory: each run file is
+    written atomically and each run holds its own lock, so they need no other coordination.
+    Their progress bars are off; instead each logs a line per finished run, tagged, as are their
+    warnings and summary lines. The caller then collects every run file into the table CSV and
+    renders the report. Returns the
+    highest worker exit status (0 all fine, 1 some runs failed, 2 a bad input, 130 interrupted).
+    """
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    env = {**os.environ, "EGMF_NO_PROGRESS": "1", "EGMF_LOG_RUNS": "1"}
+    command = command or [sys.executable, "-m", "benchmarks"]
+    procs = [subprocess.Popen([*command, *worker_argv, "--shard", f"{i}/{jobs}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+             for i in range(jobs)]
+
+    def relay(i: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            runner.log(f"[job {i + 1}/{jobs}] {line.rstrip()}")
+
+    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    for t in threads:
+        t.join()
+    return max(codes)
 
 
 class LauncherError(ValueError):

@@ -141,7 +141,7 @@ def reproduce(
     bars = progress_enabled()
     with tqdm(total=len(runs), desc=f"{spec.name} [{profile}]", unit="run", position=0, disable=not bars,
               dynamic_ncols=True) as grid_bar:
-        for run_id, cell in runs.items():
+        for k, (run_id, cell) in enumerate(runs.items(), 1):
             path = store.run_path(results_root, profile, run_id)
             ckpt, lock_file = store.checkpoint_dir(results_root, profile, run_id), store.lock_path(results_root, profile, run_id)
             if not force and _stored_ok(path, cell, summary):
@@ -165,7 +165,11 @@ def reproduce(
                 if force:
                     store.remove_checkpoint(ckpt)
                 prior = _ok_checksum(path)
+                t_run = time.monotonic()
                 outcome, resolved = _execute(cell, fn, context, bars, ckpt)
+                if os.environ.get("EGMF_LOG_RUNS") == "1":  # --jobs workers: a line per run instead of bars
+                    log(f"{spec.name}: {k}/{len(runs)} {cell.label}: {outcome.status} "
+                        f"in {format_duration(time.monotonic() - t_run)}")
                 if outcome.status != "ok" and _ok_checksum(path) not in (None, prior):
                     summary.cached += 1  # another process stored an ok result meanwhile: keep it
                 else:

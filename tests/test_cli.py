@@ -184,3 +184,37 @@ def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_pat
     assert len(list((tmp_path / "results" / "smoke" / "runs").glob("*.json"))) == 6
     assert (tmp_path / "results" / "smoke" / "main_msa.csv").is_file()
     assert main(["reproduce", "3", "--launcher", "slurm", "--shard", "0/2", *_roots(tmp_path)]) == 2
+
+
+def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, tmp_path, capsys):
+    started = []
+
+    def fake_jobs(worker_argv, jobs):  # the workers' part: train each shard's runs here instead
+        started.append((list(worker_argv), jobs))
+        for i in range(jobs):
+            runner.reproduce("3", "smoke", seeds=[1111, 1112], shard=(i, jobs), results_root=tmp_path / "results",
+                             render=False, run_fn=fake_run)
+        return 0
+
+    monkeypatch.setattr(launchers, "run_local_jobs", fake_jobs)
+    assert main(["reproduce", "3", "--jobs", "2", "--seeds", "1111,1112", "--rows", "EGMF", "--force",
+                 *_roots(tmp_path)]) == 0
+    (argv, jobs), = started
+    assert jobs == 2 and argv[:2] == ["reproduce", "3"] and "--no-report" in argv and "--force" in argv
+    assert "--seeds=1111,1112" in argv and "--rows=EGMF" in argv and not any(a.startswith("--shard") for a in argv)
+    out = capsys.readouterr().out  # the collecting pass finds every run stored and renders the report
+    assert "(0 trained, 4 cached, 0 failed)" in out and "main_msa.md" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--jobs", "0"], "--jobs 0: must be at least 1"),
+    (["--jobs", "2", "--shard", "0/2"], "--jobs splits the grid into shards itself"),
+])
+def test_bad_jobs_arguments_are_one_line_errors(extra, message, tmp_path, capsys):
+    assert main(["reproduce", "3", *extra, *_roots(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_worker_that_rejects_its_input_ends_the_command_with_exit_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs: 2)
+    assert main(["reproduce", "3", "--jobs", "2", *_roots(tmp_path)]) == 2

@@ -5,10 +5,13 @@ What is and is not deterministic on GPU is written down in egmf_core.checkpoint'
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pandas as pd
 import pytest
 
-from benchmarks import runner
+from benchmarks import profiles, runner
 from benchmarks.grid import expand, shard_of, unique_runs
 from benchmarks.tables import load_table
 from tests.test_kill_resume import PROFILE, stable_values, write_tiny_ablations
@@ -57,3 +60,25 @@ def test_checkpointing_does_not_change_the_numbers(tmp_path):
     assert a["run_id"][0] != b["run_id"][0]
     keep = ["split", "metric", "value", "steps", "best_step", "invalid_rate", "gating_json"]
     pd.testing.assert_frame_equal(a[keep], b[keep])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_repo")
+def test_two_parallel_job_workers_give_the_single_process_numbers(tmp_path, monkeypatch):
+    from benchmarks import launchers
+    from tests.test_kill_resume import DRIVER, cli_env
+
+    ablations = write_tiny_ablations(tmp_path / "ablations")
+    single = _reproduce(tmp_path, ablations, "single")
+    env = cli_env(tmp_path)  # the workers inherit this process's environment
+    for key in os.environ.keys() - env.keys():
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    worker = ["reproduce", "tiny", "--ablations-dir", str(ablations), "--results-root", str(tmp_path / "jobs"),
+              "--no-report"]
+    # each worker is a real process training its shard, with its smoke data under tiny_repo
+    assert launchers.run_local_jobs(worker, 2, command=[sys.executable, "-c", DRIVER, str(profiles.REPO_ROOT)]) == 0
+    collected = _reproduce(tmp_path, ablations, "jobs")  # what the CLI does after its workers end
+    assert (collected.trained, collected.cached) == (0, 4)
+    pd.testing.assert_frame_equal(stable_values(collected.csv), stable_values(single.csv))
