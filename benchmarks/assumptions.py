@@ -62,8 +62,9 @@ HAND_WRITTEN: tuple[str, ...] = (
     "Checkpoints and settings are selected on the validation split only (train.select_on='valid'); "
     "the test split is evaluated once, at the selected step.",
     "The smoke profile's data are synthetic, with planted structure: text carries the strongest "
-    "signal, audio a weaker one, visual the weakest, and 25% of samples have conflicting "
-    "modalities; its models are tiny and randomly initialised, so smoke numbers are never "
+    "signal (its cue misleads or is missing on 25% of samples), audio shows the true label on 50% "
+    "of samples and visual on 30% (egmf_core/data/synth.py, SYNTH_VERSION 4); its models are "
+    "tiny and randomly initialised, trained 400 steps on 480 samples, so smoke numbers are never "
     "compared with the paper's.",
     "Cell verdicts: 'held' when |ours - paper| <= max(1 std over seeds, 0.5 points), 'within "
     "tolerance' when <= max(2 std, 2 points) (0.005 and 0.02 for MAE and Corr), otherwise 'did "

@@ -106,7 +106,7 @@ def test_list_shows_every_table_with_its_grid(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 + 9 + 1
-    assert out[4].split()[:2] == ["4", "modality_ablation"] and "7 x 4 x 3 = 84" in out[4]
+    assert out[4].split()[:2] == ["4", "modality_ablation"] and "7 x 4 x 5 = 140" in out[4]
     assert out[8].split()[:2] == ["S1", "expert_design"]
     from benchmarks.tables import list_tables, load_table
 

@@ -44,10 +44,10 @@ def paper_roots(tmp_path, monkeypatch):
 def test_modality_grid_is_rows_times_datasets_times_seeds():
     spec = load_table("modality_ablation")
     cells = expand(spec, "smoke")
-    assert len(cells) == 7 * 4 * 3
-    assert len(unique_runs(cells)) == 84  # every cell is a different configuration
-    assert [c.row for c in cells[:12]] == ["T+A+V"] * 12  # row, then dataset, then seed order
-    assert [c.seed for c in cells[:3]] == [1111, 1112, 1113]
+    assert len(cells) == 7 * 4 * 5
+    assert len(unique_runs(cells)) == 140  # every cell is a different configuration
+    assert [c.row for c in cells[:20]] == ["T+A+V"] * 20  # row, then dataset, then seed order
+    assert [c.seed for c in cells[:5]] == [1111, 1112, 1113, 1114, 1115]
 
 
 def test_filters_keep_only_the_named_rows_datasets_and_seeds():

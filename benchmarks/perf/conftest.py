@@ -68,7 +68,7 @@ def build_twin_bench(twin: str) -> TwinBench:
     from egmf_core.run import build_model, seed_everything
 
     cfg = smoke_config(twin)
-    data = generate(BENCH_DATASET, seed=cfg.data.synth_seed)  # the smoke sizes: 240 / 80 / 80
+    data = generate(BENCH_DATASET, seed=cfg.data.synth_seed)  # the smoke sizes: 480 / 160 / 160
     seed_everything(cfg.seed)
     model, tokenizer, _ = build_model(cfg, data.audio_dim, data.vision_dim, device=torch.device("cpu"))
     encoder = PromptEncoder(tokenizer, data.spec, cfg.model)

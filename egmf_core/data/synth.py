@@ -7,7 +7,7 @@ same loader as the real release. Files are byte-identical for the same arguments
 Default forms: mosei and sims_v2 -> MMSA pickle; meld -> official CSV release + feature files;
 cherma -> release json + .npy (``--format pickle`` writes the processed pickle for those too).
 
-Sizes. Smoke (default): 240 / 80 / 80 samples, audio 24-40 frames, visual 16-24 frames
+Sizes. Smoke (default): 480 / 160 / 160 samples, audio 24-40 frames, visual 16-24 frames
 (CHERMA 8-16), text features 16 x 768, with the real feature dims (MOSEI 74/35, SIMS-V2 25/177,
 MELD 64/64, CHERMA 1024/2048). ``--size N``: N training samples, max(8, N // 3) in valid and
 test. ``--full``: the real split sizes and maximum lengths (FULL_SHAPES; CHERMA's sizes are a
@@ -25,17 +25,21 @@ Planted structure (the constants below the imports; a retune is one edit):
   For TEXT_CONFLICT_SHARE (25%) of samples the text disagrees with y: half of those
   (TEXT_CONFLICT_DROP_SHARE) carry no cue, the rest a cue of a random other class / bucket.
   Audio and visual always follow the true y, so fusion can beat text alone.
-- AUDIO carries a weaker signal: on its first AUDIO_SIGNAL_DIMS dims every valid frame is
-  shifted by AUDIO_SHIFT times y's code (a fixed unit prototype per class; for scores, y
-  scaled to [-1, 1] times a fixed unit direction), plus a per-sample offset (SAMPLE_NOISE)
-  that pooling over frames cannot average away, plus per-frame noise (FRAME_NOISE, correlated
-  across dims: drawn in a NOISE_RANK-dim subspace). VISUAL is
-  built the same way with the smaller VISUAL_SHIFT, so it is the weakest.
-  Measured with linear probes on SYNTH_VERSION 2 (independent frame noise; seed 0, 3000 train samples, test split; text = the cue's
-  identity, audio/visual = frame-mean of the signal dims; data/README.md has the table):
-  MELD accuracy text 0.78, audio 0.58, visual 0.52, all three 0.84 (majority 0.48);
-  CHERMA text 0.79, audio 0.49, visual 0.37, all 0.84 (majority 0.29); MOSEI Acc-2 text
-  0.89, audio 0.69, visual 0.62, MAE text 0.50 vs mean predictor 0.90.
+- AUDIO carries a weaker signal: for AUDIO_PRESENT_SHARE (50%) of samples, drawn
+  independently of the text conflict, the first AUDIO_SIGNAL_DIMS dims of every valid frame are
+  shifted by SHIFT times y's code (a fixed unit prototype per class; for scores, y scaled to
+  [-1, 1] along a fixed direction plus a fixed "present" direction, so y = 0 differs from no
+  code); the other samples' audio carries no code. Every sample also gets a per-sample offset
+  (SAMPLE_NOISE) that pooling over frames cannot average away, and per-frame noise
+  (FRAME_NOISE, correlated across dims: drawn in a NOISE_RANK-dim subspace). VISUAL is built
+  the same way with the smaller VISUAL_PRESENT_SHARE (30%), so it is the weakest. Where a code
+  is present it is clear, so a small model can learn it in a CPU-minute budget; how often it
+  is present sets each modality's worth. Expected drop in accuracy of an ideal reader (text
+  right 75%): removing text ~0.75 x P(no audio or visual code) = 26 points, audio
+  ~0.25 x 0.5 x 0.7 = 9, visual ~0.25 x 0.3 x 0.5 = 4, before chance guesses.
+  Measured with gradient-boosted probes (seed 0, 3000 train samples, test split; data/README.md
+  has the table): MELD accuracy all three 0.84, drop removing text / audio / visual 0.16 /
+  0.04 / 0.02; MOSEI MAE all three 0.43, drops 0.22 / 0.08 / 0.04.
 - Real quirks: zero padding past each length; MOSEI audio holds -inf in its last
   NEG_INF_DIMS dims on NEG_INF_FRAME_SHARE of valid frames (the loader zeroes and counts
   them); MELD's CSVs carry code-page mojibake (``\x92`` apostrophes, double-encoded
@@ -64,7 +68,7 @@ from .mmsa_pickle import write_mmsa_pickle
 
 # Bump when the generated data change (signal constants, vocabulary, sizes): the smoke profile
 # keeps its data under .cache/smoke-data/v<SYNTH_VERSION>, so runs on older data never count as cached.
-SYNTH_VERSION = 3
+SYNTH_VERSION = 4
 
 # ---- planted signal: tune here --------------------------------------------------------------
 TEXT_CONFLICT_SHARE = 0.25  # samples whose text cue disagrees with y (audio/visual still agree)
@@ -73,12 +77,17 @@ FILLER_COUNT = (2, 5)  # filler words per utterance, [low, high)
 CUE_REPEATS = 2  # the cue phrase is said this many times (a tiny random-init twin must be able
 #                  to find it within a CPU-minute budget; one mention among 3-7 fillers was not)
 AUDIO_SIGNAL_DIMS = 8  # leading audio dims that carry y
-AUDIO_SHIFT = 1.2  # distance of a class's mean from the origin (units of SAMPLE_NOISE)
+AUDIO_PRESENT_SHARE = 0.5  # samples whose audio carries y's code (the rest: no code, noise only)
 VISUAL_SIGNAL_DIMS = 8
-VISUAL_SHIFT = 0.7  # weakest modality
+VISUAL_PRESENT_SHARE = 0.3  # weakest modality: fewer samples show y
+SHIFT = {"classification": 3.0, "regression": 6.0}  # length of y's code where present, in units of
+#   SAMPLE_NOISE; scores need more, as their code must place y on a line, not pick a class (with 8,
+#   audio alone came close to text for MOSEI: MAE 0.65 vs 0.50 for an ideal reader)
 SAMPLE_NOISE = 1.0  # per-sample offset std on the signal dims (survives pooling over frames)
 FRAME_NOISE = 1.0  # per-frame noise std on every dim ...
-NOISE_RANK = 4  # ... drawn in a subspace of this many dims (see _features)
+NOISE_RANK = 4  # ... drawn in a subspace of this many dims (see _features) ...
+NOISE_REF_DIMS = 64  # ... and scaled down by sqrt(NOISE_REF_DIMS / dim) in wider features, so a
+#                      frame's noise has the same length in CHERMA's 2048 dims as in MELD's 64
 PROTOTYPE_SEED = 1729  # class prototypes / directions are fixed across data seeds
 NEG_INF_FRAME_SHARE = 0.03  # MOSEI: share of valid audio frames holding -inf ...
 NEG_INF_DIMS = 2  # ... in this many trailing dims (disjoint from the signal dims)
@@ -89,7 +98,9 @@ CHERMA_CLASS_SHARES = (0.15, 0.06, 0.05, 0.20, 0.30, 0.16, 0.08)  # a guess (not
 MELD_QUIRK_SHARE = 0.5  # rows with ' or ... written with a code-page quirk
 
 # ---- sizes ---------------------------------------------------------------------------------
-SMOKE_SIZES = (240, 80, 80)
+SMOKE_SIZES = (480, 160, 160)  # 240 / 80 / 80 up to SYNTH_VERSION 3: too few samples for the tiny
+#   models to learn audio/visual (SIMS-V2 full-model test MAE 0.30-0.35, 0.19 with 480), and
+#   80-sample test splits left ablation deltas within seed noise
 SMOKE_AUDIO_FRAMES = (24, 40)
 SMOKE_VISUAL_FRAMES = {"mosei": (16, 24), "sims_v2": (16, 24), "meld": (16, 24), "cherma": (8, 16)}
 SMOKE_TEXT_LEN = 16
@@ -280,11 +291,12 @@ def label_code(name: str, labels: np.ndarray, modality: str, n_dims: int) -> np.
         protos = rng.standard_normal((len(spec.labels), n_dims))
         protos /= np.linalg.norm(protos, axis=1, keepdims=True)
         return protos[labels]
-    direction = rng.standard_normal(n_dims)
-    direction /= np.linalg.norm(direction)
+    # Scores: the scaled score along one direction plus a fixed "present" direction orthogonal to
+    # it, so a code for y = 0 differs from no code at all (see AUDIO_PRESENT_SHARE).
+    direction, present = np.linalg.qr(rng.standard_normal((n_dims, 2)))[0].T
     lo, hi = spec.label_range
     scaled = 2 * (labels.astype(np.float64) - lo) / (hi - lo) - 1
-    return scaled[:, None] * direction[None, :]
+    return (scaled[:, None] * direction[None, :] + present[None, :]) / np.sqrt(2)
 
 
 def _cue_classes(name: str, rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
@@ -328,16 +340,17 @@ def _features(name: str, rng: np.random.Generator, labels: np.ndarray, lengths: 
               max_len: int, dim: int, modality: str) -> np.ndarray:
     """(N, max_len, dim) float32: noise + y's code on the signal dims, zero past each length."""
     n_sig = min(dim, AUDIO_SIGNAL_DIMS if modality == "audio" else VISUAL_SIGNAL_DIMS)
-    shift = AUDIO_SHIFT if modality == "audio" else VISUAL_SHIFT
+    share = AUDIO_PRESENT_SHARE if modality == "audio" else VISUAL_PRESENT_SHARE
     # Frame noise lives in a NOISE_RANK-dim subspace (a fixed basis per dataset and modality), as
     # real acoustic and visual features are strongly correlated across dims. Independent noise in
     # all 1024/2048 dims made every sample a unique fingerprint that a tiny model memorised
     # (CHERMA: 95% train vs 31% validation accuracy) instead of learning the text cue.
     basis = np.random.default_rng([PROTOTYPE_SEED, list(SPECS).index(name), modality == "audio", 7]
                                   ).standard_normal((NOISE_RANK, dim)).astype(np.float32)
-    basis *= np.float32(FRAME_NOISE / np.sqrt(NOISE_RANK))
+    basis *= np.float32(FRAME_NOISE / np.sqrt(NOISE_RANK) * np.sqrt(min(1.0, NOISE_REF_DIMS / dim)))
     x = rng.standard_normal((len(labels), max_len, NOISE_RANK), dtype=np.float32) @ basis
-    offset = shift * label_code(name, labels, modality, n_sig)
+    present = rng.random(len(labels)) < share
+    offset = SHIFT[SPECS[name].task] * label_code(name, labels, modality, n_sig) * present[:, None]
     offset += SAMPLE_NOISE * rng.standard_normal(offset.shape)
     x[:, :, :n_sig] += offset.astype(np.float32)[:, None, :]
     x[np.arange(max_len)[None, :] >= lengths[:, None]] = 0.0
