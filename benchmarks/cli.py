@@ -175,7 +175,10 @@ def cmd_reproduce(args) -> int:
         if args.jobs > 1:
             if shard is not None:
                 raise GridError("--jobs splits the grid into shards itself; drop --shard")
-            rc = launchers.run_local_jobs(_worker_argv(args), args.jobs)
+            pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
+                                          **{k: kwargs[k] for k in ("seeds", "datasets", "force", "data_root",
+                                                                    "model_root", "trust_remote_code", "ablations_dir")})
+            rc = launchers.run_local_jobs(_worker_argv(args), args.jobs, total=pending)
             if rc == 2:
                 return 2  # the workers printed the error
             kwargs["force"] = False  # the workers retrained what --force asked for; collect and render

@@ -17,6 +17,7 @@ launcher merges, i.e. rebuilds the table CSV from every run file, and renders th
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,16 @@ SLURM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def run_local_jobs(worker_argv: list[str], jobs: int, *, command: list[str] | None = None) -> int:
+RUN_DONE = re.compile(r": (ok|failed) in \d+h?\d*m\d+s$")  # a worker's line for a finished run
+
+
+def run_local_jobs(worker_argv: list[str], jobs: int, *, total: int | None = None,
+                   command: list[str] | None = None) -> int:
     """Run ``python -m benchmarks <worker_argv> --shard i/jobs`` for every i at once; wait for all.
 
-    ``command`` replaces ``python -m benchmarks`` (tests start workers through a driver).
+    ``total`` (the runs to train, ``runner.pending_runs``) gives a progress bar over all workers,
+    with ETA, on a terminal. ``command`` replaces ``python -m benchmarks`` (tests start workers
+    through a driver).
 
     The smoke profile trains with one thread per process, so on a machine with c cores
     ``--jobs c`` trains c runs at a time. Workers share the results directory: each run file is
@@ -60,9 +67,22 @@ def run_local_jobs(worker_argv: list[str], jobs: int, *, command: list[str] | No
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
              for i in range(jobs)]
 
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=f"{jobs} jobs", unit="run", dynamic_ncols=True,
+               disable=total is None or not runner.progress_enabled())
+    lock = threading.Lock()
+    finished = [0]
+    t0 = time.monotonic()
+
     def relay(i: int, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
-            runner.log(f"[job {i + 1}/{jobs}] {line.rstrip()}")
+            line = line.rstrip()
+            with lock:
+                runner.log(f"[job {i + 1}/{jobs}] {line}")
+                if RUN_DONE.search(line):
+                    finished[0] += 1
+                    bar.update(1)
 
     threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
     for t in threads:
@@ -75,8 +95,11 @@ def run_local_jobs(worker_argv: list[str], jobs: int, *, command: list[str] | No
         for p in procs:
             p.wait()
         raise
-    for t in threads:
-        t.join()
+    finally:
+        for t in threads:
+            t.join()
+        bar.close()
+    runner.log(f"{jobs} jobs: {finished[0]} runs trained in {runner.format_duration(time.monotonic() - t0)}")
     return max(codes)
 
 

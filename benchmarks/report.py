@@ -241,7 +241,8 @@ def _results_section(spec: TableSpec, df: pd.DataFrame, summary: pd.DataFrame, p
     lines = ["", "## Results (test split)", "",
              "Mean ± std over seeds (std with ddof=1; none with one seed). Fractions in percentage "
              "points (x100), MAE and Corr in label units. ↑ higher is better, ↓ lower is better. "
-             "n = seeds with an ok run / seeds planned. invalid = share of unparseable answers "
+             "n = seeds with an ok run / seeds planned (more than planned when another table ran the same "
+             "configuration with more seeds: all of them count). invalid = share of unparseable answers "
              "(mean over seeds), replaced by the fallback only for the metric."]
     lines += [f"\n![{Path(f).stem}]({f})" for f in figures]
     test = summary[summary["split"] == "test"]

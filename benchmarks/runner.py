@@ -197,6 +197,22 @@ def reproduce(
     return summary
 
 
+def pending_runs(table_name: str, profile: str, *, seeds: Iterable[int] | None = None,
+                 rows: Iterable[str] | None = None, datasets: Iterable[str] | None = None, force: bool = False,
+                 results_root: Path = Path("results"), ablations_dir: Path = ABLATIONS_DIR,
+                 **grid_kwargs) -> int:
+    """How many distinct runs ``reproduce`` (or ``reproduce_all`` for "all") would train now:
+    every run with ``force``, else those without a valid "ok" run file. A run that two tables
+    share counts once. For the progress bar of ``--jobs``."""
+    grids = _every_table(rows, datasets, ablations_dir) if table_name == "all" else [(table_name, datasets)]
+    runs: dict[str, Cell] = {}
+    for name, ds in grids:
+        spec = load_table(name, ablations_dir)
+        runs.update(unique_runs(expand(spec, profile, seeds=seeds, rows=rows, datasets=ds, **grid_kwargs)))
+    return sum(1 for run_id, cell in runs.items()
+               if force or not _stored_ok(store.run_path(Path(results_root), profile, run_id), cell, None))
+
+
 def _stored_ok(path: Path, cell: Cell, summary: Summary | None) -> bool:
     """Whether a valid "ok" run file is there; a corrupt one is reported (once) and will be redone."""
     if not path.exists():
@@ -393,6 +409,12 @@ def reproduce_all(profile: str = "smoke", *, rows: Iterable[str] | None = None,
                   **kwargs) -> list[Summary]:
     """Every table in paper-number order. ``datasets`` keeps the tables' datasets among those
     given (a table with none is skipped); ``rows`` differ per table and cannot be combined."""
+    return [reproduce(name, profile, datasets=ds, ablations_dir=ablations_dir, **kwargs)
+            for name, ds in _every_table(rows, datasets, ablations_dir)]
+
+
+def _every_table(rows, datasets, ablations_dir: Path) -> list[tuple[str, list[str] | None]]:
+    """(table, its datasets among ``datasets`` or None for all) for "all", in paper-number order."""
     if rows is not None:
         raise GridError("--rows cannot be combined with 'all': row names differ between tables")
     wanted = None if datasets is None else list(datasets)
@@ -402,14 +424,12 @@ def reproduce_all(profile: str = "smoke", *, rows: Iterable[str] | None = None,
         unknown = [d for d in wanted if d not in DATASETS]
         if unknown:
             raise GridError(f"unknown name {unknown[0]!r} in --datasets (known: {', '.join(DATASETS)})")
-    summaries = []
+    out = []
     for name in list_tables(ablations_dir):
-        spec = load_table(name, ablations_dir)
-        ds = None if wanted is None else [d for d in spec.datasets if d in wanted]
-        if ds == []:
-            continue
-        summaries.append(reproduce(name, profile, datasets=ds, ablations_dir=ablations_dir, **kwargs))
-    return summaries
+        ds = None if wanted is None else [d for d in load_table(name, ablations_dir).datasets if d in wanted]
+        if ds != []:
+            out.append((name, ds))
+    return out
 
 
 @dataclass

@@ -143,8 +143,8 @@ def test_merge_command_collects_shards(monkeypatch, tmp_path, capsys):
         assert main(argv) == 0
     capsys.readouterr()
     assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), *_roots(tmp_path)]) == 0
-    assert capsys.readouterr().out.startswith("merge [smoke]: 6 run files copied, 0 already present, 0 conflicts")
-    assert len(list((tmp_path / "results" / "smoke" / "runs").glob("*.json"))) == 6
+    assert capsys.readouterr().out.startswith("merge [smoke]: 10 run files copied, 0 already present, 0 conflicts")
+    assert len(list((tmp_path / "results" / "smoke" / "runs").glob("*.json"))) == 10
 
 
 def test_slurm_without_submitit_says_how_to_install(monkeypatch, tmp_path, capsys):
@@ -180,8 +180,8 @@ def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_pat
     assert main(argv) == 0
     assert submitted["shards"] == [(0, 3), (1, 3), (2, 3)]
     assert submitted["params"]["slurm_array_parallelism"] == 3 and submitted["params"]["slurm_partition"] == "gpu"
-    assert "main_msa [smoke]: 6 runs (6 trained, 0 cached, 0 failed)" in capsys.readouterr().out
-    assert len(list((tmp_path / "results" / "smoke" / "runs").glob("*.json"))) == 6
+    assert "main_msa [smoke]: 10 runs (10 trained, 0 cached, 0 failed)" in capsys.readouterr().out
+    assert len(list((tmp_path / "results" / "smoke" / "runs").glob("*.json"))) == 10
     assert (tmp_path / "results" / "smoke" / "main_msa.csv").is_file()
     assert main(["reproduce", "3", "--launcher", "slurm", "--shard", "0/2", *_roots(tmp_path)]) == 2
 
@@ -189,8 +189,8 @@ def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_pat
 def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, tmp_path, capsys):
     started = []
 
-    def fake_jobs(worker_argv, jobs):  # the workers' part: train each shard's runs here instead
-        started.append((list(worker_argv), jobs))
+    def fake_jobs(worker_argv, jobs, total):  # the workers' part: train each shard's runs here instead
+        started.append((list(worker_argv), jobs, total))
         for i in range(jobs):
             runner.reproduce("3", "smoke", seeds=[1111, 1112], shard=(i, jobs), results_root=tmp_path / "results",
                              render=False, run_fn=fake_run)
@@ -199,8 +199,9 @@ def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, t
     monkeypatch.setattr(launchers, "run_local_jobs", fake_jobs)
     assert main(["reproduce", "3", "--jobs", "2", "--seeds", "1111,1112", "--rows", "EGMF", "--force",
                  *_roots(tmp_path)]) == 0
-    (argv, jobs), = started
-    assert jobs == 2 and argv[:2] == ["reproduce", "3"] and "--no-report" in argv and "--force" in argv
+    (argv, jobs, total), = started
+    assert jobs == 2 and total == 4  # the progress bar's total: 2 datasets x 2 seeds, --force
+    assert argv[:2] == ["reproduce", "3"] and "--no-report" in argv and "--force" in argv
     assert "--seeds=1111,1112" in argv and "--rows=EGMF" in argv and not any(a.startswith("--shard") for a in argv)
     out = capsys.readouterr().out  # the collecting pass finds every run stored and renders the report
     assert "(0 trained, 4 cached, 0 failed)" in out and "main_msa.md" in out
@@ -216,5 +217,15 @@ def test_bad_jobs_arguments_are_one_line_errors(extra, message, tmp_path, capsys
 
 
 def test_a_worker_that_rejects_its_input_ends_the_command_with_exit_2(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs: 2)
+    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total: 2)
     assert main(["reproduce", "3", "--jobs", "2", *_roots(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("line, done", [
+    ("main_erc: 1/5 main_erc/EGMF/meld/1111: ok in 0m19s", True),
+    ("lora: 3/9 lora/GLM3-6B LoRA off/meld/1112: failed in 1h02m03s", True),
+    ("run 3aa28405caa1 (main_msa/EGMF/mosei/1111) failed: NaN loss at step 3", False),
+    ("main_msa [smoke, shard 0/2]: 3 runs (3 trained, 0 cached, 0 failed) in 0m40s", False),
+])
+def test_the_jobs_progress_bar_counts_finished_run_lines_only(line, done):
+    assert bool(launchers.RUN_DONE.search(line)) is done

@@ -288,7 +288,7 @@ def test_nightly_reproduces_through_the_runner_and_catches_a_shift(tmp_path, fak
     assert go(tmp_path, run_fn=same).exit_code == 0 and same.calls == 0  # cached runs are not retrained
     worse = FakeRun(shift=0.06)
     res = go(tmp_path, run_fn=worse, force=True)
-    assert worse.calls == 6 and res.exit_code == 1  # 2 datasets x 3 seeds, retrained
+    assert worse.calls == 10 and res.exit_code == 1  # 2 datasets x 5 seeds, retrained
     bad = res.comparison[res.comparison["verdict"] == "regressed"]
     assert list(bad["metric"]) == ["mae", "mae"] and set(bad["dataset"]) == {"mosei", "sims_v2"}
 
@@ -297,5 +297,5 @@ def test_failed_runs_fail_the_nightly_and_block_a_baseline_update(tmp_path, fake
     assert go(tmp_path, update_baseline=True, run_fn=FakeRun()).exit_code == 0
     res = go(tmp_path, run_fn=FakeRun(fail=True), force=True)
     assert res.exit_code == 1 and set(res.comparison["verdict"]) == {"missing"}
-    with pytest.raises(ValueError, match="refusing to update the baseline: 6 run"):
+    with pytest.raises(ValueError, match="refusing to update the baseline: 10 run"):
         go(tmp_path, update_baseline=True, run_fn=FakeRun(fail=True), force=True)

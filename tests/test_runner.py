@@ -13,6 +13,7 @@ import pytest
 import benchmarks
 from benchmarks import profiles, runner, store
 from benchmarks.dataset_stats import dataset_statistics, split_statistics
+from benchmarks.grid import GridError
 from egmf_core.config import ConfigError, config_hash
 from egmf_core.data.dataset import SPECS
 from egmf_core.outcome import RunOutcome
@@ -67,21 +68,21 @@ def _go(tmp_path, table="main_msa", results="results", **kwargs):
 def test_second_reproduce_trains_nothing_and_rewrites_an_identical_csv(tmp_path):
     fake = FakeRun()
     first = _go(tmp_path, run_fn=fake)
-    assert (first.runs, first.trained, first.cached, first.failed) == (6, 6, 0, 0)
-    assert sorted(fake.calls) == [f"{d}/{s}" for d in ("mosei", "sims_v2") for s in (1111, 1112, 1113)]
+    assert (first.runs, first.trained, first.cached, first.failed) == (10, 10, 0, 0)
+    assert sorted(fake.calls) == [f"{d}/{s}" for d in ("mosei", "sims_v2") for s in range(1111, 1116)]
     csv = first.csv.read_bytes()
     df = pd.read_csv(first.csv)
-    assert len(df) == 6 * 2 * 4  # cells x splits x (3 metrics + invalid_rate)
+    assert len(df) == 10 * 2 * 4  # cells x splits x (3 metrics + invalid_rate)
     again = FakeRun()
     second = _go(tmp_path, run_fn=again)
-    assert (second.trained, second.cached) == (0, 6) and again.calls == []
+    assert (second.trained, second.cached) == (0, 10) and again.calls == []
     assert second.csv.read_bytes() == csv
 
 
 def test_force_retrains_every_run(tmp_path):
     _go(tmp_path)
     forced = _go(tmp_path, force=True)
-    assert (forced.trained, forced.cached) == (6, 0)
+    assert (forced.trained, forced.cached) == (10, 0)
 
 
 def test_the_full_model_is_trained_once_for_every_table_that_shows_it(tmp_path):
@@ -101,7 +102,7 @@ def test_a_corrupt_run_file_is_reported_in_one_line_and_redone(tmp_path):
     victim.write_text(victim.read_text()[:50])
     fake = FakeRun()
     s = _go(tmp_path, run_fn=fake)
-    assert (s.trained, s.cached, len(fake.calls)) == (1, 5, 1)
+    assert (s.trained, s.cached, len(fake.calls)) == (1, 9, 1)
     assert len(s.corrupt) == 1 and victim.name in s.corrupt[0] and "line" in s.corrupt[0]
     assert store.read_run(victim)["run_id"] == victim.stem  # rewritten whole
     after = pd.read_csv(s.csv)  # the same numbers: only the redone run's timestamp moved
@@ -110,16 +111,16 @@ def test_a_corrupt_run_file_is_reported_in_one_line_and_redone(tmp_path):
 
 def test_a_crashing_run_is_recorded_as_failed_and_retried_next_time(tmp_path):
     s = _go(tmp_path, run_fn=FakeRun(fail_on={"sims_v2"}))
-    assert (s.trained, s.failed) == (6, 3)
+    assert (s.trained, s.failed) == (10, 5)
     assert s.failures[0].endswith("failed: RuntimeError: CUDA error: device-side assert triggered")
     df = pd.read_csv(s.csv)
     failed = df[df["status"] == "failed"]
     assert set(failed["dataset"]) == {"sims_v2"} and failed["value"].isna().all()
-    assert len(failed) == 3 * 2 * (6 + 1)  # seeds x splits x (main_msa's sims_v2 metrics + invalid_rate)
+    assert len(failed) == 5 * 2 * (6 + 1)  # seeds x splits x (main_msa's sims_v2 metrics + invalid_rate)
     retry = FakeRun()
     again = _go(tmp_path, run_fn=retry)
-    assert (again.trained, again.cached, again.failed) == (3, 3, 0)
-    assert sorted(retry.calls) == ["sims_v2/1111", "sims_v2/1112", "sims_v2/1113"]
+    assert (again.trained, again.cached, again.failed) == (5, 5, 0)
+    assert sorted(retry.calls) == [f"sims_v2/{s}" for s in range(1111, 1116)]
 
 
 def test_bad_input_raised_by_a_run_propagates(tmp_path):
@@ -147,7 +148,7 @@ def test_shards_merged_equal_the_unsharded_results_row_for_row(tmp_path):
 
 def test_summary_line(tmp_path):
     s = _go(tmp_path)
-    assert re.fullmatch(r"main_msa \[smoke\]: 6 runs \(6 trained, 0 cached, 0 failed\) in 0m0\ds -> .*main_msa\.csv",
+    assert re.fullmatch(r"main_msa \[smoke\]: 10 runs \(10 trained, 0 cached, 0 failed\) in 0m0\ds -> .*main_msa\.csv",
                         s.line())
     sharded = _go(tmp_path, shard="0/2")
     assert sharded.line().startswith("main_msa [smoke, shard 0/2]: ")
@@ -225,3 +226,21 @@ def test_reproduce_all_runs_every_table_that_has_the_datasets_asked_for(tmp_path
     # LoRA on appear in both backbone_swap and lora (2 repeats): 8 cached, 29 trained once each.
     assert sum(s.cached for s in out) == 8
     assert sum(s.trained for s in out) == len(fake.calls) == 29
+
+
+def test_pending_runs_counts_what_reproduce_would_train(tmp_path):
+    kwargs = dict(results_root=tmp_path / "results")
+    assert runner.pending_runs("main_msa", "smoke", **kwargs) == 10
+    _go(tmp_path, seeds=[1111])  # 2 of the 10 runs stored
+    assert runner.pending_runs("main_msa", "smoke", **kwargs) == 8
+    assert runner.pending_runs("main_msa", "smoke", force=True, **kwargs) == 10
+    assert runner.pending_runs("3", "smoke", seeds=[1111], **kwargs) == 0
+
+
+def test_pending_runs_of_all_tables_counts_a_shared_run_once(tmp_path):
+    pending = runner.pending_runs("all", "smoke", datasets=["sims_v2"], results_root=tmp_path / "results")
+    summaries = runner.reproduce_all("smoke", datasets=["sims_v2"], results_root=tmp_path / "results",
+                                     reports_root=tmp_path / "reports", render=False, run_fn=FakeRun())
+    assert pending == sum(s.trained for s in summaries) < sum(s.runs for s in summaries)
+    with pytest.raises(GridError, match="--rows cannot be combined with 'all'"):
+        runner.pending_runs("all", "smoke", rows=["EGMF"])

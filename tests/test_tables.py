@@ -46,10 +46,10 @@ def test_every_row_applies_cleanly_to_both_profiles(name):
 def test_training_tables_share_the_papers_main_setting_and_seeds(name):
     spec = load_table(name)
     # The field's five seeds on real data. On the smoke profile: five for the modality ablation
-    # (whose planted deltas are a few points), three for the main tables and two for the other
-    # ablations, to keep the CPU-only smoke grid near 40 minutes.
+    # (whose planted deltas are a few points) and the main tables (the same full-model runs), two
+    # for the other ablations, to keep the CPU-only smoke grid near 40 minutes.
     assert spec.seeds["paper"] == (1111, 1112, 1113, 1114, 1115)
-    expected = {"modality_ablation": 5, "main_erc": 3, "main_msa": 3}.get(name, 2)
+    expected = {"modality_ablation": 5, "main_erc": 5, "main_msa": 5}.get(name, 2)
     assert spec.seeds["smoke"] == spec.seeds["paper"][:expected]
     base = apply_overrides(RunConfig(), spec.base).model
     assert (base.backbone, base.lora, base.gating, base.n_tokens) == ("glm3", True, "hierarchical", 4)
