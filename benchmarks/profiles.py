@@ -242,24 +242,41 @@ def write_synthetic_dataset(name: str, out_dir: Path, *, seed: int, size: int | 
 def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> Path:
     """The smoke data root, with dataset ``name`` generated there on first use.
 
-    Written into a temporary sibling and renamed, so shards starting together never see a half
-    written dataset; the loser of a race discards its copy.
+    A stamp beside the dataset (``.<name>-<seed>-<size>.stamp``) holds ``synth.fingerprint``:
+    data written by other synth code (edited without a SYNTH_VERSION bump, as happened once while
+    tuning) are regenerated instead of silently reused. Processes starting together (shards,
+    ``--jobs`` workers) take turns on a lock file, so one writes and the others reuse; a dataset
+    is written into a temporary sibling and renamed, so a kill never leaves half of one.
     """
+    import fcntl
+
+    from egmf_core.checkpoint import atomic_write_bytes
+    from egmf_core.data.synth import fingerprint
+
     root = smoke_data_root()
     target = root / name
-    if target.is_dir() and any(target.iterdir()):
+    stamp = root / f".{name}-{seed}-{size}.stamp"
+    want = fingerprint(name, seed, size)
+
+    def current() -> bool:
+        return target.is_dir() and any(target.iterdir()) and stamp.is_file() and stamp.read_text().strip() == want
+
+    if current():
         return root
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        write_synthetic_dataset(name, tmp, seed=seed, size=size)
+    with open(root / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when its process dies
+        if current():  # written by the process that held the lock before us
+            return root
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
+            write_synthetic_dataset(name, tmp, seed=seed, size=size)
+            if target.exists():
+                os.replace(target, tmp / "stale")
             os.replace(tmp / name, target)
-        except OSError:
-            if not (target.is_dir() and any(target.iterdir())):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            atomic_write_bytes(stamp, (want + "\n").encode())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

@@ -141,3 +141,26 @@ def test_synthetic_release_loads_with_default_smoke_size(tmp_path):
     write_synthetic("meld", tmp_path)
     ds = load_dataset("meld", tmp_path)
     assert [len(s) for s in ds.splits().values()] == [480, 160, 160]
+
+
+# What SYNTH_VERSION's code generates. A change to the planted signal, the vocabulary or the sizes
+# changes these: then bump SYNTH_VERSION (and benchmarks.profiles.SMOKE_DATA_VERSION), so that
+# results on the old data are never taken for results on the new, and pin the new values here.
+FINGERPRINTS = {
+    4: {"mosei": "6d12fc7e2855b981", "sims_v2": "711636f7b39801b4", "meld": "ea01673b7a7694a1",
+        "cherma": "3c991a09d62b7029"},
+}
+
+
+def test_the_generated_data_are_what_this_synth_version_pins():
+    got = {name: synth.fingerprint(name) for name in FINGERPRINTS[synth.SYNTH_VERSION]}
+    assert got == FINGERPRINTS[synth.SYNTH_VERSION], "synthetic data changed: bump SYNTH_VERSION"
+
+
+def test_the_fingerprint_sees_a_signal_constant_and_the_sizes(monkeypatch):
+    before = synth.fingerprint("meld")
+    monkeypatch.setattr(synth, "VISUAL_PRESENT_SHARE", 0.31)
+    assert synth.fingerprint("meld") != before
+    monkeypatch.undo()
+    monkeypatch.setattr(synth, "SMOKE_SIZES", (481, 160, 160))
+    assert synth.fingerprint("meld") != before

@@ -242,8 +242,25 @@ def test_smoke_data_is_generated_once_under_the_repo_cache(smoke_repo):
     assert first.data.root == again.data.root == str(root)
     assert (root / "meld" / "data.txt").read_text() == "meld seed=0"
     assert smoke_repo == ["meld"]  # written on first use only
-    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary dir left
+    assert not [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".")]  # no temporary dir left
     assert cfg.data.root == profiles.SMOKE_DATA_MARKER  # the hashed config is untouched
+
+
+def test_smoke_data_written_by_other_synth_code_is_regenerated(smoke_repo, monkeypatch):
+    import egmf_core.data.synth as synth
+
+    profiles.ensure_smoke_data("meld")
+    (profiles.smoke_data_root() / "meld" / "data.txt").write_text("stale")
+    profiles.ensure_smoke_data("meld")
+    assert smoke_repo == ["meld"]  # the stamp matches this code: the data are reused as they are
+    monkeypatch.setattr(synth, "fingerprint", lambda name, seed=0, size=None: "edited-constants")
+    profiles.ensure_smoke_data("meld")
+    assert smoke_repo == ["meld", "meld"]
+    root = profiles.smoke_data_root()
+    assert (root / "meld" / "data.txt").read_text() == "meld seed=0"
+    assert (root / ".meld-0-None.stamp").read_text() == "edited-constants\n"
+    profiles.ensure_smoke_data("meld")
+    assert smoke_repo == ["meld", "meld"]
 
 
 def test_smoke_data_version_follows_the_generator():

@@ -551,6 +551,25 @@ def write_cherma_release_split(folder: Path, split: str, twin: TwinSplit) -> Non
                        [twin.vision[i, : twin.vision_lengths[i]] for i in range(len(entries))])
 
 
+def fingerprint(name: str, seed: int = 0, size: int | None = None) -> str:
+    """A short digest of what this code generates for ``name``: every module constant (the planted
+    signal, vocabulary, sizes), the split sizes, and 16 training samples in full (labels, cues,
+    texts, features rounded to 3 decimals, so that a different BLAS cannot flip it), which also
+    covers changes to the generating functions. The smoke profile stamps its cached data with
+    it, and a test pins it per SYNTH_VERSION.
+    """
+    import hashlib
+
+    constants = sorted((k, v) for k, v in globals().items() if k.isupper() and not callable(v))
+    twin = generate_split(name, seed, "train", 16, False)
+    h = hashlib.sha256(repr((constants, split_sizes(name, size, False), twin.text, twin.ids)).encode())
+    for array in (twin.labels, twin.cue, twin.audio_lengths, twin.vision_lengths):
+        h.update(np.ascontiguousarray(array).tobytes())
+    for array in (twin.audio, twin.vision):
+        h.update(np.round(np.nan_to_num(array, neginf=-1e9).astype(np.float64), 3).tobytes())
+    return h.hexdigest()[:16]
+
+
 def write_synthetic(name: str, out_dir: str | Path, *, seed: int = 0, size: int | None = None,
                     full: bool = False, fmt: str | None = None) -> Path:
     """Write the twin under ``out_dir/<name>/`` in its real format; return that folder.
