@@ -15,10 +15,14 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "pandas", "s
 
 
 def git_revision(repo: Path = REPO_ROOT) -> str:
-    """HEAD's sha, with "-dirty" when tracked files changed; "unknown" outside git (or no commit)."""
+    """HEAD's sha, with "-dirty" when tracked files changed; "unknown" outside git (or no commit).
+
+    Changes under results/ and reports/ do not count: they are what a grid writes, not what it runs.
+    """
     try:
         rev = _git(repo, "rev-parse", "HEAD").strip()
-        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no").strip()
+        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".",
+                     ":(exclude)results", ":(exclude)reports").strip()
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return "unknown"
     return f"{rev}-dirty" if dirty else rev

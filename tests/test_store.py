@@ -135,3 +135,26 @@ def test_merge_keeps_the_newer_record_and_logs_the_conflict(tmp_path, cells):
     assert kept["outcome"]["metrics"]["valid"]["wf1"] == 0.7
     again = store.merge_run_files([src], "smoke", dest)
     assert (again.copied, again.identical, again.conflicts) == (0, 2, [])
+
+
+def test_the_git_revision_is_dirty_for_code_changes_but_not_for_results(tmp_path):
+    import subprocess
+
+    from benchmarks.provenance import git_revision
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for path in ("egmf_core/model.py", "results/smoke/main_msa.csv", "reports/smoke/main_msa.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("v1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    rev = git_revision(tmp_path)
+    assert len(rev) == 40
+    (tmp_path / "results/smoke/main_msa.csv").write_text("v2\n")  # what a grid writes
+    (tmp_path / "reports/smoke/main_msa.md").unlink()
+    assert git_revision(tmp_path) == rev
+    (tmp_path / "egmf_core/model.py").write_text("v2\n")  # what a grid runs
+    assert git_revision(tmp_path) == rev + "-dirty"
