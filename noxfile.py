@@ -70,12 +70,18 @@ def report(session: nox.Session) -> None:
     _harness(session, "report", "all")
 
 
+def _smoke_jobs(session: nox.Session) -> list[str]:
+    """``--jobs <CPU cores>`` for the smoke profile (one torch thread per run), unless given.
+    The paper profile trains one run at a time: one run fills a GPU."""
+    paper = "paper" in session.posargs or any(a.startswith("--profile=paper") for a in session.posargs)
+    given = any(a.startswith(("--jobs", "--shard", "--launcher")) for a in session.posargs)
+    return [] if paper or given else ["--jobs", str(os.cpu_count() or 1)]
+
+
 @nox.session
 def reproduce_all(session: nox.Session) -> None:
     """Reproduce every paper table (smoke profile unless -- --profile paper; smoke trains one run per CPU core)."""
-    smoke = "paper" not in session.posargs and not any(a.startswith("--profile=paper") for a in session.posargs)
-    jobs = [] if not smoke or any(a.startswith("--jobs") for a in session.posargs) else ["--jobs", str(os.cpu_count() or 1)]
-    _harness(session, "reproduce", "all", *jobs)
+    _harness(session, "reproduce", "all", *_smoke_jobs(session))
 
 
 @nox.session
@@ -103,7 +109,7 @@ def _register_table_sessions() -> None:
         caption = tomllib.loads((ROOT / "ablations" / f"{name}.toml").read_text("utf-8")).get("caption", name)
 
         def session_fn(session: nox.Session, _name: str = name) -> None:
-            _harness(session, "reproduce", _name)
+            _harness(session, "reproduce", _name, *_smoke_jobs(session))
 
         session_fn.__doc__ = f"Table {number} ({name}): {caption}"
         nox.session(name=f"reproduce_table{number}")(session_fn)

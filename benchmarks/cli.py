@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rows", help='comma-separated row names, e.g. "-T,-A"')
     r.add_argument("--datasets", help="comma-separated datasets, e.g. mosei,meld")
     r.add_argument("--force", action="store_true", help="retrain runs that already have a result")
+    r.add_argument("--redo-before", metavar="TIME",
+                   help="retrain runs stored before TIME (ISO 8601 with a UTC offset); keep newer ones")
     r.add_argument("--shard", help="run shard i of n only, e.g. 0/4 (numbered from 0)")
     r.add_argument("--jobs", type=int, default=1,
                    help="local: train in N worker processes at once, one shard each (smoke: one per CPU core)")
@@ -149,6 +151,7 @@ def cmd_reproduce(args) -> int:
         seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
         datasets=parse_names(args.datasets) if args.datasets is not None else None,
         force=args.force,
+        redo_before=_parse_time(args.redo_before) if args.redo_before is not None else None,
         data_root=args.data_root,
         model_root=args.model_root,
         trust_remote_code=args.trust_remote_code,
@@ -178,10 +181,13 @@ def cmd_reproduce(args) -> int:
             pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
                                           **{k: kwargs[k] for k in ("seeds", "datasets", "force", "data_root",
                                                                     "model_root", "trust_remote_code", "ablations_dir")})
-            rc = launchers.run_local_jobs(_worker_argv(args), args.jobs, total=pending)
+            from benchmarks.provenance import utc_timestamp
+
+            redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
+            rc = launchers.run_local_jobs(_worker_argv(args, redo), args.jobs, total=pending)
             if rc == 2:
                 return 2  # the workers printed the error
-            kwargs["force"] = False  # the workers retrained what --force asked for; collect and render
+            kwargs.update(force=False, redo_before=None)  # the workers trained what was asked; collect and render
         kwargs.update(shard=shard, raise_render_errors=args.debug)
         if args.table == "all":
             summaries = runner.reproduce_all(args.profile, rows=rows, **kwargs)
@@ -192,16 +198,30 @@ def cmd_reproduce(args) -> int:
     return 0 if all(s.ok for s in summaries) else 1
 
 
-def _worker_argv(args) -> list[str]:
-    """The ``reproduce`` command line of one --jobs worker, less its --shard (reports off)."""
+def _parse_time(text: str) -> str:
+    """--redo-before: an ISO 8601 time with a UTC offset, as run files store it (UTC, microseconds)."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise GridError(f"--redo-before {text!r}: not an ISO 8601 time (e.g. 2026-11-26T04:30:00+00:00)") from None
+    if when.tzinfo is None:
+        raise GridError(f"--redo-before {text!r}: give a UTC offset (e.g. +00:00)")
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _worker_argv(args, redo_before: str | None) -> list[str]:
+    """The ``reproduce`` command line of one --jobs worker (reports off; --force as --redo-before)."""
     argv = ["reproduce", args.table, "--profile", args.profile, "--results-root", str(args.results_root),
             "--ablations-dir", str(args.ablations_dir), "--no-report"]
     for flag, value in (("--data-root", args.data_root), ("--model-root", args.model_root),
                         ("--seeds", args.seeds), ("--rows", args.rows), ("--datasets", args.datasets)):
         if value is not None:
             argv += [f"{flag}={value}"]  # = keeps values that start with a dash ("-T,-A")
-    for flag, on in (("--force", args.force), ("--trust-remote-code", args.trust_remote_code),
-                     ("--debug", args.debug)):
+    if redo_before is not None:
+        argv.append(f"--redo-before={redo_before}")
+    for flag, on in (("--trust-remote-code", args.trust_remote_code), ("--debug", args.debug)):
         if on:
             argv.append(flag)
     return argv

@@ -1,7 +1,8 @@
 """Where a table's runs execute: here, one after another ("local"), or as a Slurm job array.
 
-Sharding is the only parallelism: ``--jobs N`` (local) starts N worker processes on this
-machine, one shard each, and ``--launcher slurm`` one array task per shard. Shard i of n holds the runs whose id hashes to i (see
+Parallelism: ``--jobs N`` (local) starts N worker processes on this machine that share one grid
+(each takes the next run nobody holds; ``runner.reproduce``'s run locks arbitrate), and
+``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split it. Shard i of n holds the runs whose id hashes to i (see
 ``benchmarks.grid.shard``), so n workers never train the same run and their run files never
 collide. Data-parallel seeds are therefore shards too: one GPU per shard, one run at a time.
 
@@ -42,15 +43,18 @@ RUN_DONE = re.compile(r": (ok|failed) in \d+h?\d*m\d+s$")  # a worker's line for
 
 def run_local_jobs(worker_argv: list[str], jobs: int, *, total: int | None = None,
                    command: list[str] | None = None) -> int:
-    """Run ``python -m benchmarks <worker_argv> --shard i/jobs`` for every i at once; wait for all.
+    """Run ``python -m benchmarks <worker_argv>`` ``jobs`` times at once, on one grid; wait for all.
 
     ``total`` (the runs to train, ``runner.pending_runs``) gives a progress bar over all workers,
     with ETA, on a terminal. ``command`` replaces ``python -m benchmarks`` (tests start workers
     through a driver).
 
     The smoke profile trains with one thread per process, so on a machine with c cores
-    ``--jobs c`` trains c runs at a time. Workers share the results directory: each run file is
-    written atomically and each run holds its own lock, so they need no other coordination.
+    ``--jobs c`` trains c runs at a time. Every worker walks the whole grid in the same order and
+    trains each run that is neither stored nor locked by another worker (each run file is
+    written atomically and each run holds its own lock), so they stay busy until the grid is
+    done, however uneven the runs; static shards left one worker idle for the last minutes.
+    For ``--force`` the caller passes ``--redo-before`` instead, so a run is retrained once.
     Their progress bars are off; instead each logs a line per finished run, tagged, as are their
     warnings and summary lines. The caller then collects every run file into the table CSV and
     renders the report. Returns the
@@ -63,7 +67,7 @@ def run_local_jobs(worker_argv: list[str], jobs: int, *, total: int | None = Non
 
     env = {**os.environ, "EGMF_NO_PROGRESS": "1", "EGMF_LOG_RUNS": "1"}
     command = command or [sys.executable, "-m", "benchmarks"]
-    procs = [subprocess.Popen([*command, *worker_argv, "--shard", f"{i}/{jobs}"],
+    procs = [subprocess.Popen([*command, *worker_argv],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
              for i in range(jobs)]
 

@@ -104,6 +104,7 @@ def reproduce(
     rows: Iterable[str] | None = None,
     datasets: Iterable[str] | None = None,
     force: bool = False,
+    redo_before: str | None = None,
     shard: tuple[int, int] | str | None = None,
     data_root: str | Path | None = None,
     model_root: str | Path | None = None,
@@ -117,7 +118,9 @@ def reproduce(
 ) -> Summary:
     """Reproduce one table (a name or a paper number) under a profile; see the module docstring.
 
-    ``run_fn`` defaults to ``egmf_core.run.run_experiment`` (``dataset_statistics`` for the
+    ``redo_before`` (an ISO 8601 UTC time) retrains the runs stored before it and keeps those stored
+    since: ``--force`` for processes that share one grid (``--jobs`` workers), so a run one of them
+    retrained is not retrained by the next. ``run_fn`` defaults to ``egmf_core.run.run_experiment`` (``dataset_statistics`` for the
     statistics table). An unexpected exception inside a run becomes a failed run with a
     one-line error; a ValueError (bad config, data or model input) propagates.
     """
@@ -144,7 +147,7 @@ def reproduce(
         for k, (run_id, cell) in enumerate(runs.items(), 1):
             path = store.run_path(results_root, profile, run_id)
             ckpt, lock_file = store.checkpoint_dir(results_root, profile, run_id), store.lock_path(results_root, profile, run_id)
-            if not force and _stored_ok(path, cell, summary):
+            if not force and _stored_ok(path, cell, summary, redo_before):
                 summary.cached += 1
                 if ckpt.exists() or lock_file.exists():  # left by a kill after the run file was written
                     with store.RunLock(lock_file) as lock:
@@ -155,14 +158,15 @@ def reproduce(
             with store.RunLock(lock_file) as lock:
                 if not lock.acquired:
                     summary.busy += 1
-                    log(f"run {run_id} ({cell.label}) is being trained by another process: skipped")
+                    if os.environ.get("EGMF_LOG_RUNS") != "1":  # --jobs workers skip each other's runs by design
+                        log(f"run {run_id} ({cell.label}) is being trained by another process: skipped")
                     grid_bar.update(1)
                     continue
-                if not force and _stored_ok(path, cell, None):  # finished elsewhere meanwhile
+                if not force and _stored_ok(path, cell, None, redo_before):  # finished elsewhere meanwhile
                     summary.cached += 1
                     grid_bar.update(1)
                     continue
-                if force:
+                if force or redo_before is not None:
                     store.remove_checkpoint(ckpt)
                 prior = _ok_checksum(path)
                 t_run = time.monotonic()
@@ -213,12 +217,15 @@ def pending_runs(table_name: str, profile: str, *, seeds: Iterable[int] | None =
                if force or not _stored_ok(store.run_path(Path(results_root), profile, run_id), cell, None))
 
 
-def _stored_ok(path: Path, cell: Cell, summary: Summary | None) -> bool:
-    """Whether a valid "ok" run file is there; a corrupt one is reported (once) and will be redone."""
+def _stored_ok(path: Path, cell: Cell, summary: Summary | None, not_before: str | None = None) -> bool:
+    """Whether a valid "ok" run file is there (stored at ``not_before`` or later, when given); a
+    corrupt one is reported (once) and will be redone."""
     if not path.exists():
         return False
     try:
-        return store.read_run(path)["outcome"]["status"] == "ok"
+        record = store.read_run(path)
+        return record["outcome"]["status"] == "ok" and (
+            not_before is None or str(record["provenance"].get("timestamp", "")) >= not_before)
     except store.CorruptResult as e:
         if summary is not None:
             summary.corrupt.append(str(e))

@@ -189,10 +189,11 @@ def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_pat
 def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, tmp_path, capsys):
     started = []
 
-    def fake_jobs(worker_argv, jobs, total):  # the workers' part: train each shard's runs here instead
+    def fake_jobs(worker_argv, jobs, total):  # the workers' part: train the runs here instead
         started.append((list(worker_argv), jobs, total))
-        for i in range(jobs):
-            runner.reproduce("3", "smoke", seeds=[1111, 1112], shard=(i, jobs), results_root=tmp_path / "results",
+        redo = [a.split("=", 1)[1] for a in worker_argv if a.startswith("--redo-before=")][0]
+        for _ in range(jobs):
+            runner.reproduce("3", "smoke", seeds=[1111, 1112], redo_before=redo, results_root=tmp_path / "results",
                              render=False, run_fn=fake_run)
         return 0
 
@@ -201,7 +202,9 @@ def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, t
                  *_roots(tmp_path)]) == 0
     (argv, jobs, total), = started
     assert jobs == 2 and total == 4  # the progress bar's total: 2 datasets x 2 seeds, --force
-    assert argv[:2] == ["reproduce", "3"] and "--no-report" in argv and "--force" in argv
+    assert argv[:2] == ["reproduce", "3"] and "--no-report" in argv
+    # --force reaches the workers as one time: a run one worker retrained is not retrained by the other
+    assert "--force" not in argv and [a for a in argv if a.startswith("--redo-before=20")]
     assert "--seeds=1111,1112" in argv and "--rows=EGMF" in argv and not any(a.startswith("--shard") for a in argv)
     out = capsys.readouterr().out  # the collecting pass finds every run stored and renders the report
     assert "(0 trained, 4 cached, 0 failed)" in out and "main_msa.md" in out
@@ -209,6 +212,8 @@ def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, t
 
 @pytest.mark.parametrize("extra, message", [
     (["--jobs", "0"], "--jobs 0: must be at least 1"),
+    (["--redo-before", "yesterday"], "--redo-before 'yesterday': not an ISO 8601 time"),
+    (["--redo-before", "2026-11-26T04:30:00"], "give a UTC offset"),
     (["--jobs", "2", "--shard", "0/2"], "--jobs splits the grid into shards itself"),
 ])
 def test_bad_jobs_arguments_are_one_line_errors(extra, message, tmp_path, capsys):

@@ -244,3 +244,16 @@ def test_pending_runs_of_all_tables_counts_a_shared_run_once(tmp_path):
     assert pending == sum(s.trained for s in summaries) < sum(s.runs for s in summaries)
     with pytest.raises(GridError, match="--rows cannot be combined with 'all'"):
         runner.pending_runs("all", "smoke", rows=["EGMF"])
+
+
+def test_redo_before_retrains_older_runs_once(tmp_path):
+    from benchmarks.provenance import utc_timestamp
+
+    _go(tmp_path, seeds=[1111])
+    t = utc_timestamp()
+    first = FakeRun()
+    s = _go(tmp_path, run_fn=first, seeds=[1111], redo_before=t)
+    assert (s.trained, s.cached) == (2, 0)  # stored before t: retrained
+    second = FakeRun()
+    s = _go(tmp_path, run_fn=second, seeds=[1111], redo_before=t)  # a second worker of the same --force
+    assert (s.trained, s.cached, second.calls) == (0, 2, [])

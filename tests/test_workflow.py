@@ -24,13 +24,19 @@ def workflow() -> dict:
 
 
 @pytest.fixture(scope="module")
-def nox_sessions() -> set[str]:
-    """The session names noxfile.py registers (imported from its path, as `nox -l` would)."""
-    import nox.registry
-
+def noxfile():
+    """noxfile.py, imported from its path as `nox -l` would (once: importing registers its sessions)."""
     spec = importlib.util.spec_from_file_location("egmf_noxfile", REPO / "noxfile.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def nox_sessions(noxfile) -> set[str]:
+    """The session names noxfile.py registers."""
+    import nox.registry
+
     return set(nox.registry.get())
 
 
@@ -109,3 +115,20 @@ def test_each_job_uploads_reports_and_results_even_after_a_failure(workflow, job
     # The check itself writes the job summary; a step notes it when no report was written.
     assert any(f"reports/{profile}/regression.md" in s.get("run", "") and "GITHUB_STEP_SUMMARY" in s.get("run", "")
                for s in job["steps"])
+
+
+@pytest.mark.parametrize("posargs, jobs", [
+    ([], True),
+    (["--force"], True),
+    (["--profile", "paper", "--data-root", "d"], False),
+    (["--profile=paper"], False),
+    (["--jobs", "3"], False),  # the user's own --jobs is passed through as given
+    (["--shard", "0/2"], False),
+    (["--launcher", "slurm"], False),
+])
+def test_smoke_sessions_train_one_run_per_core(noxfile, posargs, jobs):
+    import os
+    import types
+
+    added = noxfile._smoke_jobs(types.SimpleNamespace(posargs=posargs))
+    assert added == (["--jobs", str(os.cpu_count() or 1)] if jobs else [])
