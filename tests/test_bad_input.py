@@ -179,11 +179,12 @@ def _model_folder_missing(env, mp):
     return env.paper(models=env.tmp / "empty-models"), [str(env.tmp / "empty-models" / LLAMA_DIR), "llama3"]
 
 
-def _disk_full(mp, where: str = "") -> None:
+def _disk_full(mp, under: Path | None = None) -> None:
+    """Every write to a file (under ``under``, when given) fails with ENOSPC."""
     real = os.write
 
     def write(fd, data):
-        if fd > 2:  # files, not the terminal
+        if fd > 2 and (under is None or os.readlink(f"/proc/self/fd/{fd}").startswith(str(under))):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data)
 
@@ -192,7 +193,7 @@ def _disk_full(mp, where: str = "") -> None:
 
 def _disk_full_on_run_file(env, mp):
     mp.setattr(runner, "_default_run_fn", lambda spec: _fake_run)
-    _disk_full(mp)
+    _disk_full(mp, under=env.results)  # the results disk is full (the smoke data cache is elsewhere)
     return env.reproduce(env.smoke_table), [str(env.results / "smoke" / "runs"), ".json",
                                             "No space left on device (ENOSPC)"]
 
