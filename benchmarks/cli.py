@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if argv[:1] == ["reproduce"]:
+        from benchmarks.provenance import process_git_revision
+
+        process_git_revision()  # the revision of the code this process runs, before a long grid
     try:
         args = build_parser().parse_args(_join_dash_values(argv))
         return COMMANDS[args.command](args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import socket
 import subprocess
@@ -26,6 +27,13 @@ def git_revision(repo: Path = REPO_ROOT) -> str:
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return "unknown"
     return f"{rev}-dirty" if dirty else rev
+
+
+@functools.cache
+def process_git_revision() -> str:
+    """``git_revision()`` of the repo as this process first asked: the code it imported. The CLI
+    asks at start, so a commit made while a long grid runs is not credited with its runs."""
+    return git_revision()
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -274,7 +274,7 @@ class _RunContext:
 
     def provenance(self, outcome: RunOutcome, resolved, trains: bool = True) -> dict:
         if self._git_rev is None:
-            self._git_rev, self._versions = provenance.git_revision(), provenance.package_versions()
+            self._git_rev, self._versions = provenance.process_git_revision(), provenance.package_versions()
         source = getattr(outcome, "model_source", None) or (model_source(resolved) if trains else "none (no model)")
         return provenance.collect(
             git_rev=self._git_rev,

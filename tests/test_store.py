@@ -158,3 +158,14 @@ def test_the_git_revision_is_dirty_for_code_changes_but_not_for_results(tmp_path
     assert git_revision(tmp_path) == rev
     (tmp_path / "egmf_core/model.py").write_text("v2\n")  # what a grid runs
     assert git_revision(tmp_path) == rev + "-dirty"
+
+
+def test_a_process_credits_its_runs_to_the_revision_it_started_with(monkeypatch):
+    from benchmarks import provenance
+
+    provenance.process_git_revision.cache_clear()
+    revisions = iter(["aaa", "bbb"])
+    monkeypatch.setattr(provenance, "git_revision", lambda repo=provenance.REPO_ROOT: next(revisions))
+    assert provenance.process_git_revision() == "aaa"
+    assert provenance.process_git_revision() == "aaa"  # a commit made meanwhile does not move it
+    provenance.process_git_revision.cache_clear()
