@@ -188,9 +188,10 @@ def cmd_reproduce(args) -> int:
             from benchmarks.provenance import utc_timestamp
 
             redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
-            rc = launchers.run_local_jobs(_worker_argv(args, redo), args.jobs, total=pending)
-            if rc == 2:
-                return 2  # the workers printed the error
+            if pending:  # else every run is stored: nothing for workers to do
+                rc = launchers.run_local_jobs(_worker_argv(args, redo), min(args.jobs, pending), total=pending)
+                if rc == 2:
+                    return 2  # the workers printed the error
             kwargs.update(force=False, redo_before=None)  # the workers trained what was asked; collect and render
         kwargs.update(shard=shard, raise_render_errors=args.debug)
         if args.table == "all":

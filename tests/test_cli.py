@@ -234,3 +234,14 @@ def test_a_worker_that_rejects_its_input_ends_the_command_with_exit_2(monkeypatc
 ])
 def test_the_jobs_progress_bar_counts_finished_run_lines_only(line, done):
     assert bool(launchers.RUN_DONE.search(line)) is done
+
+
+def test_jobs_start_no_worker_when_every_run_is_stored_and_no_more_than_runs(monkeypatch, tmp_path, capsys):
+    started = []
+    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total: started.append((jobs, total)) or 0)
+    argv = ["reproduce", "3", "--seeds", "1111", "--datasets", "mosei", "--no-report", *_roots(tmp_path)]
+    assert main([*argv, "--jobs", "4"]) == 0  # one run to train: one worker
+    assert started == [(1, 1)]
+    assert main(argv) == 0  # trains it here
+    assert main([*argv, "--jobs", "4"]) == 0
+    assert started == [(1, 1)]  # all stored: no worker started
