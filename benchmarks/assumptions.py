@@ -63,7 +63,7 @@ HAND_WRITTEN: tuple[str, ...] = (
     "the test split is evaluated once, at the selected step.",
     "The smoke profile's data are synthetic, with planted structure: text carries the strongest "
     "signal (its cue misleads or is missing on 25% of samples), audio shows the true label on 50% "
-    "of samples and visual on 30% (egmf_core/data/synth.py, SYNTH_VERSION 4); its models are "
+    "of samples and visual on 30% (egmf_core/data/synth.py, SYNTH_VERSION 5); its models are "
     "tiny and randomly initialised, trained 400 steps on 480 samples, so smoke numbers are never "
     "compared with the paper's.",
     "Cell verdicts: 'held' when |ours - paper| <= max(1 std over seeds, 0.5 points), 'within "

@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_MARKER = "<repo>"
 DATA_ROOT_MARKER = "<data-root>"
 MODEL_ROOT_MARKER = "<model-root>"
-SMOKE_DATA_VERSION = 4  # = egmf_core.data.synth.SYNTH_VERSION (checked by a test; no import: keeps this light)
+SMOKE_DATA_VERSION = 5  # = egmf_core.data.synth.SYNTH_VERSION (checked by a test; no import: keeps this light)
 SMOKE_DATA_MARKER = f"{REPO_MARKER}/.cache/smoke-data/v{SMOKE_DATA_VERSION}"
 DATA_ROOT_ENV = "EGMF_DATA_ROOT"
 MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"

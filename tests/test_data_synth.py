@@ -149,6 +149,8 @@ def test_synthetic_release_loads_with_default_smoke_size(tmp_path):
 FINGERPRINTS = {
     4: {"mosei": "6d12fc7e2855b981", "sims_v2": "711636f7b39801b4", "meld": "ea01673b7a7694a1",
         "cherma": "3c991a09d62b7029"},
+    5: {"mosei": "21f045dc7bfe0d87", "sims_v2": "eb0eda4977898b94", "meld": "774f442f252340cc",
+        "cherma": "978852ad0d52ef32"},
 }
 
 
