@@ -39,7 +39,7 @@ Planted structure (the constants below the imports; a retune is one edit):
   ~0.25 x 0.5 x 0.7 = 9, visual ~0.25 x 0.3 x 0.5 = 4, before chance guesses.
   Measured with gradient-boosted probes (seed 0, 3000 train samples, test split; data/README.md
   has the table): MELD accuracy all three 0.84, drop removing text / audio / visual 0.16 /
-  0.04 / 0.02; MOSEI MAE all three 0.43, drops 0.22 / 0.08 / 0.04.
+  0.04 / 0.02; MOSEI MAE all three 0.37, drops 0.15 / 0.10 / 0.04.
 - Real quirks: zero padding past each length; MOSEI audio holds -inf in its last
   NEG_INF_DIMS dims on NEG_INF_FRAME_SHARE of valid frames (the loader zeroes and counts
   them); MELD's CSVs carry code-page mojibake (``\x92`` apostrophes, double-encoded
