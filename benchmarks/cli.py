@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain runs stored before TIME (ISO 8601 with a UTC offset); keep newer ones")
     r.add_argument("--shard", help="run shard i of n only, e.g. 0/4 (numbered from 0)")
     r.add_argument("--jobs", type=int, default=1,
-                   help="local: train in N worker processes at once, one shard each (smoke: one per CPU core)")
+                   help="local: N worker processes sharing the grid, one run each at a time (smoke: one per CPU core)")
     r.add_argument("--launcher", default="local", help="local (default) or slurm (needs submitit)")
     r.add_argument("--shards", type=int, help="slurm: array tasks (default: one per run)")
     r.add_argument("--slurm-partition", help="slurm: partition to submit to")
@@ -181,9 +181,9 @@ def cmd_reproduce(args) -> int:
             raise GridError(f"--jobs {args.jobs}: must be at least 1")
         if args.jobs > 1:
             if shard is not None:
-                raise GridError("--jobs splits the grid into shards itself; drop --shard")
+                raise GridError("--jobs shares the whole grid between its workers; drop --shard")
             pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
-                                          **{k: kwargs[k] for k in ("seeds", "datasets", "force", "data_root",
+                                          **{k: kwargs[k] for k in ("seeds", "datasets", "force", "redo_before", "data_root",
                                                                     "model_root", "trust_remote_code", "ablations_dir")})
             from benchmarks.provenance import utc_timestamp
 

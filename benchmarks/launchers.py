@@ -2,9 +2,9 @@
 
 Parallelism: ``--jobs N`` (local) starts N worker processes on this machine that share one grid
 (each takes the next run nobody holds; ``runner.reproduce``'s run locks arbitrate), and
-``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split it. Shard i of n holds the runs whose id hashes to i (see
-``benchmarks.grid.shard``), so n workers never train the same run and their run files never
-collide. Data-parallel seeds are therefore shards too: one GPU per shard, one run at a time.
+``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split it. Shard i of n holds
+the runs whose id hashes to i (see ``benchmarks.grid.shard``), so n workers never train the
+same run and their run files never collide. Data-parallel seeds are therefore shards too: one GPU per shard, one run at a time.
 
 A single large backbone is placed on the devices of its node by accelerate (``device_map`` in
 the backbone loader, ``egmf_core.backbones``), not here; ask Slurm for as many GPUs per task as
@@ -57,8 +57,8 @@ def run_local_jobs(worker_argv: list[str], jobs: int, *, total: int | None = Non
     For ``--force`` the caller passes ``--redo-before`` instead, so a run is retrained once.
     Their progress bars are off; instead each logs a line per finished run, tagged, as are their
     warnings and summary lines. The caller then collects every run file into the table CSV and
-    renders the report. Returns the
-    highest worker exit status (0 all fine, 1 some runs failed, 2 a bad input, 130 interrupted).
+    renders the report. Returns the highest worker exit status (0 all fine, 1 some runs failed,
+    2 a bad input, 130 interrupted).
     """
     import os
     import subprocess

@@ -118,9 +118,11 @@ def reproduce(
 ) -> Summary:
     """Reproduce one table (a name or a paper number) under a profile; see the module docstring.
 
-    ``redo_before`` (an ISO 8601 UTC time) retrains the runs stored before it and keeps those stored
-    since: ``--force`` for processes that share one grid (``--jobs`` workers), so a run one of them
-    retrained is not retrained by the next. ``run_fn`` defaults to ``egmf_core.run.run_experiment`` (``dataset_statistics`` for the
+    ``redo_before`` (an ISO 8601 UTC time) retrains the runs stored before it and keeps those
+    stored since: ``--force`` for processes that share one grid (``--jobs`` workers), so a run
+    one of them retrained is not retrained by the next.
+
+    ``run_fn`` defaults to ``egmf_core.run.run_experiment`` (``dataset_statistics`` for the
     statistics table). An unexpected exception inside a run becomes a failed run with a
     one-line error; a ValueError (bad config, data or model input) propagates.
     """
@@ -203,10 +205,11 @@ def reproduce(
 
 def pending_runs(table_name: str, profile: str, *, seeds: Iterable[int] | None = None,
                  rows: Iterable[str] | None = None, datasets: Iterable[str] | None = None, force: bool = False,
-                 results_root: Path = Path("results"), ablations_dir: Path = ABLATIONS_DIR,
-                 **grid_kwargs) -> int:
+                 redo_before: str | None = None, results_root: Path = Path("results"),
+                 ablations_dir: Path = ABLATIONS_DIR, **grid_kwargs) -> int:
     """How many distinct runs ``reproduce`` (or ``reproduce_all`` for "all") would train now:
-    every run with ``force``, else those without a valid "ok" run file. A run that two tables
+    every run with ``force``, else those without a valid "ok" run file (stored at ``redo_before``
+    or later, when given). A run that two tables
     share counts once. For the progress bar of ``--jobs``."""
     grids = _every_table(rows, datasets, ablations_dir) if table_name == "all" else [(table_name, datasets)]
     runs: dict[str, Cell] = {}
@@ -214,7 +217,7 @@ def pending_runs(table_name: str, profile: str, *, seeds: Iterable[int] | None =
         spec = load_table(name, ablations_dir)
         runs.update(unique_runs(expand(spec, profile, seeds=seeds, rows=rows, datasets=ds, **grid_kwargs)))
     return sum(1 for run_id, cell in runs.items()
-               if force or not _stored_ok(store.run_path(Path(results_root), profile, run_id), cell, None))
+               if force or not _stored_ok(store.run_path(Path(results_root), profile, run_id), cell, None, redo_before))
 
 
 def _stored_ok(path: Path, cell: Cell, summary: Summary | None, not_before: str | None = None) -> bool:

@@ -214,7 +214,7 @@ def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, t
     (["--jobs", "0"], "--jobs 0: must be at least 1"),
     (["--redo-before", "yesterday"], "--redo-before 'yesterday': not an ISO 8601 time"),
     (["--redo-before", "2026-11-26T04:30:00"], "give a UTC offset"),
-    (["--jobs", "2", "--shard", "0/2"], "--jobs splits the grid into shards itself"),
+    (["--jobs", "2", "--shard", "0/2"], "--jobs shares the whole grid between its workers; drop --shard"),
 ])
 def test_bad_jobs_arguments_are_one_line_errors(extra, message, tmp_path, capsys):
     assert main(["reproduce", "3", *extra, *_roots(tmp_path)]) == 2

@@ -252,6 +252,7 @@ def test_redo_before_retrains_older_runs_once(tmp_path):
     _go(tmp_path, seeds=[1111])
     t = utc_timestamp()
     first = FakeRun()
+    assert runner.pending_runs("main_msa", "smoke", seeds=[1111], redo_before=t, results_root=tmp_path / "results") == 2
     s = _go(tmp_path, run_fn=first, seeds=[1111], redo_before=t)
     assert (s.trained, s.cached) == (2, 0)  # stored before t: retrained
     second = FakeRun()
