@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(m)
     m.add_argument("--no-report", action="store_true", help="do not render reports after merging")
 
+    g = sub.add_parser("gpu-check", help="build, train, evaluate and checkpoint each backbone; measure speed and memory")
+    g.add_argument("--size", choices=("full", "tiny"), default="tiny", help="full: published architectures; tiny: twins")
+    g.add_argument("--device", choices=("cuda", "cpu", "meta"), default="cpu",
+                   help="meta: parameter counts and weight memory only (no GPU)")
+    g.add_argument("--backbones", default="glm3,glm4,llama3", help="comma-separated (default: all three)")
+    g.add_argument("--steps", type=int, default=10, help="timed training steps per backbone (default 10)")
+    g.add_argument("--jobs-per-gpu", default="1,2,3,4", help="K runs sharing one GPU to measure (CUDA only)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure train.compile too (default: on CUDA only)")
+    g.add_argument("--budget-s", type=float, default=330.0, help="skip optional phases past this many seconds")
+    g.add_argument("--json", type=Path, help="write the measurements as JSON here")
+    g.add_argument("--report", type=Path, help="markdown report (default: reports/<profile>/gpu_check.md)")
+    g.add_argument("--debug", action="store_true")
+
     ls = sub.add_parser("list", help="the tables: number, name, caption, grid size")
     ls.add_argument("--profile", default="smoke")
     ls.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
@@ -286,4 +300,26 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"reproduce": cmd_reproduce, "report": cmd_report, "merge": cmd_merge, "list": cmd_list}
+def cmd_gpu_check(args) -> int:
+    from benchmarks.perf import gpu_check
+
+    families = parse_names(args.backbones)
+    unknown = [f for f in families if f not in gpu_check.FAMILIES]
+    if unknown:
+        raise GridError(f"--backbones: unknown backbone {unknown[0]!r} (known: {', '.join(gpu_check.FAMILIES)})")
+    if args.size == "full" and args.device == "cpu":
+        raise GridError("--size full --device cpu would need ~40 GB of fp32 weights: use --device cuda or meta")
+    opts = gpu_check.CheckOptions(
+        size=args.size, device=args.device, backbones=tuple(families), steps=args.steps,
+        jobs_per_gpu=tuple(int(k) for k in parse_names(args.jobs_per_gpu)), compile=args.compile,
+        budget_s=args.budget_s, json_path=args.json)
+    opts.report_path = args.report or Path("reports") / opts.profile / "gpu_check.md"
+    result = gpu_check.run_gpu_check(opts)
+    for family, r in result["backbones"].items():
+        print(f"{family}: " + (r["error"] if "error" in r else f"{r['params'] / 1e9:.3f}B params"
+              + (f", step {r['step_time_s'] * 1e3:.1f} ms" if "step_time_s" in r else "")))
+    print(f"report: {opts.report_path}" + (f"; json: {args.json}" if args.json else ""))
+    return 1 if gpu_check.failed_backbones(result) else 0
+
+
+COMMANDS = {"gpu-check": cmd_gpu_check, "reproduce": cmd_reproduce, "report": cmd_report, "merge": cmd_merge, "list": cmd_list}

@@ -80,8 +80,8 @@ class BackboneInfo:
 
 
 def family_of(backbone: str) -> str:
-    """The family of a backbone name: ``glm3-tiny`` -> ``glm3``, ``llama3`` -> ``llama3``."""
-    family = backbone.removesuffix("-tiny")
+    """The family of a backbone name: ``glm3-tiny`` -> ``glm3``, ``glm4-full`` -> ``glm4``."""
+    family = backbone.removesuffix("-tiny").removesuffix("-full")
     if family not in FAMILY_DIRS:
         raise BackboneError(f"config field model.backbone={backbone!r}: unknown family (known: {', '.join(FAMILY_DIRS)})")
     return family
@@ -183,7 +183,13 @@ def build_backbone(cfg: ModelConfig, *, device: str | torch.device | None = None
     family = family_of(cfg.backbone)
     dev = resolve_device(device)
     dtype = backbone_dtype(dev)
-    if cfg.backbone.endswith("-tiny"):
+    if cfg.backbone.endswith("-full"):
+        from egmf_core.full_twins import build_full_twin, full_twin_tokenizer
+
+        model, built = build_full_twin(family, device=dev, dtype=dtype)
+        tokenizer = full_twin_tokenizer(family)
+        source, where, hf_class = "full-size twin (seed 0)", cfg.backbone, built.hf_class
+    elif cfg.backbone.endswith("-tiny"):
         seed = 0
         model, tokenizer = load_twin(cfg.backbone, seed=seed)
         model = model.to(device=dev, dtype=dtype)

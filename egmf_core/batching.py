@@ -114,16 +114,21 @@ def collate(enc: EncodedSplit, idx, n_tokens: int, pad_id: int, *, with_answer: 
     B, L = len(idx), max(len(s) for s in seqs)
     input_ids = torch.full((B, L), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((B, L), dtype=torch.long)
-    pseudo_mask = torch.zeros((B, L), dtype=torch.bool)
+    pseudo_index = torch.zeros((B, n_tokens), dtype=torch.long)
     labels = torch.full((B, L), -100, dtype=torch.long)
     for b, (ids, start, n_ans) in enumerate(zip(seqs, starts, answer_lens)):
         off = 0 if with_answer else L - len(ids)  # right pad to train, left pad to generate
         input_ids[b, off : off + len(ids)] = torch.tensor(ids)
         attention_mask[b, off : off + len(ids)] = 1
-        pseudo_mask[b, off + start : off + start + n_tokens] = True
+        pseudo_index[b] = torch.arange(off + start, off + start + n_tokens)
         if n_ans:
             labels[b, off + len(ids) - n_ans : off + len(ids)] = torch.tensor(ids[-n_ans:])
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    # Flat (b * L + t) positions that predict an answer token, and those tokens: the loss needs
+    # them on the device without a boolean mask (which would sync the host).
+    predicts = torch.zeros_like(labels, dtype=torch.bool)
+    predicts[:, :-1] = labels[:, 1:] != -100
+    answer_index = predicts.flatten().nonzero().squeeze(1)
 
     utt = [enc.utterance_ids[i] for i in idx]
     Lt = max(len(u) for u in utt)
@@ -139,7 +144,9 @@ def collate(enc: EncodedSplit, idx, n_tokens: int, pad_id: int, *, with_answer: 
         "input_ids": input_ids,  # (B, L)
         "attention_mask": attention_mask,  # (B, L)
         "position_ids": position_ids,  # (B, L)
-        "pseudo_mask": pseudo_mask,  # (B, L), n True per row
+        "pseudo_index": pseudo_index,  # (B, n) placeholder positions
+        "answer_index": answer_index,  # (N_ans,) flat positions predicting answer tokens (empty for eval)
+        "answer_target": labels[:, 1:][predicts[:, :-1]],  # (N_ans,) the tokens they predict
         "labels": labels,  # (B, L), -100 outside the answer
         "utt_ids": utt_ids,  # (B, L_t)
         "utt_mask": utt_mask,  # (B, L_t)

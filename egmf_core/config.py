@@ -20,9 +20,9 @@ from typing import Any
 MODALITIES = ("text", "audio", "visual")
 EXPERTS = ("E1", "E2", "E3")
 GATING_MODES = ("hierarchical", "single_stage", "uniform")
-BACKBONES = ("glm3", "glm4", "llama3", "glm3-tiny", "glm4-tiny", "llama3-tiny")
+BACKBONES = ("glm3", "glm4", "llama3", "glm3-tiny", "glm4-tiny", "llama3-tiny", "glm3-full", "glm4-full", "llama3-full")
 DATASETS = ("mosei", "sims_v2", "meld", "cherma")
-PROFILES = ("smoke", "paper")
+PROFILES = ("smoke", "scale", "paper")
 ACTIVATIONS = ("mish", "gelu", "swish", "relu", "tanh")
 
 
@@ -30,7 +30,7 @@ ACTIVATIONS = ("mish", "gelu", "swish", "relu", "tanh")
 class ModelConfig:
     """The EGMF model: fusion, experts, gating, pseudo tokens and the LLM backbone."""
 
-    backbone: str = "glm3"  # [S] GLM3-6B is the paper's main backbone; "-tiny" = random twin
+    backbone: str = "glm3"  # [S] GLM3-6B is the paper's main backbone; "-tiny" / "-full" = random twin
     model_path: str | None = None  # local weights dir (paper profile); env EGMF_MODEL_ROOT
     trust_remote_code: bool = False  # never on unless the user opts in (recorded in reports)
     d_h: int = 256  # [C] fusion width d_h; the paper does not state it
@@ -84,6 +84,8 @@ class TrainConfig:
     nan_policy: str = "fail"  # a NaN loss stops the run and records it as failed
     mixed_precision: str = "auto"  # bf16 autocast on GPU, fp32 on CPU
     checkpoint_every: int | None = None  # steps between resumable checkpoints (None = off)
+    log_every: int = 50  # steps between reads of the training loss (each read is a host sync)
+    compile: bool = False  # torch.compile each decoder layer (regional compilation); measured in gpu-check
 
 
 @dataclass
@@ -195,6 +197,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(t.checkpoint_every is None or t.checkpoint_every > 0, "train.checkpoint_every", t.checkpoint_every,
          "must be a positive number of steps or unset")
     need(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every, "must be positive or unset")
+    need(isinstance(t.log_every, int) and t.log_every > 0, "train.log_every", t.log_every, "must be a positive integer")
     need(t.patience is None or t.patience > 0, "train.patience", t.patience, "must be positive or unset")
     need(t.select_on == "valid", "train.select_on", t.select_on, "model selection uses the validation split only")
     need(t.invalid_fallback in ("majority", "mean", "wrong"), "train.invalid_fallback", t.invalid_fallback, "must be majority, mean or wrong")

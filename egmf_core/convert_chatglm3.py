@@ -50,6 +50,7 @@ CLI: ``python -m egmf_core.convert_chatglm3 SRC DST``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import zipfile
@@ -363,7 +364,10 @@ def convert_tokenizer(src_dir: str | Path) -> PreTrainedTokenizerFast:
     proto.ParseFromString(path.read_bytes())
     pieces = [p.piece for p in proto.pieces]
     vocab = {piece: i for i, piece in enumerate(pieces)}
-    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
+    # transformers < 5.24 has no ``legacy`` argument (and does not follow every normaliser
+    # setting of the sp model: ids then match SentencePiece only for the default settings).
+    legacy = {"legacy": True} if "legacy" in inspect.signature(SpmConverter.build_tokenizer_from_spm_proto).parameters else {}
+    tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, **legacy)
     if tok is None:
         raise ChatGLMConversionError(f"{path}: unsupported SentencePiece model type {proto.trainer_spec.model_type}")
 

@@ -10,15 +10,18 @@ token, so scoring usually costs one forward pass over the prompt instead of max_
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from egmf_core.model import EGMF
 
 
 @torch.no_grad()
-def generate_answers(model: EGMF, batch: dict[str, torch.Tensor], tokenizer, max_new_tokens: int) -> list[str]:
+def generate_answers(model: EGMF, batch: dict[str, torch.Tensor], tokenizer, max_new_tokens: int,
+                     t_pseudo: torch.Tensor | None = None) -> list[str]:
     """Greedy generation from the left-padded prompt; returns the decoded new text per sample."""
-    embeds, _ = model.prompt_embeds(batch)
+    embeds, _ = model.prompt_embeds(batch, t_pseudo)
     out = model.llm.generate(
         inputs_embeds=embeds,
         attention_mask=batch["attention_mask"],
@@ -33,16 +36,18 @@ def generate_answers(model: EGMF, batch: dict[str, torch.Tensor], tokenizer, max
 
 
 @torch.no_grad()
-def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: list[list[int]]) -> torch.Tensor:
+def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: list[list[int]],
+                 t_pseudo: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy decoding restricted to the label answers; returns the chosen class per sample (B,)."""
-    embeds, _ = model.prompt_embeds(batch)
+    embeds, _ = model.prompt_embeds(batch, t_pseudo)
     mask = batch["attention_mask"]
     # When every label starts with its own token, the prompt pass decides: no cache is needed.
     needs_more = len({a[0] for a in label_answers}) < len(label_answers)
     out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
                     use_cache=needs_more, logits_to_keep=1)
     logits = out.logits[:, -1, :]  # (B, V)
-    cache = out.cache if needs_more else None
+    cache = _cache_of(out) if needs_more else None
+    cache_kwarg = _cache_kwarg(model.causal_lm())
     B, K = embeds.shape[0], len(label_answers)
     device = logits.device
     alive = torch.ones(B, K, dtype=torch.bool, device=device)  # labels still consistent with the choice
@@ -67,9 +72,19 @@ def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: lis
             input_ids=chosen.unsqueeze(1),
             attention_mask=mask,
             position_ids=positions.unsqueeze(1),
-            cache=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_kwarg: cache},
         )
-        logits, cache = out.logits[:, -1, :], out.cache
+        logits, cache = out.logits[:, -1, :], _cache_of(out)
     return alive.float().argmax(dim=1)  # the single surviving label (first one on exact ties)
+
+
+def _cache_of(out):
+    """The KV cache of a model output: ``cache`` in transformers >= 5.24, ``past_key_values`` before."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
+def _cache_kwarg(lm) -> str:
+    """The forward argument that takes a KV cache (renamed from ``past_key_values`` in 5.24)."""
+    return "cache" if "cache" in inspect.signature(type(lm).forward).parameters else "past_key_values"

@@ -122,8 +122,8 @@ def init_on_device(model: torch.nn.Module, *, seed: int = 0, std: float = INIT_S
     """Draw every weight where it lives: N(0, std) matrices, unit norms, zero biases; RoPE recomputed.
 
     The generator lives on the parameters' device, so nothing crosses the bus. Non-persistent
-    buffers (RoPE's ``inv_freq``) are not parameters: each rotary module is rebuilt on the device
-    from its config, as its constructor computes them.
+    buffers (RoPE's ``inv_freq``) are not parameters: each rotary module is rebuilt from its
+    config, as its constructor computes them, and its buffers copied over.
     """
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -136,7 +136,8 @@ def init_on_device(model: torch.nn.Module, *, seed: int = 0, std: float = INIT_S
             p.normal_(0.0, std, generator=gen)
     for module in model.modules():
         if type(module).__name__.endswith("RotaryEmbedding"):
-            fresh = type(module)(config=module.config, device=device)
+            with torch.device("cpu"):  # a few KB; the constructor's signature varies across 5.x
+                fresh = type(module)(module.config)
             for key, buf in fresh.named_buffers(recurse=False):
                 getattr(module, key).copy_(buf)
 
@@ -184,9 +185,22 @@ def _special_kwargs(tokenizer) -> dict[str, Any]:
 
 
 def full_twin_tokenizer(family: str):
-    """The family's twin tokenizer at the real release's length (:data:`TOKENIZER_LENGTHS`)."""
-    from egmf_core.tokenizer_twin import build_twin_tokenizer
+    """The family's twin tokenizer at the real release's length (:data:`TOKENIZER_LENGTHS`).
 
+    glm3's twin is a SentencePiece model, as ChatGLM3's; where ``sentencepiece`` is not installed
+    (a bare GPU image), the glm4 twin's byte-level BPE stands in: the ids, embedding rows and
+    special-token handling a step sees keep their sizes, only how text splits differs.
+    """
+    from egmf_core.tokenizer_twin import build_bpe_tokenizer, build_twin_tokenizer
+
+    if family == "glm3" and not _has_sentencepiece():
+        return pad_vocabulary(build_bpe_tokenizer("glm4"), TOKENIZER_LENGTHS[family])
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_twin_tokenizer(family, None, tmp if family == "glm3" else None)
     return pad_vocabulary(tok, TOKENIZER_LENGTHS[family])
+
+
+def _has_sentencepiece() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("sentencepiece", "google.protobuf"))

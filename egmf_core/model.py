@@ -69,30 +69,39 @@ class EGMF(nn.Module):
         f_enhanced, gate = self.gating(f_fusion, expert_out)  # (B, d_h)
         return self.projector(f_enhanced), gate  # T_pseudo: (B, n, d_llm)
 
-    def prompt_embeds(self, batch: dict[str, torch.Tensor]):
-        """I_wrapped = [E_prefix; T_pseudo; E_suffix; P_task]: (B, L, d_llm), plus the gate output."""
-        t_pseudo, gate = self.fuse(batch)
+    def prompt_embeds(self, batch: dict[str, torch.Tensor], t_pseudo: torch.Tensor | None = None):
+        """I_wrapped = [E_prefix; T_pseudo; E_suffix; P_task]: (B, L, d_llm), plus the gate output.
+
+        Pass ``t_pseudo`` (from :meth:`fuse`) to reuse a fusion already computed for this batch.
+        """
+        gate = None
+        if t_pseudo is None:
+            t_pseudo, gate = self.fuse(batch)
         embeds = self.llm.get_input_embeddings()(batch["input_ids"])  # (B, L, d_llm)
-        return inject_pseudo_tokens(embeds, batch["pseudo_mask"], t_pseudo), gate
+        return inject_pseudo_tokens(embeds, batch["pseudo_index"], t_pseudo), gate
+
+    def causal_lm(self) -> nn.Module:
+        """The transformers ``*ForCausalLM`` under any peft wrapper (LoRA layers live inside it)."""
+        return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
 
     def forward(self, batch: dict[str, torch.Tensor]):
         """LM cross-entropy on the answer tokens only (labels are -100 elsewhere).
 
-        Logits are computed only at the positions that predict an answer token (``logits_to_keep``
-        as a boolean mask): the same loss as the LM head over every position followed by the
+        Logits are computed only at the positions that predict an answer token: the same loss as the LM head over every position followed by the
         masked mean, without the (B, L, vocab) float32 logits of the prompt, which would be a few
         hundred MB at paper scale (Llama-3: a 128k vocabulary) and were ~20% of a smoke step.
         """
         embeds, gate = self.prompt_embeds(batch)
-        targets = batch["labels"][:, 1:]  # token t+1 is predicted at position t
-        predicts = torch.zeros_like(batch["labels"], dtype=torch.bool)
-        predicts[:, :-1] = targets != -100  # (B, L)
-        out = self.llm(
+        lm = self.causal_lm()
+        # The decoder, then the LM head on the answer positions only. Calling them separately
+        # (instead of logits_to_keep=<bool mask>, transformers >= 5.24 only) works on every 5.x;
+        # the positions come from the collator, so selecting them needs no host sync.
+        hidden = lm.get_decoder()(
             inputs_embeds=embeds,
             attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"],
-            logits_to_keep=predicts,
             use_cache=False,
-        )
-        logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (number of answer tokens, vocab)
-        return F.cross_entropy(logits, targets[predicts[:, :-1]]), gate
+        ).last_hidden_state  # (B, L, d_llm)
+        predicting = hidden.flatten(0, 1).index_select(0, batch["answer_index"])  # (N_ans, d_llm)
+        logits = lm.get_output_embeddings()(predicting).float()  # (N_ans, vocab)
+        return F.cross_entropy(logits, batch["answer_target"]), gate

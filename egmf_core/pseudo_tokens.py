@@ -30,12 +30,13 @@ class PseudoTokenProjector(nn.Module):
         return z.view(z.shape[0], self.n_tokens, self.d_llm)  # (B, n, d_llm)
 
 
-def inject_pseudo_tokens(embeds: torch.Tensor, pseudo_mask: torch.Tensor, t_pseudo: torch.Tensor) -> torch.Tensor:
+def inject_pseudo_tokens(embeds: torch.Tensor, pseudo_index: torch.Tensor, t_pseudo: torch.Tensor) -> torch.Tensor:
     """Place T_pseudo at the placeholder positions of the embedded prompt.
 
-    embeds (B, L, H) are E_prefix/E_suffix/P_task embeddings with placeholders; pseudo_mask (B, L)
-    marks exactly n positions per row, filled in order with t_pseudo (B, n, H):
-    I_wrapped = [E_prefix; T_pseudo; E_suffix; P_task].
+    embeds (B, L, H) are E_prefix/E_suffix/P_task embeddings with placeholders; pseudo_index (B, n)
+    holds each row's n placeholder positions, filled in order with t_pseudo (B, n, H):
+    I_wrapped = [E_prefix; T_pseudo; E_suffix; P_task]. Positions come from the collator (host
+    side), so the scatter needs no host sync, unlike a boolean mask.
     """
-    mask = pseudo_mask.unsqueeze(-1).expand_as(embeds)  # (B, L, H)
-    return embeds.masked_scatter(mask, t_pseudo.to(embeds.dtype))  # (B, L, H)
+    index = pseudo_index.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])  # (B, n, H)
+    return embeds.scatter(1, index, t_pseudo.to(embeds.dtype))  # (B, L, H)

@@ -81,7 +81,11 @@ def evaluate(
     mode: str,
     train_labels: np.ndarray,
 ) -> EvalResult:
-    """Answer every sample of a split, parse strictly, and score with the field's metrics."""
+    """Answer every sample of a split, parse strictly, and score with the field's metrics.
+
+    Samples are batched in order of prompt length (less padding; results are put back in split
+    order) and the fusion runs once per batch, shared by the gate statistics and the decoder.
+    """
     model.eval()
     device = _device_of(model)
     is_cls = spec.task == "classification"
@@ -89,24 +93,21 @@ def evaluate(
         raise ValueError("train.eval_mode='score' ranks label continuations: it needs a classification dataset")
     max_new = cfg.max_new_tokens_cls if is_cls else cfg.max_new_tokens_reg
     stats = GatingStats()
-    texts: list[str] = []
-    chosen: list[np.ndarray] = []
-    pad = encoder.pad
-    for start in range(0, len(enc), cfg.eval_batch_size):
-        idx = range(start, min(start + cfg.eval_batch_size, len(enc)))
-        batch = _to(collate(enc, idx, model.cfg.n_tokens, pad, with_answer=False), device)
+    answers: dict[int, str] = {}
+    chosen = np.zeros(len(enc), dtype=np.int64)
+    for idx in eval_batches(enc, eval_batch_size(model, cfg, device)):
+        batch = _to(collate(enc, idx, model.cfg.n_tokens, encoder.pad, with_answer=False), device)
         with _autocast(device, cfg):
-            _, gate = model.fuse(batch)
+            t_pseudo, gate = model.fuse(batch)
             if mode == "score":
-                chosen.append(score_labels(model, batch, encoder.label_answers).cpu().numpy())
+                chosen[idx] = score_labels(model, batch, encoder.label_answers, t_pseudo).cpu().numpy()
             else:
-                texts.extend(generate_answers(model, batch, tokenizer, max_new))
-        labels = enc.labels[list(idx)]
+                answers.update(zip(idx, generate_answers(model, batch, tokenizer, max_new, t_pseudo)))
+        labels = enc.labels[idx]
         stats.update(gate, labels if is_cls else sentiment_bin(labels, SENTIMENT_NEUTRAL_BAND[spec.name]))
+    texts = [answers[i] for i in range(len(enc))] if mode != "score" else []
     if mode == "score":
-        values = np.concatenate(chosen).astype(np.int64)
-        valid = np.ones(len(values), dtype=bool)
-        invalid_rate = 0.0
+        values, valid, invalid_rate = chosen, np.ones(len(chosen), dtype=bool), 0.0
     else:
         parsed = parse_answers(texts, spec)
         values, valid, invalid_rate = parsed.values, parsed.valid, parsed.invalid_rate
@@ -124,6 +125,32 @@ def evaluate(
     )
 
 
+def eval_batches(enc: EncodedSplit, batch_size: int) -> list[list[int]]:
+    """Sample indices in batches of similar prompt length (stable sort: ties keep split order)."""
+    order = sorted(range(len(enc)), key=lambda i: len(enc.prompt_ids[i]))
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def eval_batch_size(model: EGMF, cfg: TrainConfig, device: torch.device) -> int:
+    """``train.eval_batch_size``; on CUDA, grown to what half the free memory holds (at most 8x).
+
+    Per sample, generation keeps a KV cache of ``2 * layers * kv_width`` values per token for
+    ``max_text_tokens + 64`` tokens and one row of float32 logits; the estimate is deliberately
+    generous (x4) for activations.
+    """
+    size = cfg.eval_batch_size
+    if device.type != "cuda":
+        return size
+    config = model.causal_lm().config
+    layers = int(getattr(config, "num_hidden_layers", 1))
+    kv_width = int(getattr(config, "num_key_value_heads", 1)) * int(
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    tokens = model.cfg.max_text_tokens + 64
+    per_sample = 4 * (2 * layers * kv_width * tokens * 2 + 4 * int(config.vocab_size))
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(size, min(8 * size, free // 2 // per_sample)))
+
+
 def _trainable_state(model: EGMF) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -133,6 +160,89 @@ def _load_trainable_state(model: EGMF, state: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for n, v in state.items():
             params[n].copy_(v)
+
+
+@dataclass
+class Trainer:
+    """The optimizer, schedule and trainable parameters of one fit, and its training step."""
+
+    model: EGMF
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    params: list[torch.nn.Parameter]
+    cfg: TrainConfig
+    device: torch.device
+
+    @classmethod
+    def build(cls, model: EGMF, cfg: TrainConfig, total_steps: int) -> "Trainer":
+        """AdamW over EGMF's modules (``fusion_lr``) and the LoRA adapters (``lr``), cosine with warmup.
+        On CUDA the fused AdamW kernel (a few launches per step instead of a few per tensor)."""
+        device = _device_of(model)
+        egmf_params = [p for p in model.egmf_parameters() if p.requires_grad]
+        egmf_ids = {id(p) for p in egmf_params}
+        llm_params = [p for p in model.parameters() if p.requires_grad and id(p) not in egmf_ids]
+        groups = [{"params": egmf_params, "lr": cfg.fusion_lr or cfg.lr}]
+        if llm_params:
+            groups.append({"params": llm_params, "lr": cfg.lr})
+        fused = {"fused": True} if device.type == "cuda" else {}
+        opt = torch.optim.AdamW(groups, eps=cfg.adam_eps, weight_decay=cfg.weight_decay, **fused)
+        sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total_steps), total_steps)
+        if cfg.compile:
+            compile_decoder_layers(model)
+        return cls(model, opt, sched, egmf_params + llm_params, cfg, device)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimizer step on a collated batch; the loss stays on the device (no host sync)."""
+        self.model.train()
+        batch = _to(batch, self.device)
+        with _autocast(self.device, self.cfg):
+            loss, _ = self.model(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return loss.detach()
+
+
+def compile_decoder_layers(model: EGMF) -> None:
+    """``train.compile``: torch.compile each decoder layer in place (regional compilation: the
+    layers share one compiled graph, so compiling costs one layer, not the whole model)."""
+    layers = getattr(model.causal_lm().get_decoder(), "layers", None)
+    if layers is None:
+        raise ValueError("train.compile: the backbone has no decoder .layers to compile")
+    for layer in layers:
+        layer.compile()
+
+
+class LossLog:
+    """Training losses kept on the device and read back every ``log_every`` steps.
+
+    Reading a loss is a host sync; batching the reads keeps the step asynchronous. A non-finite
+    loss is still caught with the exact step it happened at (the first one in the window).
+    """
+
+    def __init__(self, device: torch.device):
+        self.losses: list[torch.Tensor] = []
+        self.first_step = 1
+        self.last = float("nan")
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss)
+
+    def flush(self) -> float:
+        """The mean loss since the last flush; raises TrainingFailed at a non-finite one."""
+        if not self.losses:
+            return self.last
+        values = torch.stack(self.losses).float().cpu()  # the one host sync of the window
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise TrainingFailed(f"non-finite loss ({float(values[i])}) at step {self.first_step + i}")
+        self.first_step += len(self.losses)
+        self.losses = []
+        self.last = float(values[-1])
+        return float(values.mean())
 
 
 def fit(
@@ -154,19 +264,14 @@ def fit(
     """Train EGMF's modules (and LoRA) with early stopping on the validation split only.
 
     With ``checkpoint``, the state is saved every ``checkpoint.every`` steps and a run that finds
-    a checkpoint continues from it, giving the same result as if it had never stopped.
+    a checkpoint continues from it, giving the same result as if it had never stopped. The
+    training loss is read back every ``train.log_every`` steps and at validation passes, not
+    every step: the step itself never waits for the device.
     """
     device = _device_of(model)
-    egmf_params = [p for p in model.egmf_parameters() if p.requires_grad]
-    egmf_ids = {id(p) for p in egmf_params}
-    llm_params = [p for p in model.parameters() if p.requires_grad and id(p) not in egmf_ids]
-    groups = [{"params": egmf_params, "lr": cfg.fusion_lr or cfg.lr}]
-    if llm_params:
-        groups.append({"params": llm_params, "lr": cfg.lr})
-    opt = torch.optim.AdamW(groups, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    trainer = Trainer.build(model, cfg, total)
     eval_every = cfg.eval_every or steps_per_epoch
     patience = cfg.patience if cfg.patience is not None else (8 if spec.task == "classification" else 10)
     valid_mode = "score" if (cfg.eval_mode == "score" or spec.task == "classification") else "generate"
@@ -177,35 +282,30 @@ def fit(
     history: list[dict] = []
     step, step_time = 0, 0.0
     order: list[int] = []
-    resumed = checkpoint.resume(model, opt, sched, gen) if checkpoint is not None else None
+    resumed = checkpoint.resume(model, trainer.opt, trainer.sched, gen) if checkpoint is not None else None
     if resumed is not None:  # continue exactly where the saved run stopped
         step, order, step_time = resumed["step"], resumed["order"], resumed["step_time"]
         best, best_step, bad_evals = resumed["best"], resumed["best_step"], resumed["bad_evals"]
         best_state, history = resumed["best_state"], resumed["history"]
+    losses = LossLog(device)
+    losses.first_step = step + 1
     while step < total:
         if not order:
             order = torch.randperm(len(train), generator=gen).tolist()
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        model.train()
         t0 = time.perf_counter()
-        batch = _to(collate(train, idx, model.cfg.n_tokens, encoder.pad, with_answer=True), device)
-        with _autocast(device, cfg):
-            loss, _ = model(batch)
-        if not torch.isfinite(loss):
-            raise TrainingFailed(f"non-finite loss ({loss.item()}) at step {step + 1}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(egmf_params + llm_params, cfg.grad_clip)
-        opt.step()
-        sched.step()
+        losses.add(trainer.step(collate(train, idx, model.cfg.n_tokens, encoder.pad, with_answer=True)))
         step += 1
+        evaluating = step % eval_every == 0 or step == total
+        if evaluating or step % cfg.log_every == 0:
+            mean_loss = losses.flush()  # syncs: the step time below includes the device's work
+            if progress:
+                progress(step, total, f"loss {mean_loss:.3f}")
         step_time += time.perf_counter() - t0
-        if progress:
-            progress(step, total, f"loss {loss.item():.3f}")
-        if step % eval_every == 0 or step == total:
+        if evaluating:
             res = evaluate(model, valid, encoder, tokenizer, spec, cfg, mode=valid_mode, train_labels=train_labels)
             score = res.metrics[key_metric] if higher_is_better else -res.metrics[key_metric]
-            history.append({"step": step, "loss": float(loss.item()), key_metric: res.metrics[key_metric],
+            history.append({"step": step, "loss": losses.last, key_metric: res.metrics[key_metric],
                             "invalid_rate": res.invalid_rate})
             if score > best:
                 best, best_step, bad_evals = score, step, 0
@@ -215,9 +315,11 @@ def fit(
                 if bad_evals >= patience:
                     break
         if checkpoint is not None and checkpoint.due(step):
-            checkpoint.save(step, model, opt, sched, gen, dict(
+            losses.flush()
+            checkpoint.save(step, model, trainer.opt, trainer.sched, gen, dict(
                 step=step, order=order, step_time=step_time, best=best, best_step=best_step,
                 bad_evals=bad_evals, best_state=best_state, history=history))
+    losses.flush()
     _load_trainable_state(model, best_state)
     return FitResult(
         steps=step,
