@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import socket
 import subprocess
@@ -19,7 +20,11 @@ def git_revision(repo: Path = REPO_ROOT) -> str:
     """HEAD's sha, with "-dirty" when tracked files changed; "unknown" outside git (or no commit).
 
     Changes under results/ and reports/ do not count: they are what a grid writes, not what it runs.
+    A copy of the tree without ``.git`` (a GPU machine given the working tree) reads
+    ``$EGMF_GIT_REVISION``, set by whoever copied it.
     """
+    if not (repo / ".git").exists() and os.environ.get("EGMF_GIT_REVISION"):
+        return os.environ["EGMF_GIT_REVISION"]
     try:
         rev = _git(repo, "rev-parse", "HEAD").strip()
         dirty = _git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".",
