@@ -458,8 +458,8 @@ def failed_backbones(result: dict[str, Any]) -> list[str]:
         losses = r.get("losses", [])
         if "error" in r or any(not math.isfinite(x) for x in losses):
             bad.append(family)
-        elif len(losses) >= 2 and not losses[-1] < losses[0]:  # the same batch, trained on: must fall
-            bad.append(family)
+        elif result["size"] == "tiny" and len(losses) >= 2 and not losses[-1] < losses[0]:
+            bad.append(family)  # the same batch at the smoke lr must be learned; at the paper lr 14 steps are noise
         elif r.get("checkpoint_resumed_exactly") is False or r.get("errors"):
             bad.append(family)
     return bad
