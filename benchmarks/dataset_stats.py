@@ -7,7 +7,10 @@ Metric names (split "train" / "valid" / "test" unless marked "all"):
 * classification: ``label_share:<label>`` (share of the split), ``n_classes``;
 * regression: ``label_mean``, ``label_std``, ``label_min``, ``label_max``, ``label_share_zero``;
 * "all": ``audio_dim``, ``visual_dim``, ``audio_pad_len``, ``visual_pad_len``, ``language:<code>``
-  (1.0), ``n_classes`` or nothing, and ``cleaning:<what>`` (counts the loader repaired).
+  (1.0), ``n_classes`` or nothing, ``cleaning:<what>`` (counts the loader repaired: padding,
+  and NaN / inf feature values set to 0 as ``cleaning:vision_nan``, ``cleaning:audio_pos_inf``, ...),
+  and, when valid was carved from train (``python -m egmf_core.data.split``),
+  ``valid_split:seed`` and ``valid_split:fraction`` (its sha256 is in the data source).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def dataset_statistics(cfg: RunConfig, *, progress=None) -> RunOutcome:
     t0 = time.perf_counter()
     if progress is not None:
         progress(0, 1, f"loading {cfg.data.name}")
-    data = load_dataset(cfg.data.name, cfg.data.root)
+    data = load_dataset(cfg.data.name, cfg.data.root, strict=cfg.data.strict)
     metrics = {name: split_statistics(split, data.spec) for name, split in data.splits().items()}
     whole: dict[str, float] = {
         "audio_dim": float(data.audio_dim),
@@ -71,6 +74,9 @@ def dataset_statistics(cfg: RunConfig, *, progress=None) -> RunOutcome:
     if data.spec.task == "classification":
         whole["n_classes"] = float(len(data.spec.labels))
     whole.update({f"cleaning:{k}": float(v) for k, v in sorted(data.cleaning.items())})
+    if data.valid_split:
+        whole.update({"valid_split:seed": float(data.valid_split["seed"]),
+                      "valid_split:fraction": float(data.valid_split["valid_fraction"])})
     metrics["all"] = whole
     if progress is not None:
         progress(1, 1, "done")

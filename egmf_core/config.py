@@ -96,6 +96,7 @@ class DataConfig:
     synth_seed: int = 0  # the synthetic twin's seed (fixed: data do not vary with run seed)
     max_train: int | None = None  # cap on training samples (None = all)
     verify_checksums: bool = False
+    strict: bool = False  # NaN / inf features are errors, not zeros (the field's readers zero them)
 
 
 @dataclass
