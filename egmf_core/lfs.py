@@ -1,4 +1,4 @@
-"""Git LFS pointer stubs: what a model or data folder holds when it was cloned without ``git lfs``.
+"""Files that are not what they claim: Git LFS pointer stubs, and weights or tokenizers that fail to load.
 
 A pointer is a ~130-byte text file (``version https://git-lfs.github.com/spec/v1``, ``oid``,
 ``size``) standing where the weights or features should be. torch, safetensors, protobuf and
@@ -8,6 +8,7 @@ for it first and say, in one line, what to run.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 LFS_SIGNATURE = b"version https://git-lfs.github.com/spec/"
@@ -50,3 +51,25 @@ def folder_lfs_pointer(folder: str | Path) -> Path | None:
     if not folder.is_dir():
         return None
     return first_lfs_pointer(p for p in folder.iterdir() if p.is_file())
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def load_failure_message(folder: Path, what: str, exc: BaseException, files: tuple[str, ...] = ()) -> str:
+    """One line naming the file (the only candidate among ``files``, else the only weight file
+    for ``what == "model"``, else ``folder``) and why it failed to load.
+
+    torch's unpickling errors end with advice to turn ``weights_only`` off, which would run
+    whatever code the file names: that advice is replaced by what the failure means here.
+    """
+    text = " ".join(str(exc).split())
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        text = "torch cannot unpickle it safely: the file is corrupt, truncated or not a checkpoint"
+    elif not text:
+        text = type(exc).__name__
+    candidates = [folder / f for f in files if (folder / f).is_file()]
+    if not candidates and what == "model" and folder.is_dir():
+        candidates = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    where = candidates[0] if len(candidates) == 1 else folder
+    return f"{where}: cannot load the {what} ({text.split('. ')[0][:300]})"
