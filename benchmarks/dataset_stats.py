@@ -82,3 +82,24 @@ def dataset_statistics(cfg: RunConfig, *, progress=None) -> RunOutcome:
         progress(1, 1, "done")
     return RunOutcome(status="ok", metrics=metrics, cost={"wall_s": time.perf_counter() - t0}, device="cpu",
                       data_source=data.source, data_cleaning=dict(data.cleaning))
+
+
+def non_finite_summary(datasets, cleaning_json) -> str:
+    """"mosei: 26 vision NaN, 1 vision +inf" over a results table's (dataset, data_cleaning_json)
+    pairs (the largest count per dataset and key: every run reads the same files), or "none"."""
+    import json
+
+    names = {"nan": "NaN", "pos_inf": "+inf", "neg_inf": "-inf"}
+    found: dict[str, dict[str, int]] = {}
+    for dataset, raw in zip(datasets, cleaning_json):
+        try:
+            counts = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            continue
+        for key, n in counts.items():
+            modality, _, kind = key.partition("_")
+            if kind in names and n and key != "audio_neg_inf":  # audio -inf: MOSEI's silence, by design
+                best = found.setdefault(dataset, {})
+                best[f"{modality} {names[kind]}"] = max(best.get(f"{modality} {names[kind]}", 0), int(n))
+    return "; ".join(f"{ds}: " + ", ".join(f"{n:,} {what}" for what, n in sorted(c.items()))
+                     for ds, c in sorted(found.items())) or "none"

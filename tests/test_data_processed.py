@@ -192,3 +192,25 @@ def test_nan_labels_stay_errors_without_strict(mosei_with_nan):
     write_mmsa_pickle(path, splits)
     with pytest.raises(DataError, match=r"test\.regression_labels\[2\] is NaN"):
         load_dataset("mosei", root)
+
+
+def test_table_1_and_report_show_the_counts_and_strict_data_refuses(mosei_with_nan, tmp_path, capsys):
+    import pandas as pd
+
+    from benchmarks.cli import main
+
+    root, path, splits, _ = mosei_with_nan
+    d_v = splits["train"]["vision"].shape[-1]
+    out = tmp_path / "out"
+    args = ["reproduce", "datasets", "--profile", "paper", "--data-root", str(root), "--datasets", "mosei",
+            "--results-root", str(out / "results"), "--reports-root", str(out / "reports")]
+    assert main([*args, "--strict-data"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {path}: train.vision[1,0,0] is NaN (strict data: NaN and inf are errors)\n"
+    assert main(args) == 0
+    df = pd.read_csv(out / "results" / "paper" / "datasets.csv")
+    counts = df[df.split == "all"].set_index("metric")["value"]
+    assert counts["cleaning:vision_nan"] == 2 * d_v and counts["cleaning:vision_pos_inf"] == 1
+    assert counts["cleaning:audio_nan"] == 1
+    report = (out / "reports" / "paper" / "datasets.md").read_text()
+    assert f"| NaN / inf features set to 0 | mosei: 1 audio NaN, 1 vision +inf, {2 * d_v:,} vision NaN |" in report
