@@ -23,6 +23,9 @@ SOURCE_TAGS = {
 # Fields whose one-line comment is too terse to stand alone in a report: a fuller sentence.
 CLEARER = {
     "model.d_h": "Fusion width d_h",
+    "model.prompt_format": "Prompts are raw text (\"raw\"), even for the chat models Llama-3-Instruct and "
+                           "GLM-4-chat; \"chat\" wraps pseudo tokens and utterance in the tokenizer's chat "
+                           "template as the user turn, the answer as the assistant turn",
     "model.beta_mode": "The residual weight beta_i is learned, sigmoid(Linear([f_fusion; w])); "
                        "\"fixed\" sets it to 1",
     "train.fusion_lr": "Learning rate of EGMF's own modules (unset = train.lr)",

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trust-remote-code", action="store_true",
                    help="allow the backbone's own Python code from its weights directory (recorded in reports)")
     r.add_argument("--no-report", action="store_true", help="store results but do not render reports")
+    r.add_argument("--strict-data", action="store_true",
+                   help="NaN / inf features are errors (default: set to 0 and counted, as MMSA and MSE-Adapter do)")
 
     p = sub.add_parser("report", help="rebuild table CSVs from stored runs and render reports (never trains)")
     p.add_argument("table", nargs="?", default="all", help='a table name or number, or "all" (default)')
@@ -173,6 +175,7 @@ def cmd_reproduce(args) -> int:
         data_root=args.data_root,
         model_root=args.model_root,
         trust_remote_code=args.trust_remote_code,
+        strict_data=args.strict_data,
         results_root=args.results_root,
         reports_root=args.reports_root,
         render=not args.no_report,
@@ -240,7 +243,8 @@ def _worker_argv(args, redo_before: str | None) -> list[str]:
             argv += [f"{flag}={value}"]  # = keeps values that start with a dash ("-T,-A")
     if redo_before is not None:
         argv.append(f"--redo-before={redo_before}")
-    for flag, on in (("--trust-remote-code", args.trust_remote_code), ("--debug", args.debug)):
+    for flag, on in (("--trust-remote-code", args.trust_remote_code), ("--strict-data", args.strict_data),
+                     ("--debug", args.debug)):
         if on:
             argv.append(flag)
     return argv

@@ -7,7 +7,10 @@ Metric names (split "train" / "valid" / "test" unless marked "all"):
 * classification: ``label_share:<label>`` (share of the split), ``n_classes``;
 * regression: ``label_mean``, ``label_std``, ``label_min``, ``label_max``, ``label_share_zero``;
 * "all": ``audio_dim``, ``visual_dim``, ``audio_pad_len``, ``visual_pad_len``, ``language:<code>``
-  (1.0), ``n_classes`` or nothing, and ``cleaning:<what>`` (counts the loader repaired).
+  (1.0), ``n_classes`` or nothing, ``cleaning:<what>`` (counts the loader repaired: padding,
+  and NaN / inf feature values set to 0 as ``cleaning:vision_nan``, ``cleaning:audio_pos_inf``, ...),
+  and, when valid was carved from train (``python -m egmf_core.data.split``),
+  ``valid_split:seed`` and ``valid_split:fraction`` (its sha256 is in the data source).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def dataset_statistics(cfg: RunConfig, *, progress=None) -> RunOutcome:
     t0 = time.perf_counter()
     if progress is not None:
         progress(0, 1, f"loading {cfg.data.name}")
-    data = load_dataset(cfg.data.name, cfg.data.root)
+    data = load_dataset(cfg.data.name, cfg.data.root, strict=cfg.data.strict)
     metrics = {name: split_statistics(split, data.spec) for name, split in data.splits().items()}
     whole: dict[str, float] = {
         "audio_dim": float(data.audio_dim),
@@ -71,8 +74,32 @@ def dataset_statistics(cfg: RunConfig, *, progress=None) -> RunOutcome:
     if data.spec.task == "classification":
         whole["n_classes"] = float(len(data.spec.labels))
     whole.update({f"cleaning:{k}": float(v) for k, v in sorted(data.cleaning.items())})
+    if data.valid_split:
+        whole.update({"valid_split:seed": float(data.valid_split["seed"]),
+                      "valid_split:fraction": float(data.valid_split["valid_fraction"])})
     metrics["all"] = whole
     if progress is not None:
         progress(1, 1, "done")
     return RunOutcome(status="ok", metrics=metrics, cost={"wall_s": time.perf_counter() - t0}, device="cpu",
                       data_source=data.source, data_cleaning=dict(data.cleaning))
+
+
+def non_finite_summary(datasets, cleaning_json) -> str:
+    """"mosei: 26 vision NaN, 1 vision +inf" over a results table's (dataset, data_cleaning_json)
+    pairs (the largest count per dataset and key: every run reads the same files), or "none"."""
+    import json
+
+    names = {"nan": "NaN", "pos_inf": "+inf", "neg_inf": "-inf"}
+    found: dict[str, dict[str, int]] = {}
+    for dataset, raw in zip(datasets, cleaning_json):
+        try:
+            counts = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            continue
+        for key, n in counts.items():
+            modality, _, kind = key.partition("_")
+            if kind in names and n and key != "audio_neg_inf":  # audio -inf: MOSEI's silence, by design
+                best = found.setdefault(dataset, {})
+                best[f"{modality} {names[kind]}"] = max(best.get(f"{modality} {names[kind]}", 0), int(n))
+    return "; ".join(f"{ds}: " + ", ".join(f"{n:,} {what}" for what, n in sorted(c.items()))
+                     for ds, c in sorted(found.items())) or "none"

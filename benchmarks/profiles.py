@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from egmf_core.config import DATASETS, ConfigError, RunConfig, apply_overrides, validate
+from egmf_core.data import find_dataset_folder
 
 PROFILES = ("smoke", "paper")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -212,7 +213,7 @@ def check_paper_roots(data_root, model_root, *, datasets, backbones) -> None:
     """Fail early, naming the flag, when a dataset or a backbone's weights are not where expected."""
     droot = data_root_from(data_root)
     for name in datasets:
-        if not (droot / name).is_dir():
+        if find_dataset_folder(name, droot) is None:  # root/<name>, or MSE-Adapter's MELD/, CHERMA0723/
             raise ProfileError(f"dataset {name!r} not found: expected directory {droot / name} "
                                f"(--data-root / ${DATA_ROOT_ENV})")
     if not backbones:
@@ -293,11 +294,13 @@ def resolve_path(value: str | None, *, data_root=None, model_root=None) -> str |
     return value
 
 
-def resolve_run_config(cfg: RunConfig, *, data_root=None, model_root=None) -> RunConfig:
-    """The config a run actually receives: markers replaced by paths, smoke data generated if missing."""
+def resolve_run_config(cfg: RunConfig, *, data_root=None, model_root=None, strict_data: bool = False) -> RunConfig:
+    """The config a run actually receives: markers replaced by paths, smoke data generated if missing,
+    ``data.strict`` set by ``--strict-data`` (a check on the input, like the roots: not in the run id)."""
     if cfg.data.root == SMOKE_DATA_MARKER:
         ensure_smoke_data(cfg.data.name, seed=cfg.data.synth_seed, size=cfg.data.synth_size)
-    data = dataclasses.replace(cfg.data, root=resolve_path(cfg.data.root, data_root=data_root, model_root=model_root))
+    data = dataclasses.replace(cfg.data, root=resolve_path(cfg.data.root, data_root=data_root, model_root=model_root),
+                               strict=cfg.data.strict or strict_data)
     model = dataclasses.replace(
         cfg.model, model_path=resolve_path(cfg.model.model_path, data_root=data_root, model_root=model_root)
     )

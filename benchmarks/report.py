@@ -24,6 +24,7 @@ import pandas as pd
 from benchmarks import plots
 from benchmarks.assumptions import ASSUMPTIONS
 from benchmarks.claims import NOT_COMPARABLE, ClaimVerdict, cell_verdict, evaluate_claim
+from benchmarks.dataset_stats import non_finite_summary
 from benchmarks.schema import RESULT_COLUMNS
 from benchmarks.stats import (
     dataset_key_metric,
@@ -207,6 +208,7 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
         ("table", f"`{spec.name}` (paper table {spec.number}, a best guess: `ablations/table_numbers.toml`)"),
         ("profile", profile),
         ("data source(s)", ", ".join(_uniq(df["data_source"])) or MISSING),
+        ("NaN / inf features set to 0", non_finite_summary(df["dataset"], df["data_cleaning_json"])),
         ("backbone(s)", ", ".join(_uniq(df["backbone"])) or MISSING),
         ("model source(s)", ", ".join(_uniq(df["model_source"])) or MISSING),
         ("date (latest run)", _latest_timestamp(df)),

@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 from benchmarks import provenance, store
 from benchmarks.grid import Cell, GridError, expand, parse_shard, unique_runs
 from benchmarks.grid import shard as shard_cells
+from benchmarks.preflight import preflight
 from benchmarks.profiles import model_source, resolve_run_config
 from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from egmf_core.outcome import RunOutcome
@@ -109,6 +110,7 @@ def reproduce(
     data_root: str | Path | None = None,
     model_root: str | Path | None = None,
     trust_remote_code: bool = False,
+    strict_data: bool = False,
     results_root: Path = Path("results"),
     reports_root: Path = Path("reports"),
     run_fn: RunFn | None = None,
@@ -124,7 +126,9 @@ def reproduce(
 
     ``run_fn`` defaults to ``egmf_core.run.run_experiment`` (``dataset_statistics`` for the
     statistics table). An unexpected exception inside a run becomes a failed run with a
-    one-line error; a ValueError (bad config, data or model input) propagates.
+    one-line error; a ValueError (bad config, data or model input) propagates. The paper
+    profile checks its roots first (benchmarks/preflight.py). ``strict_data``: the runs trained
+    now refuse NaN / inf features (``data.strict``; the run id does not change).
     """
     t0 = time.monotonic()
     results_root, reports_root = Path(results_root), Path(reports_root)
@@ -136,9 +140,11 @@ def reproduce(
     if shard is not None:
         cells = shard_cells(cells, *shard)
     runs = unique_runs(cells)
+    if profile == "paper":  # before anything is trained or written
+        preflight(runs.values(), data_root=data_root, model_root=model_root)
     summary = Summary(spec.name, profile, runs=len(runs), shard=shard)
     fn = run_fn or _default_run_fn(spec)
-    context = _RunContext(data_root, model_root)
+    context = _RunContext(data_root, model_root, strict_data)
 
     from tqdm import tqdm
 
@@ -270,8 +276,8 @@ def _takes_checkpoint_dir(fn: RunFn) -> bool:
 class _RunContext:
     """What every run of one grid shares: roots, and the provenance computed once."""
 
-    def __init__(self, data_root, model_root):
-        self.data_root, self.model_root = data_root, model_root
+    def __init__(self, data_root, model_root, strict_data: bool = False):
+        self.data_root, self.model_root, self.strict_data = data_root, model_root, strict_data
         self._git_rev: str | None = None
         self._versions: dict[str, str] | None = None
 
@@ -292,7 +298,8 @@ class _RunContext:
 def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool, checkpoint_dir: Path | None = None):
     """Run one cell; (outcome, resolved config). Unexpected errors become a failed outcome; bad
     input and write errors (ValueError, e.g. a full disk) end the grid with a one-line message."""
-    resolved = resolve_run_config(cell.config, data_root=context.data_root, model_root=context.model_root)
+    resolved = resolve_run_config(cell.config, data_root=context.data_root, model_root=context.model_root,
+                                  strict_data=context.strict_data)
     from tqdm import tqdm
 
     with tqdm(total=1, desc=cell.label, unit="step", position=1, leave=False, disable=not bars,

@@ -18,6 +18,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "config_json",  # the full RunConfig as sorted-key JSON
     "backbone",  # the configured backbone name
     "data_source",  # what load_dataset read
+    "data_cleaning_json",  # what the loader changed: {"padding_zeroed": n, "vision_nan": n, ...}
     "model_source",  # where the backbone weights came from
     "git_rev",  # git revision (with "-dirty" when the tree had changes)
     "versions_json",  # {"torch": ..., "transformers": ..., ...}

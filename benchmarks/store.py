@@ -358,6 +358,7 @@ def _cell_rows(table, cell, run: dict[str, Any]) -> list[dict[str, Any]]:
         "config_json": canonical_json(config),
         "backbone": model_cfg.get("backbone", ""),
         "data_source": outcome.get("data_source", ""),
+        "data_cleaning_json": canonical_json(outcome.get("data_cleaning") or {}),
         "model_source": outcome.get("model_source") or prov.get("model_source", ""),
         "git_rev": prov.get("git_rev", "unknown"),
         "versions_json": canonical_json(prov.get("versions", {})),

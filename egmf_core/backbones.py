@@ -30,6 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from egmf_core.config import ModelConfig
+from egmf_core.lfs import folder_lfs_pointer, lfs_pointer_message, load_failure_message
 from egmf_core.twins import TWIN_SPECS, load_twin
 
 FAMILY_DIRS: dict[str, tuple[str, ...]] = {
@@ -228,24 +229,46 @@ def build_backbone(cfg: ModelConfig, *, device: str | torch.device | None = None
     return model, tokenizer, info
 
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")  # the files a decode failure most likely names
+
+
+def check_no_lfs_pointers(model_dir: Path) -> None:
+    """Refuse a directory cloned without Git LFS: one line naming the first pointer stub."""
+    pointer = folder_lfs_pointer(model_dir)
+    if pointer is not None:
+        raise BackboneError(lfs_pointer_message(pointer))
+
+
+def load_tokenizer(model_dir: Path, model_type: str, trust_remote_code: bool):
+    """The tokenizer of a local directory (ChatGLM3's converted unless remote code is opted in); one-line errors."""
+    check_no_lfs_pointers(model_dir)
+    if model_type == "chatglm" and not trust_remote_code:
+        from egmf_core.convert_chatglm3 import convert_tokenizer
+
+        return convert_tokenizer(model_dir)  # its errors name the file already
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=trust_remote_code)
+    except MemoryError:
+        raise
+    except Exception as exc:  # OSError, protobuf's DecodeError, tokenizers' exceptions, ...
+        raise BackboneError(load_failure_message(model_dir, "tokenizer", exc, TOKENIZER_FILES)) from exc
+
+
 def _load_local(model_dir: Path, model_type: str, trust_remote_code: bool, dtype: torch.dtype, device_map: Any):
     """Model and tokenizer from a local directory (ChatGLM3 converted in memory unless remote code is opted in)."""
+    check_no_lfs_pointers(model_dir)
     if model_type == "chatglm" and not trust_remote_code:
         from egmf_core.convert_chatglm3 import load_converted
 
-        return load_converted(model_dir, dtype=dtype, device_map=device_map)
-    common = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+        return load_converted(model_dir, dtype=dtype, device_map=device_map)  # its errors name the file already
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device_map, **common)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"{model_dir}: cannot load the model ({first})") from exc
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"{model_dir}: cannot load the tokenizer ({first})") from exc
-    return model, tokenizer
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device_map,
+                                                     local_files_only=True, trust_remote_code=trust_remote_code)
+    except MemoryError:
+        raise
+    except Exception as exc:  # torch's UnpicklingError, safetensors' errors, OSError, ...
+        raise BackboneError(load_failure_message(model_dir, "model", exc)) from exc
+    return model, load_tokenizer(model_dir, model_type, trust_remote_code)
 
 
 def default_lora_targets(model: torch.nn.Module) -> list[str]:

@@ -17,7 +17,7 @@ import torch
 from egmf_core.answers import format_target
 from egmf_core.config import ModelConfig
 from egmf_core.data.dataset import DatasetSpec, Split
-from egmf_core.prompts import answer_prefix, prompt_parts
+from egmf_core.prompts import answer_prefix, chat_prompt_pieces, prompt_parts
 
 
 @dataclass
@@ -57,6 +57,9 @@ class PromptEncoder:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.answer_prefix = answer_prefix(spec)
+        # chat: [ids before T_pseudo, after it (, after the utterance)]; the template brings its own bos
+        self.chat = ([self._ids(t) for t in chat_prompt_pieces(tokenizer, parts, self.text_in_prompt)]
+                     if cfg.prompt_format == "chat" else None)
         # Token ids of every class's answer (+eos), for label scoring.
         self.label_answers = (
             [self.answer_ids(i) for i in range(len(spec.labels))] if spec.task == "classification" else []
@@ -70,6 +73,10 @@ class PromptEncoder:
         return ids if ids else [self.eos]  # an empty utterance still gives the fusion one token
 
     def prompt_ids(self, utt_ids: list[int]) -> tuple[list[int], int]:
+        if self.chat is not None:
+            head, *rest = self.chat
+            middle = rest[0] + utt_ids + rest[1] if self.text_in_prompt else rest[0]
+            return head + [self.pad] * self.cfg.n_tokens + middle, len(head)
         ids = self.bos + self.prefix
         start = len(ids)
         ids = ids + [self.pad] * self.cfg.n_tokens

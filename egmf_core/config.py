@@ -23,6 +23,7 @@ GATING_MODES = ("hierarchical", "single_stage", "uniform")
 BACKBONES = ("glm3", "glm4", "llama3", "glm3-tiny", "glm4-tiny", "llama3-tiny", "glm3-full", "glm4-full", "llama3-full")
 DATASETS = ("mosei", "sims_v2", "meld", "cherma")
 PROFILES = ("smoke", "scale", "paper")
+PROMPT_FORMATS = ("raw", "chat")  # egmf_core/prompts.py
 ACTIVATIONS = ("mish", "gelu", "swish", "relu", "tanh")
 
 
@@ -58,6 +59,7 @@ class ModelConfig:
     lora_targets: list[str] | None = None  # None = per-architecture default (backbones.py)
     max_text_tokens: int = 64  # [C] utterance tokens kept (fusion and prompt)
     class_target: str = "word"  # [P] target for a class: the label word ("word") or "index"
+    prompt_format: str = "raw"  # [C] "raw" text prompt, or "chat": the tokenizer's chat template
 
 
 @dataclass
@@ -98,6 +100,7 @@ class DataConfig:
     synth_seed: int = 0  # the synthetic twin's seed (fixed: data do not vary with run seed)
     max_train: int | None = None  # cap on training samples (None = all)
     verify_checksums: bool = False
+    strict: bool = False  # NaN / inf features are errors, not zeros (the field's readers zero them)
 
 
 @dataclass
@@ -185,6 +188,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(m.lora_r > 0, "model.lora_r", m.lora_r, "must be positive")
     need(m.max_text_tokens > 0, "model.max_text_tokens", m.max_text_tokens, "must be positive")
     need(m.class_target in ("word", "index"), "model.class_target", m.class_target, "must be 'word' or 'index'")
+    need(m.prompt_format in PROMPT_FORMATS, "model.prompt_format", m.prompt_format, f"must be one of {PROMPT_FORMATS}")
     need(t.lr > 0, "train.lr", t.lr, "must be positive")
     need(t.batch_size > 0, "train.batch_size", t.batch_size, "must be positive")
     need(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be positive")

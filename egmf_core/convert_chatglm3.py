@@ -60,6 +60,8 @@ from typing import Any
 import torch
 from transformers import GlmConfig, PreTrainedTokenizerFast
 
+from egmf_core.lfs import is_lfs_pointer, lfs_pointer_message, load_failure_message
+
 CHATGLM3_SPECIAL_TOKENS = [
     "[MASK]",
     "[gMASK]",
@@ -340,12 +342,22 @@ def load_chatglm_state_dict(src_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """One weight file's tensors; an LFS stub, a missing shard or a failed unpickling is one line naming it."""
+    if is_lfs_pointer(path):
+        raise ChatGLMConversionError(lfs_pointer_message(path))
+    if not path.is_file():
+        raise ChatGLMConversionError(f"{path}: missing (listed in the weight index)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    # mmap avoids a second copy of a 12 GB checkpoint; it needs the zip format (torch >= 1.6 saves).
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            return load_file(str(path))
+        # mmap avoids a second copy of a 12 GB checkpoint; it needs the zip format (torch >= 1.6 saves).
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except MemoryError:
+        raise
+    except Exception as exc:  # UnpicklingError, safetensors' header errors, RuntimeError from torch
+        raise ChatGLMConversionError(load_failure_message(path.parent, "weights", exc, (path.name,))) from exc
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -360,8 +372,13 @@ def convert_tokenizer(src_dir: str | Path) -> PreTrainedTokenizerFast:
     path = Path(src_dir) / "tokenizer.model"
     if not path.is_file():
         raise ChatGLMConversionError(f"{path}: missing (ChatGLM3's SentencePiece model)")
+    if is_lfs_pointer(path):
+        raise ChatGLMConversionError(lfs_pointer_message(path))
     proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(path.read_bytes())
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as exc:  # protobuf's DecodeError ("Wire format was corrupt"), ...
+        raise ChatGLMConversionError(load_failure_message(path.parent, "tokenizer", exc, (path.name,))) from exc
     pieces = [p.piece for p in proto.pieces]
     vocab = {piece: i for i, piece in enumerate(pieces)}
     # transformers < 5.24 has no ``legacy`` argument (and does not follow every normaliser

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from egmf_core.config import ConfigError
 from egmf_core.data.dataset import DatasetSpec
+
+# Where T_pseudo and the utterance go in a rendered chat template: characters no template holds.
+PSEUDO_SLOT, TEXT_SLOT = "\x00T_pseudo\x00", "\x00utterance\x00"
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,22 @@ def prompt_parts(spec: DatasetSpec) -> PromptParts:
 def answer_prefix(spec: DatasetSpec) -> str:
     """What separates the prompt from the answer: a space in English, nothing in Chinese."""
     return " " if spec.language == "en" else ""
+
+
+def chat_prompt_pieces(tokenizer, parts: PromptParts, text_in_prompt: bool) -> list[str]:
+    """``model.prompt_format = "chat"``: the text around T_pseudo (and the utterance) in the
+    tokenizer's chat template: ``[before T_pseudo, after it (, after the utterance)]``.
+
+    The user turn holds E_prefix, T_pseudo, E_suffix(utterance) and P_task; the generation
+    prompt (the assistant turn's header) follows, so the answer is the assistant's turn.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+        raise ConfigError(f"config field model.prompt_format='chat': {where} has no chat template "
+                          "(tokenizer_config.json chat_template); use 'raw'")
+    suffix = parts.suffix.replace("{text}", TEXT_SLOT) if text_in_prompt else ""
+    user = parts.prefix + PSEUDO_SLOT + suffix + parts.task
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                             add_generation_prompt=True)
+    head, rest = rendered.split(PSEUDO_SLOT)
+    return [head, *rest.split(TEXT_SLOT)]

@@ -124,7 +124,7 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
     root = resolve_path(cfg.data.root)
     if root is None:
         raise ValueError("config field data.root is not set: pass --data-root or set EGMF_DATA_ROOT")
-    data = load_dataset(cfg.data.name, root, verify_checksums=cfg.data.verify_checksums)
+    data = load_dataset(cfg.data.name, root, verify_checksums=cfg.data.verify_checksums, strict=cfg.data.strict)
     spec = data.spec
     train_split = data.train
     if cfg.data.max_train is not None and len(train_split) > cfg.data.max_train:

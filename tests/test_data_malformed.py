@@ -141,7 +141,7 @@ def test_malformed_pickle(tmp_path, mmsa_splits, case, name, mutate, field, prob
     mutate(splits)
     path = write_mmsa_pickle(tmp_path / synth.PICKLE_NAMES[name], splits)
     with pytest.raises(DataError) as excinfo:
-        load_dataset(name, tmp_path)
+        load_dataset(name, tmp_path, strict=True)  # strict: NaN / inf features are errors too
     assert_one_line_error(excinfo, str(path), field)
     assert problem in str(excinfo.value)
 
@@ -307,8 +307,9 @@ def test_meld_nan_in_feature_file_names_that_file(tmp_path, release_dirs):
     audio = np.ones((5, 64), np.float32)
     audio[2, 7] = np.nan
     write_npz(feature, {"audio": audio, "visual": np.ones((4, 64), np.float32)})
+    assert load_dataset("meld", tmp_path).cleaning["audio_nan"] == 1  # by default: set to 0 and counted
     with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
+        load_dataset("meld", tmp_path, strict=True)
     assert_one_line_error(excinfo, str(feature), "audio[2,7] is NaN")
 
 

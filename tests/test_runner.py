@@ -206,7 +206,7 @@ def test_dataset_statistics_reads_through_load_dataset(monkeypatch):
 
     ds = make_dataset("cherma", n_train=12, n_eval=4)
     seen = []
-    monkeypatch.setattr(egmf_core.data, "load_dataset", lambda name, root: seen.append((name, root)) or ds,
+    monkeypatch.setattr(egmf_core.data, "load_dataset", lambda name, root, **kw: seen.append((name, root)) or ds,
                         raising=False)
     cfg = runner.expand(runner.load_table("datasets"), "smoke", datasets=["cherma"])[0].config
     out = dataset_statistics(cfg)

@@ -1,8 +1,11 @@
 """The data layer: one reader per on-disk format, all returning the canonical MultimodalDataset.
 
-``load_dataset(name, root)`` finds ``root/<name>/`` (or ``root`` itself when it holds the files),
-detects the form present and validates it at the boundary (layouts in data/README.md):
+``load_dataset(name, root)`` finds ``root/<name>/`` (MSE-Adapter's ``MELD/`` and ``CHERMA0723/``
+too, or ``root`` itself when it holds the files), detects the form present and validates it at
+the boundary (layouts and detection order in data/README.md):
 
+- ``mse-adapter-pickle``: MSE-Adapter's processed MELD / CHERMA, ``{name}_{train,valid,test}.pkl``
+  lists of samples (the recommended source of MELD and CHERMA features);
 - ``mmsa-pickle``: the processed-feature pickle (``unaligned_50.pkl``, ``unaligned.pkl``,
   ``meld.pkl``, ``cherma.pkl``, or any single ``*.pkl``), read with a restricted unpickler;
 - ``npz``: the same arrays converted by ``python -m egmf_core.data.convert`` (any single ``*.npz``);
@@ -21,8 +24,9 @@ from .errors import DataError
 from .meld_csv import SPLIT_FILES as MELD_CSV_FILES
 from .meld_csv import read_meld_release
 from .mmsa_pickle import read_mmsa_npz, read_mmsa_pickle
+from .mse_adapter_pickle import FOLDER_NAMES, holds_processed, read_mse_adapter
 
-FORMATS = ("mmsa-pickle", "npz", "meld-csv", "cherma-json")
+FORMATS = ("mmsa-pickle", "npz", "mse-adapter-pickle", "meld-csv", "cherma-json")
 PICKLE_NAMES = {  # the names the processed releases use (any single *.pkl is accepted too)
     "mosei": ("unaligned_50.pkl",),
     "sims_v2": ("unaligned.pkl", "ch-simsv2s.pkl"),
@@ -35,15 +39,25 @@ PICKLE_NAMES = {  # the names the processed releases use (any single *.pkl is ac
 _FROM_SYNTH = ("generate", "synth_vocabulary", "write_synthetic")
 
 __all__ = ["DataError", "DatasetSpec", "FORMATS", "MultimodalDataset", "SPECS", "Split",
-           "dataset_folder", "detect_format", "generate", "load_dataset", "synth_vocabulary",
+           "dataset_folder", "detect_format", "find_dataset_folder", "generate", "load_dataset", "synth_vocabulary",
            "write_synthetic"]
 
 
-def dataset_folder(name: str, root: str | Path) -> Path:
-    """``root/<name>`` when it exists, else ``root`` itself."""
+def find_dataset_folder(name: str, root: str | Path) -> Path | None:
+    """``root/<name>``, else MSE-Adapter's folder name for it (``MELD``, ``CHERMA0723``), else None."""
     root = Path(root).expanduser()
-    if (root / name).is_dir():
-        return root / name
+    for folder in FOLDER_NAMES.get(name, (name,)):
+        if (root / folder).is_dir():
+            return root / folder
+    return None
+
+
+def dataset_folder(name: str, root: str | Path) -> Path:
+    """``root/<name>`` (or MSE-Adapter's name for it) when it exists, else ``root`` itself."""
+    root = Path(root).expanduser()
+    found = find_dataset_folder(name, root)
+    if found is not None:
+        return found
     if not root.is_dir():
         raise DataError(root, "root", "folder does not exist")
     return root
@@ -64,6 +78,8 @@ def detect_format(name: str, folder: Path) -> tuple[str, Path]:
             return "mmsa-pickle", folder / filename
         if (folder / filename).with_suffix(".npz").is_file():
             return "npz", (folder / filename).with_suffix(".npz")
+    if holds_processed(folder, name):
+        return "mse-adapter-pickle", folder
     if name == "meld" and (folder / MELD_CSV_FILES["train"]).is_file():
         return "meld-csv", folder
     if name == "cherma" and (folder / "train.json").is_file():
@@ -74,20 +90,22 @@ def detect_format(name: str, folder: Path) -> tuple[str, Path]:
     npz_file = _single(folder, "*.npz")
     if npz_file is not None:
         return "npz", npz_file
-    expected = list(PICKLE_NAMES[name]) + {"meld": [MELD_CSV_FILES["train"]],
-                                           "cherma": ["train.json"]}.get(name, [])
+    expected = list(PICKLE_NAMES[name]) + {"meld": ["meld_train.pkl", MELD_CSV_FILES["train"]],
+                                           "cherma": ["cherma_train.pkl", "train.json"]}.get(name, [])
     raise DataError(folder, "", f"no {name} files found (expected one of {expected}, "
                                 "or a single *.pkl / *.npz; layouts in egmf_core/data/README.md)")
 
 
 def load_dataset(name: str, root: str | Path, *, verify_checksums: bool = False,
                  checksums: Mapping[str, str] | None = None,
-                 fmt: str | None = None) -> MultimodalDataset:
+                 fmt: str | None = None, strict: bool = False) -> MultimodalDataset:
     """Load dataset ``name`` (mosei, sims_v2, meld, cherma) from ``root`` in whichever form is there.
 
     ``verify_checksums`` checks files against ``checksums`` ({path relative to the dataset
     folder: sha256}) or, without it, the folder's ``SHA256SUMS``; passing ``checksums`` alone
-    also verifies. ``fmt`` forces a form (one of FORMATS) instead of detecting it.
+    also verifies. ``fmt`` forces a form (one of FORMATS) instead of detecting it. NaN and inf
+    in audio / vision are set to 0 and counted in ``cleaning`` (as MMSA and MSE-Adapter do);
+    ``strict`` makes them errors (audio ``-inf`` is always set to 0). NaN labels are always errors.
     Every problem in the files raises a one-line :class:`DataError` naming the file and field.
     """
     if name not in SPECS:
@@ -103,13 +121,15 @@ def load_dataset(name: str, root: str | Path, *, verify_checksums: bool = False,
     else:
         path = _forced_path(fmt, name, folder)
     if fmt == "mmsa-pickle":
-        return read_mmsa_pickle(path, spec)
+        return read_mmsa_pickle(path, spec, strict=strict)
     if fmt == "npz":
-        return read_mmsa_npz(path, spec)
+        return read_mmsa_npz(path, spec, strict=strict)
+    if fmt == "mse-adapter-pickle" and name in FOLDER_NAMES:
+        return read_mse_adapter(path, spec, strict=strict)
     if fmt == "meld-csv" and name == "meld":
-        return read_meld_release(path, spec)
+        return read_meld_release(path, spec, strict=strict)
     if fmt == "cherma-json" and name == "cherma":
-        return read_cherma_release(path, spec)
+        return read_cherma_release(path, spec, strict=strict)
     raise DataError(folder, "fmt", f"{fmt!r} does not apply to {name}")
 
 
@@ -121,7 +141,7 @@ def _forced_path(fmt: str, name: str, folder: Path) -> Path:
             if (folder / filename).with_suffix(suffix).is_file():
                 return (folder / filename).with_suffix(suffix)
         return _single(folder, f"*{suffix}") or (folder / PICKLE_NAMES[name][0]).with_suffix(suffix)
-    if fmt in ("meld-csv", "cherma-json"):
+    if fmt in ("meld-csv", "cherma-json", "mse-adapter-pickle"):
         return folder
     raise DataError(folder, "fmt", f"{fmt!r} is not one of {FORMATS}")
 

@@ -27,6 +27,7 @@ import numpy as np
 from . import validate as v
 from .dataset import DatasetSpec, MultimodalDataset, Split
 from .errors import DataError
+from .valid_split import MANIFEST_NAME, carve_valid, describe, missing_valid_error, summary_of
 
 AUDIO_MAX_FRAMES = 50  # the release's loaders cut audio to its first 50 frames
 REQUIRED_KEYS = ("audio_file", "video_file", "video_label", "text")
@@ -45,14 +46,18 @@ def label_index(spec: DatasetSpec) -> dict[str, int]:
     return index
 
 
-def find_stage_files(folder: Path) -> dict[str, tuple[str, Path]]:
-    """split -> (stage name, json path); ``dev.json`` stands for valid."""
+def find_stage_files(folder: Path, spec: DatasetSpec) -> dict[str, tuple[str, Path]]:
+    """split -> (stage name, json path); ``dev.json`` stands for valid, which may be absent
+    when ``valid_split.json`` says how to carve it from train."""
     found: dict[str, tuple[str, Path]] = {}
     for split, stages in STAGE_FILES.items():
         present = [s for s in stages if (folder / f"{s}.json").is_file()]
+        if not present and split == "valid":
+            if (folder / MANIFEST_NAME).is_file():
+                continue
+            raise missing_valid_error(folder / "valid.json", spec)
         if not present:
-            hint = " (the original release has train/test only: add a valid.json)" if split == "valid" else ""
-            raise DataError(folder / f"{stages[0]}.json", "", f"missing: split {split!r} not found{hint}")
+            raise DataError(folder / f"{stages[0]}.json", "", f"missing: split {split!r} not found")
         if len(present) > 1:
             raise DataError(folder, "splits",
                             f"both {present[0]}.json and {present[1]}.json given for {split}")
@@ -79,7 +84,7 @@ def _load_npy(path: Path, key: str, dims: dict[str, tuple[int, str]], context: s
 
 
 def read_split(folder: Path, split: str, stage: str, json_path: Path, spec: DatasetSpec,
-               dims: dict[str, tuple[int, str]], cleaning: dict[str, int]) -> Split:
+               dims: dict[str, tuple[int, str]], cleaning: dict[str, int], strict: bool = False) -> Split:
     try:
         entries = json.loads(json_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -126,26 +131,30 @@ def read_split(folder: Path, split: str, stage: str, json_path: Path, spec: Data
     padded = {}
     for slot, key in enumerate(("audio", "visual")):
         arr, lengths = v.pad_sequences(seqs.pop(key), dims[key][0])
-        arr, neg_inf, pad = v.clean_features(
-            arr, lengths, json_path, key, replace_neg_inf=(key == "audio"),
+        arr = v.clean_features(
+            arr, lengths, json_path, key, modality="audio" if key == "audio" else "vision",
+            cleaning=cleaning, strict=strict,
             locate=lambda n, t, d, key=key, slot=slot: (files[n][slot], f"{key}[{t},{d}]"))
-        cleaning["audio_neg_inf"] += neg_inf
-        cleaning["padding_zeroed"] += pad
         padded[key] = (arr, lengths)
     return Split(ids=ids, text=text, audio=padded["audio"][0], audio_lengths=padded["audio"][1],
                  vision=padded["visual"][0], vision_lengths=padded["visual"][1],
                  labels=np.array(labels, dtype=np.int64))
 
 
-def read_cherma_release(folder: str | Path, spec: DatasetSpec) -> MultimodalDataset:
-    """Load CHERMA's json + .npy release into the canonical dataset."""
+def read_cherma_release(folder: str | Path, spec: DatasetSpec, *, strict: bool = False) -> MultimodalDataset:
+    """Load CHERMA's json + .npy release into the canonical dataset (``strict``: NaN / inf are errors)."""
     folder = Path(folder)
-    stages = find_stage_files(folder)
+    stages = find_stage_files(folder, spec)
     dims: dict[str, tuple[int, str]] = {}
-    cleaning = {"audio_neg_inf": 0, "padding_zeroed": 0}
-    splits = {split: read_split(folder, split, stage, path, spec, dims, cleaning)
+    cleaning = v.new_cleaning()
+    splits = {split: read_split(folder, split, stage, path, spec, dims, cleaning, strict)
               for split, (stage, path) in stages.items()}
-    return MultimodalDataset(spec=spec, **splits, source=f"{folder} (cherma-json)", cleaning=cleaning)
+    source, manifest = f"{folder} (cherma-json)", {}
+    if "valid" not in splits:
+        splits["train"], splits["valid"], manifest = carve_valid(folder, splits["train"], spec)
+        source += f"; {describe(manifest)}"
+    return MultimodalDataset(spec=spec, **splits, source=source, cleaning=cleaning,
+                             valid_split=summary_of(manifest))
 
 
 # ---- writing (the synthetic twin) --------------------------------------------------------

@@ -1,6 +1,10 @@
 """Convert a processed-feature pickle into the safe .npz form that loads without pickle.
 
     python -m egmf_core.data.convert IN.pkl OUT.npz
+    python -m egmf_core.data.convert ROOT/MELD OUT.npz      # MSE-Adapter's meld_{split}.pkl lists
+
+MSE-Adapter's per-split lists (a folder, or one of its ``{name}_{split}.pkl`` files) become the
+same ``{split}/{field}`` arrays, labels as class indices (mse_adapter_pickle.py).
 
 The pickle is read through the restricted unpickler; every ``{split: {field: array}}`` entry
 becomes the key ``{split}/{field}`` of an uncompressed .npz, strings as unicode arrays, so
@@ -74,14 +78,41 @@ def convert_pickle_to_npz(in_path: str | Path, out_path: str | Path) -> Path:
     return write_npz(out_path, arrays)
 
 
+def processed_source(path: Path) -> tuple[Path, str] | None:
+    """(folder, dataset name) when ``path`` is MSE-Adapter's folder or one of its split files."""
+    from .mse_adapter_pickle import FOLDER_NAMES, holds_processed
+
+    folder = path if path.is_dir() else path.parent
+    for name in FOLDER_NAMES:
+        if holds_processed(folder, name) and (path.is_dir() or path.name.startswith(f"{name}_")):
+            return folder, name
+    return None
+
+
+def convert_processed_to_npz(folder: Path, name: str, out_path: str | Path) -> Path:
+    """MSE-Adapter's ``{name}_{split}.pkl`` lists in ``folder`` -> one ``{split}/{field}`` .npz."""
+    from .dataset import SPECS
+    from .mse_adapter_pickle import read_split_arrays
+
+    arrays: dict[str, np.ndarray] = {}
+    for split, (path, fields) in read_split_arrays(folder, SPECS[name]).items():
+        for field, value in fields.items():
+            arrays[f"{split}/{field}"] = to_plain_array(value, path, f"{split}/{field}")
+    return write_npz(out_path, arrays)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m egmf_core.data.convert",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("input", type=Path, help="processed-feature pickle (.pkl)")
+    parser.add_argument("input", type=Path, help="processed-feature pickle (.pkl), or MSE-Adapter's folder")
     parser.add_argument("output", type=Path, help="where to write the .npz")
     args = parser.parse_args(argv)
     try:
-        print(convert_pickle_to_npz(args.input, args.output))
+        processed = processed_source(args.input)
+        if processed is not None:
+            print(convert_processed_to_npz(*processed, args.output))
+        else:
+            print(convert_pickle_to_npz(args.input, args.output))
     except DataError as err:
         parser.exit(2, f"error: {err}\n")
     return 0

@@ -79,7 +79,8 @@ class MultimodalDataset:
     valid: Split
     test: Split
     source: str = ""  # path and format that were read, e.g. "/data/mosei/unaligned_50.pkl (mmsa-pickle)"
-    cleaning: dict[str, int] = field(default_factory=dict)  # e.g. {"audio_neg_inf": 1234}
+    cleaning: dict[str, int] = field(default_factory=dict)  # e.g. {"audio_neg_inf": 1234, "vision_nan": 12}
+    valid_split: dict = field(default_factory=dict)  # seed, fraction, sha256 when valid was carved from train
 
     @property
     def name(self) -> str:

@@ -114,7 +114,7 @@ def _load_feature_file(path: Path, context: str) -> dict[str, np.ndarray]:
 
 
 def read_split(folder: Path, split: str, spec: DatasetSpec, dims: dict[str, tuple[int, str]],
-               cleaning: dict[str, int]) -> Split:
+               cleaning: dict[str, int], strict: bool = False) -> Split:
     """One split: CSV rows joined with their feature files, validated and padded."""
     csv_path = folder / SPLIT_FILES[split]
     rows = read_csv_rows(csv_path)
@@ -158,23 +158,21 @@ def read_split(folder: Path, split: str, spec: DatasetSpec, dims: dict[str, tupl
     padded = {}
     for modality, key in FEATURE_KEYS.items():
         arr, lengths = v.pad_sequences(seqs.pop(modality), dims[modality][0])
-        arr, neg_inf, pad = v.clean_features(
-            arr, lengths, csv_path, modality, replace_neg_inf=(modality == "audio"),
+        arr = v.clean_features(
+            arr, lengths, csv_path, modality, modality=modality, cleaning=cleaning, strict=strict,
             locate=lambda i, t, d, key=key: (files[i], f"{key}[{t},{d}]"))
-        cleaning["audio_neg_inf"] += neg_inf
-        cleaning["padding_zeroed"] += pad
         padded[modality] = (arr, lengths)
     return Split(ids=ids, text=text, audio=padded["audio"][0], audio_lengths=padded["audio"][1],
                  vision=padded["vision"][0], vision_lengths=padded["vision"][1],
                  labels=np.array(labels, dtype=np.int64))
 
 
-def read_meld_release(folder: str | Path, spec: DatasetSpec) -> MultimodalDataset:
-    """Load MELD's three official CSVs plus ``features/`` into the canonical dataset."""
+def read_meld_release(folder: str | Path, spec: DatasetSpec, *, strict: bool = False) -> MultimodalDataset:
+    """Load MELD's three official CSVs plus ``features/`` into the canonical dataset (``strict``: NaN / inf are errors)."""
     folder = Path(folder)
     dims: dict[str, tuple[int, str]] = {}
-    cleaning = {"audio_neg_inf": 0, "padding_zeroed": 0}
-    splits = {s: read_split(folder, s, spec, dims, cleaning) for s in v.SPLITS}
+    cleaning = v.new_cleaning()
+    splits = {s: read_split(folder, s, spec, dims, cleaning, strict) for s in v.SPLITS}
     return MultimodalDataset(spec=spec, **splits, source=f"{folder} (meld-csv)", cleaning=cleaning)
 
 

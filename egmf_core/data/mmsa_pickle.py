@@ -80,7 +80,7 @@ def _shape(split_data: Mapping[str, Any], field: str) -> tuple[int, ...]:
 
 
 def split_from_arrays(data: Mapping[str, Any], spec: DatasetSpec, file: Path, split: str,
-                      cleaning: dict[str, int]) -> Split:
+                      cleaning: dict[str, int], strict: bool = False) -> Split:
     """Validate one split's parallel arrays and return the canonical Split."""
     label_key = label_field(spec)
     v.require_keys(data, (*REQUIRED_FIELDS, label_key), file, split)
@@ -106,22 +106,21 @@ def split_from_arrays(data: Mapping[str, Any], spec: DatasetSpec, file: Path, sp
         labels = v.class_labels(data[label_key], file, f"{split}.{label_key}", n, spec.labels)
     else:
         labels = v.score_labels(data[label_key], file, f"{split}.{label_key}", n, spec.label_range)
-    audio, neg_inf, pad_a = v.clean_features(audio, audio_lengths, file, f"{split}.audio",
-                                             replace_neg_inf=True)
-    vision, _, pad_v = v.clean_features(vision, vision_lengths, file, f"{split}.vision",
-                                        replace_neg_inf=False)
-    cleaning["audio_neg_inf"] += neg_inf
-    cleaning["padding_zeroed"] += pad_a + pad_v
+    audio = v.clean_features(audio, audio_lengths, file, f"{split}.audio", modality="audio",
+                             cleaning=cleaning, strict=strict)
+    vision = v.clean_features(vision, vision_lengths, file, f"{split}.vision", modality="vision",
+                              cleaning=cleaning, strict=strict)
     return Split(ids=ids, text=text, audio=audio, audio_lengths=audio_lengths, vision=vision,
                  vision_lengths=vision_lengths, labels=labels)
 
 
 def dataset_from_splits(splits: Mapping[str, Any], spec: DatasetSpec, file: Path,
-                        source: str, release: Any = None) -> MultimodalDataset:
+                        source: str, release: Any = None, strict: bool = False) -> MultimodalDataset:
     """Turn ``{split name: mapping of arrays}`` into a validated MultimodalDataset.
 
     ``release`` is called with each original split name after it is converted, so a caller
-    holding the raw dict can drop it and free memory early.
+    holding the raw dict can drop it and free memory early. ``strict``: NaN / inf features are
+    errors instead of zeros (validate.clean_features).
     """
     names = v.canonical_splits(list(splits), file)
     text_dims: dict[str, int] = {}
@@ -136,10 +135,10 @@ def dataset_from_splits(splits: Mapping[str, Any], spec: DatasetSpec, file: Path
             text_dims[split] = shape[-1]
     if text_dims:
         v.check_same_dim(text_dims, file, "text")
-    cleaning = {"audio_neg_inf": 0, "padding_zeroed": 0}
+    cleaning = v.new_cleaning()
     out: dict[str, Split] = {}
     for split, original in names.items():
-        out[split] = split_from_arrays(splits[original], spec, file, split, cleaning)
+        out[split] = split_from_arrays(splits[original], spec, file, split, cleaning, strict)
         if release is not None:
             release(original)
     for field in ("audio", "vision"):
@@ -148,7 +147,7 @@ def dataset_from_splits(splits: Mapping[str, Any], spec: DatasetSpec, file: Path
                              source=source, cleaning=cleaning)
 
 
-def read_mmsa_pickle(path: str | Path, spec: DatasetSpec) -> MultimodalDataset:
+def read_mmsa_pickle(path: str | Path, spec: DatasetSpec, *, strict: bool = False) -> MultimodalDataset:
     """Load a processed-feature pickle through the restricted unpickler and validate it."""
     path = Path(path)
     obj = load_pickle(path)
@@ -160,10 +159,10 @@ def read_mmsa_pickle(path: str | Path, spec: DatasetSpec) -> MultimodalDataset:
     def release(name: str) -> None:  # let the raw split (text features included) be freed
         splits[name] = {}
 
-    return dataset_from_splits(splits, spec, path, f"{path} (mmsa-pickle)", release=release)
+    return dataset_from_splits(splits, spec, path, f"{path} (mmsa-pickle)", release=release, strict=strict)
 
 
-def read_mmsa_npz(path: str | Path, spec: DatasetSpec) -> MultimodalDataset:
+def read_mmsa_npz(path: str | Path, spec: DatasetSpec, *, strict: bool = False) -> MultimodalDataset:
     """Load the .npz form (``{split}/{field}`` keys) with ``allow_pickle=False``."""
     path = Path(path)
     if not path.is_file():
@@ -180,7 +179,7 @@ def read_mmsa_npz(path: str | Path, spec: DatasetSpec) -> MultimodalDataset:
             split, field = key.split("/", 1)
             fields.setdefault(split, []).append(field)
         splits = {s: LazyNpzSplit(npz, path, s, f) for s, f in fields.items()}
-        return dataset_from_splits(splits, spec, path, f"{path} (npz)")
+        return dataset_from_splits(splits, spec, path, f"{path} (npz)", strict=strict)
 
 
 def write_mmsa_pickle(path: str | Path, splits: Mapping[str, Mapping[str, Any]]) -> Path:

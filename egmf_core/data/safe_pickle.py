@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..lfs import is_lfs_pointer, lfs_pointer_problem
 from .errors import DataError
 
 try:  # numpy >= 2 keeps its internals in numpy._core; numpy 1.x pickles still name numpy.core
@@ -87,6 +88,8 @@ def load_pickle(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "", "file does not exist")
+    if is_lfs_pointer(path):
+        raise DataError(path, "", lfs_pointer_problem(path))
     try:
         with open(path, "rb") as handle:
             return NumpyOnlyUnpickler(handle).load()

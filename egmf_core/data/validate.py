@@ -180,40 +180,53 @@ def check_same_dim(dims: Mapping[str, int], file: str | Path, field: str) -> Non
                             f"has dim {dim}, but {first_split}.{field} has dim {first_dim}")
 
 
-def clean_features(arr: np.ndarray, lengths: np.ndarray, file: str | Path, field: str,
-                   *, replace_neg_inf: bool, locate: Locate | None = None
-                   ) -> tuple[np.ndarray, int, int]:
-    """Check and tidy a padded (N, L, d) float32 array; return (array, n_neg_inf, n_pad_zeroed).
+NON_FINITE = ((np.isnan, "nan", "is NaN"), (np.isposinf, "pos_inf", "is +inf"),
+              (np.isneginf, "neg_inf", "is -inf"))  # (test, cleaning key suffix, error text)
 
-    NaN and +inf are errors. ``-inf`` is an error too unless ``replace_neg_inf`` (audio: the
-    field's readers replace MOSEI's -inf with 0; we do it deliberately and count it). Non-zero
-    values past a sample's length are set to 0 and counted. The array is trimmed to the longest
-    sample, so every split is zero-padded to its own max length.
+
+def _non_finite(sub: np.ndarray, start: int, where: Locate, modality: str, strict: bool,
+                counts: dict[str, int]) -> None:
+    """Count (or, where refused, raise on) each kind of non-finite value in ``sub``."""
+    for test, kind, what in NON_FINITE:
+        hit = test(sub)
+        n_hit = int(hit.sum())
+        if not n_hit:
+            continue
+        # strict: today's rule exactly: only audio -inf (MOSEI's silent frames) is replaced
+        if strict and not (modality == "audio" and kind == "neg_inf"):
+            i, t, d = (int(x) for x in np.argwhere(hit)[0])
+            raise DataError(*where(start + i, t, d), f"{what} (strict data: NaN and inf are errors)")
+        key = f"{modality}_{kind}"
+        counts[key] = counts.get(key, 0) + n_hit
+
+
+def clean_features(arr: np.ndarray, lengths: np.ndarray, file: str | Path, field: str,
+                   *, modality: str, cleaning: dict[str, int], strict: bool = False,
+                   locate: Locate | None = None) -> np.ndarray:
+    """Check and tidy a padded (N, L, d) float32 array; add what was changed to ``cleaning``.
+
+    NaN, +inf and -inf are set to 0, as the field's readers (MMSA, MSE-Adapter) do, and counted
+    as ``{modality}_nan``, ``{modality}_pos_inf``, ``{modality}_neg_inf`` (a key appears once a
+    value of its kind is found; ``audio_neg_inf`` is always there). With ``strict`` they are
+    errors, except audio ``-inf`` (MOSEI's silent frames), which is always replaced. Non-zero
+    values past a sample's length are set to 0 and counted as ``padding_zeroed``. The array is
+    trimmed to the longest sample, so every split is zero-padded to its own max length.
     """
     where = locate or (lambda i, t, d: (str(file), f"{field}[{i},{t},{d}]"))
     n, max_len = arr.shape[0], arr.shape[1]
     step = max(1, CHUNK_ELEMENTS // max(1, arr[0].size))
-    n_neg_inf = n_pad = 0
+    n_pad = 0
     frame = np.arange(max_len)
     for start in range(0, n, step):
         stop = min(n, start + step)
         sub = arr[start:stop]
         finite = np.isfinite(sub)
         if not finite.all():
-            for test, what in ((np.isnan, "is NaN"), (np.isposinf, "is +inf")):
-                hit = np.argwhere(test(sub))
-                if hit.size:
-                    i, t, d = (int(x) for x in hit[0])
-                    raise DataError(*where(start + i, t, d), what)
-            if not replace_neg_inf:
-                i, t, d = (int(x) for x in np.argwhere(~finite)[0])
-                raise DataError(*where(start + i, t, d), "is -inf")
+            _non_finite(sub, start, where, modality, strict, cleaning)
             if not arr.flags.writeable:
                 arr = arr.copy()
                 sub = arr[start:stop]
-            bad = ~finite
-            n_neg_inf += int(bad.sum())
-            sub[bad] = 0.0
+            sub[~finite] = 0.0
         del finite
         pad = frame[None, :] >= lengths[start:stop, None]  # (n_chunk, L) frames past the length
         if pad.any():
@@ -224,10 +237,16 @@ def clean_features(arr: np.ndarray, lengths: np.ndarray, file: str | Path, field
                     sub = arr[start:stop]
                 sub[pad] = 0.0
                 n_pad += nonzero
+    cleaning["padding_zeroed"] = cleaning.get("padding_zeroed", 0) + n_pad
     longest = int(lengths.max()) if n else max_len
     if longest < max_len:
         arr = np.ascontiguousarray(arr[:, :longest])
-    return arr, n_neg_inf, n_pad
+    return arr
+
+
+def new_cleaning() -> dict[str, int]:
+    """The cleaning record every reader starts from (NaN / +inf keys join when found)."""
+    return {"audio_neg_inf": 0, "padding_zeroed": 0}
 
 
 def pad_sequences(seqs: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
