@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from benchmarks.grid import GridError, parse_names, parse_seeds, parse_shard
+from benchmarks.grid import GridError, parse_names, parse_seeds, parse_sets, parse_shard
 from benchmarks.tables import ABLATIONS_DIR
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", help="comma-separated seeds, e.g. 1111,1112 (default: the table's)")
     r.add_argument("--rows", help='comma-separated row names, e.g. "-T,-A"')
     r.add_argument("--datasets", help="comma-separated datasets, e.g. mosei,meld")
+    r.add_argument("--set", action="append", dest="sets", metavar="KEY=VALUE",
+                   help="override a config field in every run, e.g. train.max_steps=200 (repeatable; "
+                        "TOML values: 3, 1e-4, true, [\"text\"]); part of each run's id and shown in reports")
     r.add_argument("--force", action="store_true", help="retrain runs that already have a result")
     r.add_argument("--redo-before", metavar="TIME",
                    help="retrain runs stored before TIME (ISO 8601 with a UTC offset); keep newer ones")
@@ -163,6 +166,7 @@ def cmd_reproduce(args) -> int:
         reports_root=args.reports_root,
         render=not args.no_report,
         ablations_dir=_ablations_dir(args),
+        overrides=parse_sets(args.sets),
     )
     rows = parse_names(args.rows) if args.rows is not None else None
     shard = parse_shard(args.shard) if args.shard is not None else None
@@ -184,7 +188,8 @@ def cmd_reproduce(args) -> int:
                 raise GridError("--jobs shares the whole grid between its workers; drop --shard")
             pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
                                           **{k: kwargs[k] for k in ("seeds", "datasets", "force", "redo_before", "data_root",
-                                                                    "model_root", "trust_remote_code", "ablations_dir")})
+                                                                    "model_root", "trust_remote_code", "ablations_dir",
+                                                                    "overrides")})
             from benchmarks.provenance import utc_timestamp
 
             redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
@@ -224,6 +229,7 @@ def _worker_argv(args, redo_before: str | None) -> list[str]:
                         ("--seeds", args.seeds), ("--rows", args.rows), ("--datasets", args.datasets)):
         if value is not None:
             argv += [f"{flag}={value}"]  # = keeps values that start with a dash ("-T,-A")
+    argv += [f"--set={item}" for item in args.sets or ()]
     if redo_before is not None:
         argv.append(f"--redo-before={redo_before}")
     for flag, on in (("--trust-remote-code", args.trust_remote_code), ("--debug", args.debug)):
