@@ -1,4 +1,4 @@
-"""The command line: ``python -m benchmarks {reproduce,report,merge,list}`` (thin: parse, call, print).
+"""The command line: ``python -m benchmarks {reproduce,report,merge,list,plan}`` (thin: parse, call, print).
 
 Exit codes: 0 done; 1 some runs failed or a report could not be rendered; 2 bad input or a
 file that cannot be written, e.g. a full disk (one line on stderr, ``error: ...``; ``--debug``
@@ -82,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("sources", nargs="+", type=Path, metavar="DIR")
     common(m)
     m.add_argument("--no-report", action="store_true", help="do not render reports after merging")
+
+    pl = sub.add_parser("plan", help="estimate a paper grid's GPU-hours and wall time (no GPU, data or weights)")
+    pl.add_argument("table", help='a table name or number, "all", or "nightly" (ablations/nightly.toml)')
+    pl.add_argument("--profile", default="paper", help="paper (the planner prices the full-size backbones)")
+    pl.add_argument("--gpu", default="h100", help="h100 (default), h200 or a100-80g")
+    pl.add_argument("--gpus", type=int, default=1, help="GPUs for the wall time (default 1)")
+    pl.add_argument("--jobs-per-gpu", type=int, help="runs sharing one GPU (default: gpu-check's best, else 1)")
+    pl.add_argument("--from", dest="measured", type=Path, metavar="GPU_CHECK_JSON",
+                    help="use the step and evaluation times a gpu-check measured instead of the FLOP count")
+    pl.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
+    pl.add_argument("--debug", action="store_true")
 
     ls = sub.add_parser("list", help="the tables: number, name, caption, grid size")
     ls.add_argument("--profile", default="smoke")
@@ -170,11 +181,11 @@ def cmd_reproduce(args) -> int:
     )
     rows = parse_names(args.rows) if args.rows is not None else None
     shard = parse_shard(args.shard) if args.shard is not None else None
+    if args.profile == "paper":
+        _print_estimate(args, rows, kwargs)
     if args.launcher == "slurm":
         if shard is not None:
             raise GridError("--shard is for one worker; with --launcher slurm use --shards N")
-        if args.table == "all":
-            raise GridError("--launcher slurm submits one table at a time; name a table")
         slurm = {"slurm_partition": args.slurm_partition} if args.slurm_partition else {}
         summaries = [launchers.launch_slurm(args.table, args.profile, shards=args.shards, slurm=slurm, rows=rows,
                                             **kwargs)]
@@ -206,6 +217,36 @@ def cmd_reproduce(args) -> int:
     for s in summaries:
         print(s.line())
     return 0 if all(s.ok for s in summaries) else 1
+
+
+def _print_estimate(args, rows, kwargs) -> None:
+    """The planner's one-block estimate on stderr before a paper grid starts (never stops it)."""
+    from benchmarks import plan
+
+    try:
+        estimate = plan.grid_plan(args.table, args.profile, seeds=kwargs["seeds"], rows=rows,
+                                  datasets=kwargs["datasets"], overrides=kwargs["overrides"],
+                                  ablations_dir=kwargs["ablations_dir"], gpu=plan.detect_gpu(),
+                                  gpus=args.shards or args.jobs, check_roots=True,
+                                  **{k: kwargs[k] for k in ("data_root", "model_root", "trust_remote_code")})
+    except ValueError:  # a bad filter or a missing root: reproduce itself says so in one line
+        return
+    print(plan.summary_block(estimate), file=sys.stderr)
+
+
+def cmd_plan(args) -> int:
+    from benchmarks import plan
+
+    if args.profile != "paper":
+        raise plan.PlanError(f"--profile {args.profile}: the planner prices the paper profile's GPU runs")
+    if args.table not in plan.TARGETS:
+        from benchmarks.tables import resolve_table
+
+        args.table = resolve_table(args.table, _ablations_dir(args))
+    result = plan.make_plan(args.table, args.profile, gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu,
+                            measured_path=args.measured, ablations_dir=_ablations_dir(args))
+    print(plan.render_plan(result), end="")
+    return 0
 
 
 def _parse_time(text: str) -> str:
@@ -292,4 +333,5 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"reproduce": cmd_reproduce, "report": cmd_report, "merge": cmd_merge, "list": cmd_list}
+COMMANDS = {"reproduce": cmd_reproduce, "report": cmd_report, "merge": cmd_merge, "list": cmd_list,
+            "plan": cmd_plan}

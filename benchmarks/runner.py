@@ -117,6 +117,7 @@ def reproduce(
     ablations_dir: Path = ABLATIONS_DIR,
     raise_render_errors: bool = False,
     overrides: dict | None = None,
+    only_runs: Iterable[str] | None = None,
 ) -> Summary:
     """Reproduce one table (a name or a paper number) under a profile; see the module docstring.
 
@@ -127,7 +128,8 @@ def reproduce(
     ``run_fn`` defaults to ``egmf_core.run.run_experiment`` (``dataset_statistics`` for the
     statistics table). An unexpected exception inside a run becomes a failed run with a
     one-line error; a ValueError (bad config, data or model input) propagates. ``overrides``
-    (``--set``, from ``grid.parse_sets``) apply to every run of the grid.
+    (``--set``, from ``grid.parse_sets``) apply to every run of the grid. ``only_runs`` (run
+    ids) keeps those runs of the grid only: a Slurm task's share (``launchers.shard_tasks``).
     """
     t0 = time.monotonic()
     results_root, reports_root = Path(results_root), Path(reports_root)
@@ -138,6 +140,9 @@ def reproduce(
         shard = parse_shard(shard)
     if shard is not None:
         cells = shard_cells(cells, *shard)
+    if only_runs is not None:
+        keep = set(only_runs)
+        cells = [c for c in cells if c.run_id in keep]
     runs = unique_runs(cells)
     summary = Summary(spec.name, profile, runs=len(runs), shard=shard)
     fn = run_fn or _default_run_fn(spec)
