@@ -231,6 +231,10 @@ def launch_slurm(
     common = dict(profile=profile, results_root=results_root, reports_root=reports_root,
                   ablations_dir=Path(ablations_dir), render=False,
                   **{k: v for k, v in reproduce_kwargs.items() if k != "datasets"})
+    if common.pop("force", False):  # a requeued task must not retrain what its first attempt stored
+        from benchmarks.provenance import utc_timestamp
+
+        common["redo_before"] = utc_timestamp()
     tasks = shard_tasks(grids, max(1, int(shards) if shards else n_runs), common)  # only_runs: no dataset filter
     folder = results_root / profile / "slurm" / name
     executor = submitit.AutoExecutor(folder=str(folder))

@@ -270,6 +270,9 @@ def make_plan(target: str, profile: str = "paper", *, gpu: str = DEFAULT_GPU, gp
         plan.tables.append(dict(table=table, cells=len(cells), runs=len(runs), new=len(new),
                                 steps=sorted(r.steps for r in new),
                                 gpu_hours=sum(r.seconds for r in new) / 3600))
+    unmeasured_k = sorted(n for n, m in measured.items() if k > 1 and str(k) not in (m.get("jobs_per_gpu") or {}))
+    if unmeasured_k:
+        plan.notes.append(f"{k} runs per GPU not measured for {', '.join(unmeasured_k)}: priced as one run per GPU")
     missing = sorted({r.backbone for r in plan.runs} - set(measured)) if measured else []
     if missing:
         plan.notes.append(f"no measurement for {', '.join(missing)} in {source}: analytic estimate for those")

@@ -150,3 +150,10 @@ def test_results_of_tasks_that_die_for_good_count_as_failures(tmp_path, fake_sub
     summary = launchers.launch_slurm("3", "smoke", shards=2, seeds=[1111], results_root=tmp_path / "results",
                                      reports_root=tmp_path / "reports", render=False)
     assert summary.failed == 2 and not summary.ok
+
+
+def test_force_becomes_a_redo_time_so_a_requeued_task_keeps_what_it_stored(tmp_path, fake_submitit):
+    launchers.launch_slurm("3", "smoke", shards=1, seeds=[1111], force=True, results_root=tmp_path / "results",
+                           reports_root=tmp_path / "reports", render=False)
+    (task,) = FakeExecutor.submitted
+    assert all("force" not in kw and kw["redo_before"] for kw in task["tables"])
