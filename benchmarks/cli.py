@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trust-remote-code", action="store_true",
                    help="allow the backbone's own Python code from its weights directory (recorded in reports)")
     r.add_argument("--no-report", action="store_true", help="store results but do not render reports")
+    r.add_argument("--no-estimate", action="store_true",
+                   help="paper profile: do not print the planner's cost estimate before the grid starts")
 
     p = sub.add_parser("report", help="rebuild table CSVs from stored runs and render reports (never trains)")
     p.add_argument("table", nargs="?", default="all", help='a table name or number, or "all" (default)')
@@ -181,7 +183,7 @@ def cmd_reproduce(args) -> int:
     )
     rows = parse_names(args.rows) if args.rows is not None else None
     shard = parse_shard(args.shard) if args.shard is not None else None
-    if args.profile == "paper":
+    if args.profile == "paper" and not args.no_estimate:
         _print_estimate(args, rows, kwargs)
     if args.launcher == "slurm":
         if shard is not None:
@@ -220,7 +222,8 @@ def cmd_reproduce(args) -> int:
 
 
 def _print_estimate(args, rows, kwargs) -> None:
-    """The planner's one-block estimate on stderr before a paper grid starts (never stops it)."""
+    """The planner's one-line estimate before a paper grid starts (never stops it). On stdout:
+    stderr stays one ``error:`` line when the grid then fails on bad input."""
     from benchmarks import plan
 
     try:
@@ -231,7 +234,7 @@ def _print_estimate(args, rows, kwargs) -> None:
                                   **{k: kwargs[k] for k in ("data_root", "model_root", "trust_remote_code")})
     except ValueError:  # a bad filter or a missing root: reproduce itself says so in one line
         return
-    print(plan.summary_block(estimate), file=sys.stderr)
+    print(plan.summary_block(estimate), flush=True)
 
 
 def cmd_plan(args) -> int:
@@ -263,9 +266,9 @@ def _parse_time(text: str) -> str:
 
 
 def _worker_argv(args, redo_before: str | None) -> list[str]:
-    """The ``reproduce`` command line of one --jobs worker (reports off; --force as --redo-before)."""
+    """The ``reproduce`` command line of one --jobs worker (reports and estimate off; --force as --redo-before)."""
     argv = ["reproduce", args.table, "--profile", args.profile, "--results-root", str(args.results_root),
-            "--ablations-dir", str(args.ablations_dir), "--no-report"]
+            "--ablations-dir", str(args.ablations_dir), "--no-report", "--no-estimate"]
     for flag, value in (("--data-root", args.data_root), ("--model-root", args.model_root),
                         ("--seeds", args.seeds), ("--rows", args.rows), ("--datasets", args.datasets)):
         if value is not None:

@@ -138,9 +138,10 @@ def test_reproduce_prints_the_estimate_before_a_paper_grid(tmp_path, capsys):
     rc = main(["reproduce", "3", "--profile", "paper", "--data-root", str(data), "--model-root", str(models),
                "--datasets", "sims_v2", "--seeds", "1111,1112", "--no-report",
                "--results-root", str(tmp_path / "r"), "--reports-root", str(tmp_path / "p")])
-    err = capsys.readouterr().err
+    out = capsys.readouterr().out
     assert rc == 0
-    line = next(ln for ln in err.splitlines() if ln.startswith("estimate (analytic"))
+    line = out.splitlines()[0]  # before the grid's own lines
+    assert line.startswith("estimate (analytic")
     hours = float(re.search(r"([\d.]+) GPU-hours", line).group(1))
     expected = plan.grid_plan("3", "paper", seeds=[1111, 1112], datasets=["sims_v2"]).gpu_hours
     assert "2 distinct runs" in line and hours == pytest.approx(expected, abs=0.05)
@@ -149,7 +150,18 @@ def test_reproduce_prints_the_estimate_before_a_paper_grid(tmp_path, capsys):
 def test_no_estimate_for_the_smoke_profile(tmp_path, capsys):
     assert main(["reproduce", "3", "--datasets", "sims_v2", "--seeds", "1111", "--no-report",
                  "--results-root", str(tmp_path / "r")]) == 0
-    assert "estimate" not in capsys.readouterr().err
+    assert not capsys.readouterr().out.startswith("estimate (")
+
+
+def test_jobs_workers_do_not_repeat_the_estimate():
+    import argparse
+
+    from benchmarks.cli import _worker_argv
+
+    args = argparse.Namespace(table="3", profile="paper", results_root="r", ablations_dir="a", data_root="d",
+                              model_root="m", seeds=None, rows=None, datasets=None, trust_remote_code=False,
+                              debug=False, sets=None)
+    assert "--no-estimate" in _worker_argv(args, None)
 
 
 def test_lpt_shards_are_deterministic_and_balanced():
