@@ -1,4 +1,4 @@
-"""The command line: ``python -m benchmarks {reproduce,report,merge,list}`` (thin: parse, call, print).
+"""The command line: ``python -m benchmarks {reproduce,report,merge,list,plan}`` (thin: parse, call, print).
 
 Exit codes: 0 done; 1 some runs failed or a report could not be rendered; 2 bad input or a
 file that cannot be written, e.g. a full disk (one line on stderr, ``error: ...``; ``--debug``
@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from benchmarks.grid import GridError, parse_names, parse_seeds, parse_shard
+from benchmarks.grid import GridError, parse_names, parse_seeds, parse_sets, parse_shard
 from benchmarks.tables import ABLATIONS_DIR
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", help="comma-separated seeds, e.g. 1111,1112 (default: the table's)")
     r.add_argument("--rows", help='comma-separated row names, e.g. "-T,-A"')
     r.add_argument("--datasets", help="comma-separated datasets, e.g. mosei,meld")
+    r.add_argument("--set", action="append", dest="sets", metavar="KEY=VALUE",
+                   help="override a config field in every run, e.g. train.max_steps=200 (repeatable; "
+                        "TOML values: 3, 1e-4, true, [\"text\"]); part of each run's id and shown in reports")
     r.add_argument("--force", action="store_true", help="retrain runs that already have a result")
     r.add_argument("--redo-before", metavar="TIME",
                    help="retrain runs stored before TIME (ISO 8601 with a UTC offset); keep newer ones")
@@ -72,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true", help="store results but do not render reports")
     r.add_argument("--strict-data", action="store_true",
                    help="NaN / inf features are errors (default: set to 0 and counted, as MMSA and MSE-Adapter do)")
+    r.add_argument("--no-estimate", action="store_true",
+                   help="paper profile: do not print the planner's cost estimate before the grid starts")
 
     p = sub.add_parser("report", help="rebuild table CSVs from stored runs and render reports (never trains)")
     p.add_argument("table", nargs="?", default="all", help='a table name or number, or "all" (default)')
@@ -95,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", type=Path, help="write the measurements as JSON here")
     g.add_argument("--report", type=Path, help="markdown report (default: reports/<profile>/gpu_check.md)")
     g.add_argument("--debug", action="store_true")
+    pl = sub.add_parser("plan", help="estimate a paper grid's GPU-hours and wall time (no GPU, data or weights)")
+    pl.add_argument("table", help='a table name or number, "all", or "nightly" (ablations/nightly.toml)')
+    pl.add_argument("--profile", default="paper", help="paper (the planner prices the full-size backbones)")
+    pl.add_argument("--gpu", default="h100", help="h100 (default), h200 or a100-80g")
+    pl.add_argument("--gpus", type=int, default=1, help="GPUs for the wall time (default 1)")
+    pl.add_argument("--jobs-per-gpu", type=int, help="runs sharing one GPU (default: gpu-check's best, else 1)")
+    pl.add_argument("--from", dest="measured", type=Path, metavar="GPU_CHECK_JSON",
+                    help="use the step and evaluation times a gpu-check measured instead of the FLOP count")
+    pl.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
+    pl.add_argument("--debug", action="store_true")
 
     ls = sub.add_parser("list", help="the tables: number, name, caption, grid size")
     ls.add_argument("--profile", default="smoke")
@@ -180,14 +195,15 @@ def cmd_reproduce(args) -> int:
         reports_root=args.reports_root,
         render=not args.no_report,
         ablations_dir=_ablations_dir(args),
+        overrides=parse_sets(args.sets),
     )
     rows = parse_names(args.rows) if args.rows is not None else None
     shard = parse_shard(args.shard) if args.shard is not None else None
+    if args.profile == "paper" and not args.no_estimate:
+        _print_estimate(args, rows, kwargs)
     if args.launcher == "slurm":
         if shard is not None:
             raise GridError("--shard is for one worker; with --launcher slurm use --shards N")
-        if args.table == "all":
-            raise GridError("--launcher slurm submits one table at a time; name a table")
         slurm = {"slurm_partition": args.slurm_partition} if args.slurm_partition else {}
         summaries = [launchers.launch_slurm(args.table, args.profile, shards=args.shards, slurm=slurm, rows=rows,
                                             **kwargs)]
@@ -201,7 +217,8 @@ def cmd_reproduce(args) -> int:
                 raise GridError("--jobs shares the whole grid between its workers; drop --shard")
             pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
                                           **{k: kwargs[k] for k in ("seeds", "datasets", "force", "redo_before", "data_root",
-                                                                    "model_root", "trust_remote_code", "ablations_dir")})
+                                                                    "model_root", "trust_remote_code", "ablations_dir",
+                                                                    "overrides")})
             from benchmarks.provenance import utc_timestamp
 
             redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
@@ -220,6 +237,37 @@ def cmd_reproduce(args) -> int:
     return 0 if all(s.ok for s in summaries) else 1
 
 
+def _print_estimate(args, rows, kwargs) -> None:
+    """The planner's one-line estimate before a paper grid starts (never stops it). On stdout:
+    stderr stays one ``error:`` line when the grid then fails on bad input."""
+    from benchmarks import plan
+
+    try:
+        estimate = plan.grid_plan(args.table, args.profile, seeds=kwargs["seeds"], rows=rows,
+                                  datasets=kwargs["datasets"], overrides=kwargs["overrides"],
+                                  ablations_dir=kwargs["ablations_dir"], gpu=plan.detect_gpu(),
+                                  gpus=args.shards or args.jobs, check_roots=True,
+                                  **{k: kwargs[k] for k in ("data_root", "model_root", "trust_remote_code")})
+    except ValueError:  # a bad filter or a missing root: reproduce itself says so in one line
+        return
+    print(plan.summary_block(estimate), flush=True)
+
+
+def cmd_plan(args) -> int:
+    from benchmarks import plan
+
+    if args.profile != "paper":
+        raise plan.PlanError(f"--profile {args.profile}: the planner prices the paper profile's GPU runs")
+    if args.table not in plan.TARGETS:
+        from benchmarks.tables import resolve_table
+
+        args.table = resolve_table(args.table, _ablations_dir(args))
+    result = plan.make_plan(args.table, args.profile, gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu,
+                            measured_path=args.measured, ablations_dir=_ablations_dir(args))
+    print(plan.render_plan(result), end="")
+    return 0
+
+
 def _parse_time(text: str) -> str:
     """--redo-before: an ISO 8601 time with a UTC offset, as run files store it (UTC, microseconds)."""
     from datetime import datetime, timezone
@@ -234,13 +282,14 @@ def _parse_time(text: str) -> str:
 
 
 def _worker_argv(args, redo_before: str | None) -> list[str]:
-    """The ``reproduce`` command line of one --jobs worker (reports off; --force as --redo-before)."""
+    """The ``reproduce`` command line of one --jobs worker (reports and estimate off; --force as --redo-before)."""
     argv = ["reproduce", args.table, "--profile", args.profile, "--results-root", str(args.results_root),
-            "--ablations-dir", str(args.ablations_dir), "--no-report"]
+            "--ablations-dir", str(args.ablations_dir), "--no-report", "--no-estimate"]
     for flag, value in (("--data-root", args.data_root), ("--model-root", args.model_root),
                         ("--seeds", args.seeds), ("--rows", args.rows), ("--datasets", args.datasets)):
         if value is not None:
             argv += [f"{flag}={value}"]  # = keeps values that start with a dash ("-T,-A")
+    argv += [f"--set={item}" for item in args.sets or ()]
     if redo_before is not None:
         argv.append(f"--redo-before={redo_before}")
     for flag, on in (("--trust-remote-code", args.trust_remote_code), ("--strict-data", args.strict_data),
@@ -326,4 +375,5 @@ def cmd_gpu_check(args) -> int:
     return 1 if gpu_check.failed_backbones(result) else 0
 
 
-COMMANDS = {"gpu-check": cmd_gpu_check, "reproduce": cmd_reproduce, "report": cmd_report, "merge": cmd_merge, "list": cmd_list}
+COMMANDS = {"reproduce": cmd_reproduce, "report": cmd_report, "merge": cmd_merge, "list": cmd_list,
+            "plan": cmd_plan, "gpu-check": cmd_gpu_check}

@@ -6,7 +6,7 @@ full model asked for by five tables is one run, trained once and shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,23 +30,26 @@ class Cell:
     config: RunConfig
     run_id: str  # config_hash(identity()): the run is shared by every cell with this id
     trains: bool = True  # False: the statistics table (no model, see run_identity)
+    overrides: dict[str, Any] = field(default_factory=dict)  # reproduce --set KEY=VALUE (every cell)
 
     def identity(self) -> dict[str, Any]:
-        return run_identity(self.config, self.trains)
+        return run_identity(self.config, self.trains, self.overrides)
 
     @property
     def label(self) -> str:
         return f"{self.table}/{self.row}/{self.dataset}/{self.seed}"
 
 
-def run_identity(cfg: RunConfig, trains: bool = True) -> dict[str, Any]:
+def run_identity(cfg: RunConfig, trains: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a run's id hashes and its run file stores as "config".
 
-    A training run is its whole config. Dataset statistics depend on the data alone, so their
-    identity is the data config: they never collide with a training run of the same settings.
+    A training run is its whole config, plus the ``--set`` overrides under "overrides" when
+    there are any (so reports can say which runs had them; without, ids are unchanged).
+    Dataset statistics depend on the data alone, so their identity is the data config: they
+    never collide with a training run of the same settings.
     """
     if trains:
-        return cfg.to_dict()
+        return {**cfg.to_dict(), **({"overrides": dict(sorted(overrides.items()))} if overrides else {})}
     return {"kind": "dataset_stats", "profile": cfg.profile, "data": cfg.to_dict()["data"]}
 
 
@@ -61,8 +64,12 @@ def expand(
     model_root: str | Path | None = None,
     trust_remote_code: bool = False,
     check_roots: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> list[Cell]:
     """Every cell of ``table`` (a TableSpec), in row, dataset, seed order, after the filters.
+
+    ``overrides`` (``reproduce --set``, from ``parse_sets``) apply to every training cell; see
+    ``profiles.build_run_config`` for where they come in the order.
 
     A row with its own ``datasets`` only runs on those. The statistics table (``trains =
     false``) always uses its own placeholder seeds: statistics do not depend on a seed.
@@ -74,6 +81,7 @@ def expand(
     row_names = [r.name for r in table.rows]
     chosen_rows = set(_check_names(rows, row_names, "--rows", f"rows of table {table.name}"))
     chosen_datasets = set(_check_names(datasets, list(table.datasets), "--datasets", f"datasets of table {table.name}"))
+    sets = dict(overrides or {}) if table.trains else {}  # statistics read data only
     cells: list[Cell] = []
     for row in table.rows:
         if row.name not in chosen_rows:
@@ -84,9 +92,9 @@ def expand(
             for seed in seed_list:
                 cfg = build_run_config(profile, table, row, dataset, seed, data_root=data_root,
                                        model_root=model_root, trust_remote_code=trust_remote_code,
-                                       check_roots=check_roots)
+                                       check_roots=check_roots, overrides=sets)
                 cells.append(Cell(table.name, row.name, dataset, int(seed), profile, cfg,
-                                  config_hash(run_identity(cfg, table.trains)), table.trains))
+                                  config_hash(run_identity(cfg, table.trains, sets)), table.trains, sets))
     return cells
 
 
@@ -160,3 +168,96 @@ def parse_seeds(text: str) -> list[int]:
 def parse_names(text: str) -> list[str]:
     """"-T,-A" -> ["-T", "-A"] (names may hold spaces: "T only,A only")."""
     return [p.strip() for p in text.split(",") if p.strip()]
+
+
+# ---- reproduce --set KEY=VALUE ------------------------------------------------------------------
+
+# Keys the profile mapping always sets from a flag of its own (an override would be undone).
+SET_RESERVED: dict[str, str] = {
+    "profile": "--profile", "seed": "--seeds", "data.name": "--datasets", "data.root": "--data-root",
+    "model.model_path": "--model-root", "model.trust_remote_code": "--trust-remote-code",
+}
+
+
+def parse_sets(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["train.max_steps=200", "model.modalities=['text']"]`` -> {dotted key: value}, checked.
+
+    A value is read as a TOML literal (``3``, ``1e-4``, ``true``, ``["text", "audio"]``,
+    ``"mlp"``); anything that is not one is taken as a plain string (``model.text_proj=mlp``).
+    Unknown fields, values of the wrong type or out of range, and the keys other flags own fail
+    with one line naming ``--set`` (the same ConfigError wording as a table file's overrides).
+    """
+    from egmf_core.config import ConfigError, RunConfig, apply_overrides
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise GridError(f"bad --set {item!r}: expected KEY=VALUE, e.g. train.max_steps=200")
+        if key in SET_RESERVED:
+            raise GridError(f"--set {key}: use {SET_RESERVED[key]} for this field")
+        value = _literal(raw.strip())
+        where = f"--set {key}={raw.strip()}"
+        try:
+            _check_type(key, value)
+            apply_overrides(RunConfig(), {key: value})
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        out[key] = value
+    return out
+
+
+def _literal(raw: str) -> Any:
+    import tomllib
+
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    if not isinstance(value, (str, int, float, bool, list, dict)):  # TOML dates: not a config value
+        return raw
+    return value
+
+
+def _check_type(key: str, value: Any) -> None:
+    """ConfigError unless ``value`` fits the declared type of dotted field ``key``."""
+    import dataclasses
+    import typing
+
+    from egmf_core.config import ConfigError, RunConfig
+
+    cls: Any = RunConfig
+    *parents, name = key.split(".")
+    for part in parents:
+        hints = typing.get_type_hints(cls)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            raise ConfigError(f"unknown config field {key}")
+        cls = hints[part]
+    hints = typing.get_type_hints(cls)
+    if name not in hints or dataclasses.is_dataclass(hints[name]):
+        raise ConfigError(f"unknown config field {key}")
+    if not _fits(value, hints[name]):
+        raise ConfigError(f"config field {key}={value!r}: expected {_type_name(hints[name])}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is not None:
+        return isinstance(value, origin)  # list[str] -> list: the config's own checks do the rest
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")

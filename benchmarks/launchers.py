@@ -2,18 +2,22 @@
 
 Parallelism: ``--jobs N`` (local) starts N worker processes on this machine that share one grid
 (each takes the next run nobody holds; ``runner.reproduce``'s run locks arbitrate), and
-``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split it. Shard i of n holds
-the runs whose id hashes to i (see ``benchmarks.grid.shard``), so n workers never train the
-same run and their run files never collide. Data-parallel seeds are therefore shards too: one GPU per shard, one run at a time.
+``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split it. A local shard i of n
+holds the runs whose id hashes to i (see ``benchmarks.grid.shard``); Slurm shards are balanced
+by the planner's cost (``benchmarks.plan.balance_shards``: longest run first onto the
+least-loaded shard), and one submission can cover every table ("all"). Either way n workers
+never train the same run and their run files never collide. One GPU per shard, one run at a time.
 
 A single large backbone is placed on the devices of its node by accelerate (``device_map`` in
 the backbone loader, ``egmf_core.backbones``), not here; ask Slurm for as many GPUs per task as
 one run needs (``gpus_per_task``).
 
 ``slurm`` needs submitit (``pip install 'egmf-repro[slurm]'``). Every task of the array runs
-``reproduce(..., shard=(i, n), render=False)`` against the shared results directory (each run
-file is written atomically, so tasks need no coordination); when all tasks have ended the
-launcher merges, i.e. rebuilds the table CSV from every run file, and renders the report.
+``reproduce(..., only_runs=<its runs>, render=False)`` for each table it has runs of, against
+the shared results directory (each run file is written atomically, so tasks need no
+coordination); a task Slurm times out or preempts is requeued and resumes (``ShardTask``). When
+all tasks have ended the launcher merges, i.e. rebuilds the table CSVs from every run file, and
+renders the reports.
 """
 
 from __future__ import annotations
@@ -125,11 +129,78 @@ def _submitit():
     return submitit
 
 
-def run_shard_task(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """What one array task runs (module level, so submitit can pickle it)."""
-    summary = runner.reproduce(**kwargs)
-    return {"line": summary.line(), "trained": summary.trained, "cached": summary.cached,
-            "failed": summary.failed, "failures": summary.failures}
+class ShardTask:
+    """What one array task runs: ``reproduce`` of each table on this shard's runs only.
+
+    A callable with a ``checkpoint`` method, so submitit requeues the task when Slurm times it
+    out or preempts it (submitit's checkpointing, as ``submitit.helpers.Checkpointable``): the
+    requeued task runs the same arguments, skips the runs already stored, and the run that was
+    interrupted resumes from its checkpoint directory (``runner.reproduce`` does both).
+    """
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        out = {"lines": [], "trained": 0, "cached": 0, "failed": 0, "failures": []}
+        for kwargs in task["tables"]:
+            summary = runner.reproduce(**kwargs)
+            out["lines"].append(summary.line())
+            for key in ("trained", "cached", "failed"):
+                out[key] += getattr(summary, key)
+            out["failures"] += summary.failures
+        return out
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Called by submitit on timeout or preemption: resubmit this task with the same arguments."""
+        return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def slurm_grid(target: str, profile: str, ablations_dir: Path, reproduce_kwargs: dict[str, Any]) -> dict[str, list]:
+    """table -> its cells, for one table or "all" (the tables a submission covers)."""
+    from benchmarks.grid import GridError
+    from benchmarks.tables import list_tables
+
+    grids = {}
+    datasets = reproduce_kwargs.get("datasets")
+    if target == "all" and reproduce_kwargs.get("rows") is not None:
+        raise GridError("--rows cannot be combined with 'all': row names differ between tables")
+    for name in list_tables(ablations_dir) if target == "all" else [target]:
+        spec = load_table(name, ablations_dir)
+        ds = datasets if datasets is None or target != "all" else [d for d in spec.datasets if d in datasets]
+        if ds == []:
+            continue
+        grids[spec.name] = expand(spec, profile, seeds=reproduce_kwargs.get("seeds"), rows=reproduce_kwargs.get("rows"),
+                                  datasets=ds, data_root=reproduce_kwargs.get("data_root"),
+                                  model_root=reproduce_kwargs.get("model_root"),
+                                  trust_remote_code=reproduce_kwargs.get("trust_remote_code", False),
+                                  overrides=reproduce_kwargs.get("overrides"))
+    return grids
+
+
+def run_costs(cells: list) -> dict[str, float]:
+    """run id -> the planner's estimated GPU seconds; 1 each where it has no price (tiny twins).
+    Dataset statistics train nothing: they cost a run's start-up."""
+    from benchmarks import plan
+
+    trains = [c for c in cells if c.trains]
+    costs = {run_id: plan.RUN_START_S for run_id in unique_runs(c for c in cells if not c.trains)}
+    try:
+        return {**costs, **plan.costs_of(trains)}
+    except plan.PlanError:
+        return {**costs, **{run_id: 1.0 for run_id in unique_runs(trains)}}
+
+
+def shard_tasks(grids: dict[str, list], n: int, common: dict[str, Any]) -> list[dict[str, Any]]:
+    """n balanced shards (longest run first onto the least-loaded shard), empty ones dropped;
+    each a task: for every table with runs there, ``reproduce`` kwargs limited to those runs."""
+    from benchmarks import plan
+
+    every = [c for cells in grids.values() for c in cells]
+    shards = [s for s in plan.balance_shards(run_costs(every), n) if s]
+    tasks = []
+    for i, shard in enumerate(shards):
+        tables = [dict(table_name=name, only_runs=sorted({c.run_id for c in cells if c.run_id in shard}), **common)
+                  for name, cells in grids.items() if any(c.run_id in shard for c in cells)]
+        tasks.append({"shard": (i, len(shards)), "tables": tables, "estimate_s": sum(shard.values())})
+    return tasks
 
 
 def launch_slurm(
@@ -144,35 +215,53 @@ def launch_slurm(
     render: bool = True,
     **reproduce_kwargs,
 ) -> runner.Summary:
-    """Submit ``table`` as one job array (one task per shard), wait for it, then merge and render.
+    """Submit ``table`` (or "all": one submission across tables) as one job array, wait, merge, render.
 
-    ``shards`` defaults to the number of distinct runs (one run per task). ``slurm`` holds
-    submitit executor parameters (partition, timeout_min, gpus_per_node, ...).
+    Runs are spread over ``shards`` tasks (default: one per run) by the planner's cost, longest
+    first onto the least-loaded task; a run two tables share trains once. Timed-out or
+    preempted tasks are requeued (``ShardTask.checkpoint``). ``slurm`` holds submitit executor
+    parameters (partition, timeout_min, gpus_per_node, ...).
     """
     submitit = _submitit()
     t0 = time.monotonic()
     results_root, reports_root = Path(results_root).resolve(), Path(reports_root).resolve()
-    spec = load_table(table, ablations_dir)
-    grid = expand(spec, profile, seeds=reproduce_kwargs.get("seeds"), rows=reproduce_kwargs.get("rows"),
-                  datasets=reproduce_kwargs.get("datasets"), data_root=reproduce_kwargs.get("data_root"),
-                  model_root=reproduce_kwargs.get("model_root"),
-                  trust_remote_code=reproduce_kwargs.get("trust_remote_code", False))
-    n_runs = len(unique_runs(grid))
-    n = max(1, int(shards) if shards else n_runs)
-    folder = results_root / profile / "slurm" / spec.name
+    grids = slurm_grid(table, profile, Path(ablations_dir), reproduce_kwargs)
+    n_runs = len(unique_runs(c for cells in grids.values() for c in cells))
+    name = table if table == "all" else next(iter(grids))
+    common = dict(profile=profile, results_root=results_root, reports_root=reports_root,
+                  ablations_dir=Path(ablations_dir), render=False,
+                  **{k: v for k, v in reproduce_kwargs.items() if k != "datasets"})
+    if common.pop("force", False):  # a requeued task must not retrain what its first attempt stored
+        from benchmarks.provenance import utc_timestamp
+
+        common["redo_before"] = utc_timestamp()
+    tasks = shard_tasks(grids, max(1, int(shards) if shards else n_runs), common)  # only_runs: no dataset filter
+    folder = results_root / profile / "slurm" / name
     executor = submitit.AutoExecutor(folder=str(folder))
-    executor.update_parameters(**{**SLURM_DEFAULTS, **(slurm or {}), "slurm_array_parallelism": n,
-                                  "name": f"egmf-{spec.name}-{profile}"})
-    tasks = [dict(table_name=spec.name, profile=profile, shard=(i, n), results_root=results_root,
-                  reports_root=reports_root, ablations_dir=Path(ablations_dir), render=False, **reproduce_kwargs)
-             for i in range(n)]
-    jobs = executor.map_array(run_shard_task, tasks)
-    runner.log(f"{spec.name} [{profile}]: submitted {len(jobs)} array tasks for {n_runs} runs ({folder})")
-    summary = runner.Summary(spec.name, profile, runs=n_runs)
+    executor.update_parameters(**{**SLURM_DEFAULTS, **(slurm or {}), "slurm_array_parallelism": len(tasks),
+                                  "name": f"egmf-{name}-{profile}"})
+    jobs = executor.map_array(ShardTask(), tasks)
+    runner.log(f"{name} [{profile}]: submitted {len(jobs)} array tasks for {n_runs} runs ({folder})")
+    summary = runner.Summary(name, profile, runs=n_runs)
+    _collect(jobs, summary)
+    merged = runner.merge([], profile, results_root, ablations_dir=ablations_dir)
+    summary.csv = next((p for p in merged.tables if p.stem == name), None)
+    if render:
+        paths, summary.report_error = runner.render_reports(profile, list(grids), results_root=results_root,
+                                                            reports_root=reports_root, ablations_dir=ablations_dir)
+        summary.report = paths[-1] if paths else None
+    if len(summary.failures) > summary.failed:  # dead tasks count as failures in the summary line
+        summary.failed = len(summary.failures)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def _collect(jobs: list, summary: runner.Summary) -> None:
+    """Wait for every task and add up what it did; a task that died counts as one failure."""
     for job in jobs:
         try:
             result = job.result()  # blocks until the task ends; submitit polls the scheduler
-        except Exception as e:  # a task that died (preempted, out of memory): its finished runs are kept
+        except Exception as e:  # a task that died for good (out of memory): its finished runs are kept
             job_id = getattr(job, "job_id", "?")
             summary.failures.append(f"slurm task {job_id} failed: {runner.store._one_line(str(e))}")
             runner.log(summary.failures[-1])
@@ -181,13 +270,3 @@ def launch_slurm(
         summary.cached += result["cached"]
         summary.failed += result["failed"]
         summary.failures.extend(result["failures"])
-    merged = runner.merge([], profile, results_root, ablations_dir=ablations_dir)
-    summary.csv = next((p for p in merged.tables if p.stem == spec.name), None)
-    if render:
-        paths, summary.report_error = runner.render_reports(profile, [spec.name], results_root=results_root,
-                                                            reports_root=reports_root, ablations_dir=ablations_dir)
-        summary.report = paths[-1] if paths else None
-    if len(summary.failures) > summary.failed:  # dead tasks count as failures in the summary line
-        summary.failed = len(summary.failures)
-    summary.seconds = time.monotonic() - t0
-    return summary

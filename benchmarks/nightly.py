@@ -13,9 +13,16 @@ retrains them), then compares the test split of ``results/<profile>/<table>.csv`
 (other tables' rows are kept); it refuses when a run failed or a table has no results. It is the
 only way the baseline changes.
 
+The grid per profile (tables, seeds, config overrides for every run) is data:
+``ablations/nightly.toml``. The paper profile's is the main tables on the real data with a fixed
+step budget and 2 seeds (``python -m benchmarks plan nightly --profile paper`` prices it); its
+runs carry their overrides in their config, so they never mix with full runs of the same table.
+
 Exit codes: 0 no regression (or baseline written); 1 a regression, a missing cell or a failed run;
-2 bad input (one line on stderr: unknown table or profile, missing roots, missing or malformed
-baseline, refusing to update); 130 interrupted.
+2 bad input (one line on stderr: unknown table or profile, missing roots, malformed baseline,
+refusing to update); 3 no baseline file yet: the results are stored and the report says how to
+create it (``nox -s nightly -- --profile PROFILE --update-baseline``, then commit it); 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -31,15 +38,48 @@ import pandas as pd
 
 from benchmarks import baselines
 
-# The headline tables: every backbone-independent regression (fusion, gating, decoding, metrics,
-# data loading) shows in them, and they are the cheapest trained tables (2 datasets x seeds each).
-NIGHTLY_TABLES = ("main_erc", "main_msa")
+NIGHTLY_FILE = Path(__file__).resolve().parent.parent / "ablations" / "nightly.toml"
 COMPARED_SPLIT = "test"
+NO_BASELINE_EXIT = 3  # results stored, no baseline to compare with yet
 REQUIRED_RESULT_COLUMNS = ("table", "row", "dataset", "seed", "split", "metric", "value", "status")
 
 
 class NightlyInputError(ValueError):
     """Bad input for the nightly check (arguments, results or baseline); the message says which."""
+
+
+@dataclass(frozen=True)
+class NightlyGrid:
+    """One profile's nightly grid from ablations/nightly.toml."""
+
+    tables: list[str]
+    seeds: list[int] | None = None  # None: each table's own seeds for the profile
+    overrides: dict = field(default_factory=dict)  # applied to every run, as reproduce --set
+
+
+def nightly_grid(profile: str, path: Path = NIGHTLY_FILE) -> NightlyGrid:
+    """The declared grid of ``profile``; a one-line error naming the file and field."""
+    import tomllib
+
+    from benchmarks.grid import _check_type, _check_seeds
+    from egmf_core.config import ConfigError, RunConfig, apply_overrides
+
+    try:
+        block = tomllib.loads(Path(path).read_text(encoding="utf-8")).get(profile)
+    except tomllib.TOMLDecodeError as e:
+        raise NightlyInputError(f"{path}: not valid TOML ({e})") from None
+    if not isinstance(block, dict) or not isinstance(block.get("tables"), list) or not block["tables"]:
+        raise NightlyInputError(f"{path}: [{profile}] needs a non-empty list 'tables'")
+    seeds = block.get("seeds")
+    overrides = dict(block.get("set", {}))
+    try:
+        seeds = None if seeds is None else _check_seeds(seeds)
+        for key, value in overrides.items():
+            _check_type(key, value)
+        apply_overrides(RunConfig(), overrides)
+    except (ConfigError, ValueError) as e:
+        raise NightlyInputError(f"{path}: [{profile}]: {e}") from None
+    return NightlyGrid([str(t) for t in block["tables"]], seeds, overrides)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,8 +101,8 @@ class NightlyResult:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmarks.nightly", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="smoke", help="smoke (default) or paper")
-    p.add_argument("--tables", default=",".join(NIGHTLY_TABLES),
-                   help=f"comma-separated table names or numbers (default: {','.join(NIGHTLY_TABLES)})")
+    p.add_argument("--tables", help="comma-separated table names or numbers (default: the profile's in "
+                                    "ablations/nightly.toml)")
     p.add_argument("--data-root", help="paper profile: datasets under DIR/<name>/ (or $EGMF_DATA_ROOT)")
     p.add_argument("--model-root", help="paper profile: backbone weights under DIR (or $EGMF_MODEL_ROOT)")
     p.add_argument("--results-root", type=Path, default=Path("results"), help="default: results")
@@ -130,13 +170,45 @@ def write_report(markdown: str, path: Path) -> Path:
 
 
 def reproduce_tables(profile: str, tables: list[str], *, data_root, model_root, results_root: Path,
-                     reports_root: Path, force: bool, run_fn: Callable | None, render: bool) -> list:
-    """runner.reproduce for each table; the list of its Summary objects."""
+                     reports_root: Path, force: bool, run_fn: Callable | None, render: bool,
+                     grid: NightlyGrid | None = None) -> list:
+    """runner.reproduce for each table (on the nightly grid's seeds and overrides); their Summary objects."""
     from benchmarks import runner
 
+    grid = grid or NightlyGrid(tables)
     return [runner.reproduce(t, profile, data_root=data_root, model_root=model_root, force=force,
-                             results_root=results_root, reports_root=reports_root, run_fn=run_fn, render=render)
+                             results_root=results_root, reports_root=reports_root, run_fn=run_fn, render=render,
+                             seeds=grid.seeds, overrides=grid.overrides)
             for t in tables]
+
+
+def of_grid(results: pd.DataFrame, grid: NightlyGrid) -> pd.DataFrame:
+    """The result rows of runs made with exactly the grid's overrides (full runs of a table are not nightly runs)."""
+    if "config_json" not in results.columns or results.empty:
+        return results
+    import json
+
+    def overrides(raw) -> dict:
+        try:
+            return json.loads(raw).get("overrides") or {}
+        except (TypeError, ValueError, AttributeError):
+            return {}
+
+    want = json.loads(json.dumps(grid.overrides, sort_keys=True))
+    return results[results["config_json"].map(lambda raw: overrides(raw) == want)].reset_index(drop=True)
+
+
+def no_baseline_report(profile: str, baseline_file: Path, notes: list[str]) -> str:
+    """The regression report when there is no baseline yet: what ran and how to create one."""
+    lines = [f"# Nightly regression check ({profile}): **no baseline yet**", "",
+             f"`{baseline_file}` does not exist, so nothing was compared. The results of this run are stored.",
+             "Create the baseline from them, review it and commit it:", "",
+             "```", f"nox -s nightly -- --profile {profile} --update-baseline",
+             f"git add {baseline_file}", "```", "",
+             f"Exit code {NO_BASELINE_EXIT} (documented in `benchmarks/nightly.py`)."]
+    if notes:
+        lines += ["", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
 
 
 def run_nightly(
@@ -162,13 +234,15 @@ def run_nightly(
     from benchmarks.profiles import check_profile
 
     check_profile(profile)
-    tables = list(tables or NIGHTLY_TABLES)
+    grid = nightly_grid(profile)
+    tables = list(tables or grid.tables)
     if not k > 0:
         raise NightlyInputError(f"--tolerance-k must be positive, got {k}")
     results_root, reports_root = Path(results_root), Path(reports_root)
     baseline_file = Path(baseline) if baseline is not None else baselines.baseline_path(profile, results_root)
-    if not update_baseline:
-        base = baselines.read_baseline(baseline_file)  # before training: a missing baseline is bad input
+    missing_baseline = not update_baseline and not baseline_file.is_file()
+    if not update_baseline and not missing_baseline:
+        base = baselines.read_baseline(baseline_file)  # before training: a malformed baseline is bad input
         base = base[base["table"].isin(tables)]
         lacking = [t for t in tables if t not in set(base["table"])]
         if lacking:
@@ -178,10 +252,16 @@ def run_nightly(
     if reproduce:
         summaries = reproduce_tables(profile, tables, data_root=data_root, model_root=model_root,
                                      results_root=results_root, reports_root=reports_root, force=force,
-                                     run_fn=run_fn, render=render)
+                                     run_fn=run_fn, render=render, grid=grid)
     lines = [s.line() for s in summaries]
     failures = [f for s in summaries for f in s.failures]
-    results = compared_results(profile, tables, results_root)
+    results = of_grid(compared_results(profile, tables, results_root), grid)
+    if missing_baseline:
+        report = write_report(no_baseline_report(profile, baseline_file, lines + failures),
+                              reports_root / profile / "regression.md")
+        lines += [f"no baseline at {baseline_file}: results stored; create it with "
+                  f"`nox -s nightly -- --profile {profile} --update-baseline` and commit it", f"report: {report}"]
+        return NightlyResult(NO_BASELINE_EXIT, None, report, baseline_file, lines)
     if update_baseline:
         return _update(profile, tables, results, baseline_file, k, failures, lines)
 
@@ -232,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         result = run_nightly(
-            args.profile, parse_tables(args.tables), data_root=args.data_root, model_root=args.model_root,
+            args.profile, parse_tables(args.tables) if args.tables else None, data_root=args.data_root, model_root=args.model_root,
             results_root=args.results_root, reports_root=args.reports_root, baseline=args.baseline,
             k=args.tolerance_k, update_baseline=args.update_baseline, reproduce=not args.skip_reproduce,
             force=args.force,

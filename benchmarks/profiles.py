@@ -145,15 +145,21 @@ def build_run_config(
     model_root: str | Path | None = None,
     trust_remote_code: bool = False,
     check_roots: bool = True,
+    overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
     """The config of one grid cell (``table`` a TableSpec, ``row`` one of its Rows).
+
+    ``overrides`` (``reproduce --set``, checked by ``grid.parse_sets``) come after the row's and
+    count as explicit like them: the profile mapping never undoes one (smoke's 400 steps yield
+    to ``--set train.max_steps=3``), and a paper backbone named there still maps to its smoke
+    twin. The keys the mapping always owns (seed, dataset, roots) have their own flags.
 
     With ``check_roots`` the paper profile fails here, before any training, when its data or
     model root is missing; the config itself holds only markers (see the module docstring).
     """
     where = f"{table.path or table.name}: row {row.name!r}"
     cfg = profile_base(profile, dataset)
-    overrides = {**table.base, **row.overrides}  # a row's value wins over the table's base
+    overrides = {**table.base, **row.overrides, **(overrides or {})}  # later wins: base < row < --set
     try:
         cfg = apply_overrides(cfg, overrides)
     except ConfigError as e:

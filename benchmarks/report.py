@@ -219,11 +219,23 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
         ("device(s)", ", ".join(_uniq(df["device"])) or MISSING),
         ("versions", ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(versions.items())) or MISSING),
     ]
+    items += _set_overrides(df)
     trc = runs[runs["trust_remote_code"].map(_bool)] if not runs.empty else runs
     if len(trc):
         items.append(("trust_remote_code",
                       f"**ON** in {len(trc)} run(s): the model source's own Python code was executed"))
     return _md_table(["", ""], items)
+
+
+def _set_overrides(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """A header line per distinct ``reproduce --set`` override set found in the runs' configs."""
+    found: dict[str, set[str]] = {}
+    for raw, run_id in zip(df["config_json"], df["run_id"]):
+        sets = _safe_json(raw).get("overrides") or {}
+        if sets:
+            text = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sorted(sets.items()))
+            found.setdefault(text, set()).add(run_id)
+    return [("--set overrides", f"{text} ({len(ids)} run(s))") for text, ids in found.items()]
 
 
 def _failed_runs(df: pd.DataFrame) -> list[str]:

@@ -22,6 +22,7 @@ runs do and do not repeat, and the flags that help, is in ``egmf_core.checkpoint
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
 import time
@@ -117,6 +118,8 @@ def reproduce(
     render: bool = True,
     ablations_dir: Path = ABLATIONS_DIR,
     raise_render_errors: bool = False,
+    overrides: dict | None = None,
+    only_runs: Iterable[str] | None = None,
 ) -> Summary:
     """Reproduce one table (a name or a paper number) under a profile; see the module docstring.
 
@@ -128,17 +131,22 @@ def reproduce(
     statistics table). An unexpected exception inside a run becomes a failed run with a
     one-line error; a ValueError (bad config, data or model input) propagates. The paper
     profile checks its roots first (benchmarks/preflight.py). ``strict_data``: the runs trained
-    now refuse NaN / inf features (``data.strict``; the run id does not change).
+    now refuse NaN / inf features (``data.strict``; the run id does not change). ``overrides``
+    (``--set``, from ``grid.parse_sets``) apply to every run of the grid. ``only_runs`` (run
+    ids) keeps those runs of the grid only: a Slurm task's share (``launchers.shard_tasks``).
     """
     t0 = time.monotonic()
     results_root, reports_root = Path(results_root), Path(reports_root)
     spec = load_table(table_name, ablations_dir)
     cells = expand(spec, profile, seeds=seeds, rows=rows, datasets=datasets, data_root=data_root,
-                   model_root=model_root, trust_remote_code=trust_remote_code)
+                   model_root=model_root, trust_remote_code=trust_remote_code, overrides=overrides)
     if isinstance(shard, str):
         shard = parse_shard(shard)
     if shard is not None:
         cells = shard_cells(cells, *shard)
+    if only_runs is not None:
+        keep = set(only_runs)
+        cells = [c for c in cells if c.run_id in keep]
     runs = unique_runs(cells)
     if profile == "paper":  # before anything is trained or written
         preflight(runs.values(), data_root=data_root, model_root=model_root)
@@ -329,9 +337,11 @@ def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool, checkpoint
 
 def table_cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) -> list[Cell]:
     """The table's cells whose run file exists: the default grid plus any other seed (or
-    trust_remote_code setting) found among the run files of this table's datasets."""
+    trust_remote_code setting, or ``--set`` overrides) found among the run files of this
+    table's datasets."""
     seeds = set(spec.seeds.get(profile, ()))
     trust = {False}
+    sets = {"{}": {}}
     if spec.trains:
         for run in runs.values():
             cfg = run["config"]
@@ -339,12 +349,19 @@ def table_cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) ->
                 if isinstance(cfg.get("seed"), int):
                     seeds.add(cfg["seed"])
                 trust.add(bool((cfg.get("model") or {}).get("trust_remote_code", False)))
+                if isinstance(cfg.get("overrides"), dict):
+                    sets[json.dumps(cfg["overrides"], sort_keys=True)] = cfg["overrides"]
     if not seeds:
         return []
     cells = []
     for t in sorted(trust):
-        grid = expand(spec, profile, seeds=sorted(seeds), trust_remote_code=t, check_roots=False)
-        cells.extend(c for c in grid if c.run_id in runs)
+        for overrides in sets.values():
+            try:
+                grid = expand(spec, profile, seeds=sorted(seeds), trust_remote_code=t, check_roots=False,
+                              overrides=overrides)
+            except ValueError:  # overrides of another table's runs that do not fit this table's rows
+                continue
+            cells.extend(c for c in grid if c.run_id in runs)
     return cells
 
 

@@ -229,7 +229,6 @@ def test_update_keeps_the_rows_of_tables_not_selected(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "baseline not found"),
     (["--profile", "nope"], "unknown profile 'nope'"),
     (["--tables", "no_such_table"], "unknown table 'no_such_table'"),
     (["--tables", "datasets"], "trains nothing"),

@@ -81,11 +81,14 @@ def test_cpu_job_installs_nox_then_reproduces_the_smoke_grid_tests_and_checks(wo
 def test_gpu_job_runs_the_paper_nightly_with_roots_from_the_runner(workflow):
     job = workflow["jobs"]["paper-gpu"]
     assert "self-hosted" in job["runs-on"] and "gpu" in job["runs-on"]
-    (session, args), = nox_calls(job)
-    assert session == "nightly"
+    calls = nox_calls(job)
+    assert [s for s, _ in calls] == ["gpu_check", "nightly"]  # a CUDA break fails in minutes, before the grid
+    assert calls[0][1] == ["--size", "full", "--device", "cuda"]
+    args = calls[1][1]
     raw = next(line for line in run_lines(job) if "nox -s nightly" in line)
     assert '--data-root "$EGMF_DATA_ROOT"' in raw and '--model-root "$EGMF_MODEL_ROOT"' in raw
     assert args[args.index("--profile") + 1] == "paper"
+    assert "--force" not in args  # the nightly grid of ablations/nightly.toml, not a forced retrain
 
 
 @pytest.mark.parametrize("job_name", ["smoke-cpu", "paper-gpu"])

@@ -1,0 +1,408 @@
+"""The cost planner: what a paper-profile grid costs in GPU-hours before it starts.
+
+    python -m benchmarks plan TABLE|all|nightly --profile paper [--gpu h100|h200|a100-80g]
+        [--gpus N] [--jobs-per-gpu K] [--from GPU_CHECK_JSON]
+
+It needs no GPU, data or weights: the grid comes from the table files (``check_roots=False``),
+the dataset sizes from the real split sizes (``egmf_core.data.synth.FULL_SHAPES``), the
+architectures from ``egmf_core.full_twins.full_config``. A step costs either what a gpu-check
+JSON measured (``--from``) or an analytic FLOP count at a stated MFU. Every assumption is
+printed under the table (``assumptions``), so a reader can redo the arithmetic by hand.
+
+``run_cost`` is also the Slurm launcher's weight for balancing shards (``balance_shards``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from benchmarks.grid import Cell, GridError, expand, unique_runs
+from benchmarks.tables import ABLATIONS_DIR, list_tables, load_table
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A datasheet: bf16 dense peak (TFLOP/s) and HBM bandwidth (TB/s)."""
+
+    name: str
+    bf16_tflops: float
+    hbm_tb_s: float
+
+
+GPUS: dict[str, Gpu] = {  # the one table of GPUs (NVIDIA datasheets, dense bf16, no sparsity)
+    "h100": Gpu("NVIDIA H100 SXM", 989.0, 3.35),
+    "h200": Gpu("NVIDIA H200", 989.0, 4.8),
+    "a100-80g": Gpu("NVIDIA A100 80GB SXM", 312.0, 2.04),
+}
+DEFAULT_GPU = "h100"
+MFU = 0.35  # analytic step time: the share of the bf16 peak a LoRA step at paper shapes reaches
+DECODE_BANDWIDTH_SHARE = 0.6  # a generation step reads every weight once, at this share of HBM bandwidth
+PROMPT_TEMPLATE_TOKENS = 24  # instruction and label list of a prompt (egmf_core/prompts.py), about
+ANSWER_TOKENS = 4  # the target answer and end of sequence, about
+BEST_EVALUATION = 5  # early stopping: the best validation score is assumed at the 5th evaluation
+RUN_START_S = 30.0  # per run: process start, data loading, building the model
+WEIGHT_READ_GB_S = 2.0  # per run: the bf16 weights read from local disk at this rate
+TRAIN_FLOPS_PER_TOKEN = 4  # x N: forward 2N + backward through the frozen weights 2N (no weight grads)
+TARGETS = ("all", "nightly")  # besides a table name or number
+
+
+class PlanError(ValueError):
+    """Bad planner input (unknown GPU, a backbone without an architecture, a bad gpu-check JSON)."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the FLOP count needs of a backbone: matmul parameters per token and weight bytes."""
+
+    params: int  # every parameter (the gpu-check's ``params``)
+    matmul_params: int  # params a token's forward multiplies by: all but the input embedding
+    weight_bytes: int  # bf16
+
+
+@lru_cache(maxsize=None)
+def architecture(family: str) -> Architecture:
+    """From the published config (``full_twins.full_config``): dense layers with a gated MLP."""
+    from egmf_core.full_twins import full_config
+
+    c = full_config(family)
+    h, layers, ffn = c.hidden_size, c.num_hidden_layers, c.intermediate_size
+    head_dim = getattr(c, "head_dim", None) or h // c.num_attention_heads
+    attention = 2 * h * c.num_attention_heads * head_dim + 2 * h * c.num_key_value_heads * head_dim  # q, o, k, v
+    per_layer = attention + 3 * h * ffn  # gate, up, down
+    embedding = c.vocab_size * h
+    matmul = layers * per_layer + embedding  # + the LM head (untied in all three)
+    params = matmul + embedding
+    return Architecture(params, matmul, 2 * params)
+
+
+@dataclass
+class RunCost:
+    """One run's estimate: steps, evaluation passes and seconds on one GPU."""
+
+    run_id: str
+    table: str
+    label: str
+    backbone: str
+    steps: int
+    evaluations: int  # validation passes during training, plus the final valid and test passes
+    train_s: float
+    eval_s: float
+    setup_s: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.setup_s + self.train_s + self.eval_s
+
+
+@dataclass
+class Plan:
+    """Per-table rows and the runs, each counted once (in the first table that asks for it)."""
+
+    target: str
+    gpu: str
+    gpus: int
+    jobs_per_gpu: int
+    source: str  # "analytic" or the gpu-check JSON's path
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunCost] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(r.seconds for r in self.runs) / 3600
+
+    @property
+    def wall_hours(self) -> float:
+        """LPT schedule of the runs on gpus x jobs_per_gpu slots (a slot runs one run at a time)."""
+        slots = self.gpus * self.jobs_per_gpu
+        loads = balance_shards({r.run_id: r.seconds * self.jobs_per_gpu for r in self.runs}, slots)
+        return max((sum(s.values()) for s in loads), default=0.0) / 3600
+
+
+# ---- steps ---------------------------------------------------------------------------------------
+
+def run_steps(cell: Cell) -> tuple[int, int]:
+    """(training steps, evaluation passes) of one run, the way ``train.fit`` counts them.
+
+    ``max_steps`` set: that many steps, a validation every ``eval_every`` (no early stop assumed).
+    Otherwise epochs x ceil(train / batch) steps with a validation every ``eval_every`` steps
+    (default once per epoch), stopped ``patience`` evaluations after the best, assumed at the
+    BEST_EVALUATION-th. Either way ``run_experiment`` then evaluates valid and test once more.
+    """
+    t = cell.config.train
+    n_train = train_size(cell)
+    per_epoch = math.ceil(n_train / t.batch_size)
+    total = t.max_steps or t.epochs * per_epoch
+    every = t.eval_every or per_epoch
+    n_evals = math.ceil(total / every)
+    if t.max_steps is None:
+        patience = t.patience if t.patience is not None else 10
+        n_evals = min(n_evals, BEST_EVALUATION + patience)
+        total = min(total, n_evals * every)
+    return total, n_evals + 2
+
+
+def _shape(cell: Cell):
+    from egmf_core.data.synth import FULL_SHAPES
+
+    return FULL_SHAPES[cell.config.data.name]
+
+
+def train_size(cell: Cell) -> int:
+    n = _shape(cell).sizes[0]
+    return min(n, cell.config.data.max_train) if cell.config.data.max_train else n
+
+
+def tokens_per_sample(cell: Cell) -> int:
+    """Prompt template + pseudo tokens + utterance (the dataset's longest, capped) + answer."""
+    m = cell.config.model
+    text = min(_shape(cell).lengths[0], m.max_text_tokens) if m.text_in_prompt else 0
+    return PROMPT_TEMPLATE_TOKENS + m.n_tokens + text + ANSWER_TOKENS
+
+
+# ---- seconds -------------------------------------------------------------------------------------
+
+def run_cost(cell: Cell, gpu: str = DEFAULT_GPU, measured: dict[str, Any] | None = None,
+             jobs_per_gpu: int = 1) -> RunCost:
+    """One run's GPU seconds: training steps plus evaluation passes over valid (and test)."""
+    family = _family(cell)
+    steps, evals = run_steps(cell)
+    t = cell.config.train
+    sizes = _shape(cell).sizes
+    eval_samples = (evals - 1) * sizes[1] + sizes[2]  # every pass but the last reads valid
+    tokens = tokens_per_sample(cell)
+    m = (measured or {}).get(family)
+    if m:
+        step_s = float(m["step_time_s"]) * (t.batch_size * tokens) / float(m["tokens_per_step"])
+        step_s *= _sharing_factor(m, jobs_per_gpu)
+        key = "eval_score_s_per_batch" if t.eval_mode == "score" else "eval_generate_s_per_batch"
+        eval_s = eval_samples / float(m.get("eval_batch_size", t.eval_batch_size)) * float(m[key])
+    else:
+        step_s = _train_step_s(family, gpu, t.batch_size * tokens)
+        eval_s = eval_samples * _eval_sample_s(family, gpu, tokens, t)
+    setup_s = RUN_START_S + architecture(family).weight_bytes / (WEIGHT_READ_GB_S * 1e9)
+    return RunCost(cell.run_id, cell.table, cell.label, family, steps, evals, steps * step_s, eval_s, setup_s)
+
+
+def _family(cell: Cell) -> str:
+    from egmf_core.full_twins import FAMILIES
+
+    name = cell.config.model.backbone
+    if name not in FAMILIES:
+        raise PlanError(f"{cell.label}: backbone {name!r} is not a full-size architecture "
+                        f"(the planner prices the paper profile: {', '.join(FAMILIES)})")
+    return name
+
+
+def _train_step_s(family: str, gpu: str, tokens: int) -> float:
+    return TRAIN_FLOPS_PER_TOKEN * architecture(family).matmul_params * tokens / _flops(gpu)
+
+
+def _eval_sample_s(family: str, gpu: str, tokens: int, t) -> float:
+    """Prefill at MFU, then (generation) one weight read per new token for a batch, shared by it."""
+    arch = architecture(family)
+    prefill = 2 * arch.matmul_params * (tokens - ANSWER_TOKENS) / _flops(gpu)
+    if t.eval_mode == "score":
+        return prefill * 2  # every label scored: about as many tokens again
+    new_tokens = max(t.max_new_tokens_cls, t.max_new_tokens_reg)
+    read = arch.weight_bytes / (GPUS[gpu].hbm_tb_s * 1e12 * DECODE_BANDWIDTH_SHARE)
+    return prefill + new_tokens * read / t.eval_batch_size
+
+
+def _flops(gpu: str) -> float:
+    return GPUS[gpu].bf16_tflops * 1e12 * MFU
+
+
+def _sharing_factor(m: dict[str, Any], k: int) -> float:
+    """GPU seconds per run-step with k runs on one GPU, relative to one: tokens/s(1) / tokens/s(k)."""
+    table = {str(key): float(v) for key, v in (m.get("jobs_per_gpu") or {}).items()}
+    if k == 1 or "1" not in table or str(k) not in table:
+        return 1.0
+    return table["1"] / table[str(k)]
+
+
+# ---- the grid ------------------------------------------------------------------------------------
+
+def planned_grids(target: str, profile: str, ablations_dir: Path = ABLATIONS_DIR,
+                  overrides: dict[str, Any] | None = None, **grid_kwargs) -> list[tuple[str, list[Cell]]]:
+    """(table, its cells) for a table, "all" (the training tables) or "nightly" (its declared grid)."""
+    if target == "nightly":
+        from benchmarks.nightly import nightly_grid
+
+        grid = nightly_grid(profile)
+        names, sets = grid.tables, {**grid.overrides, **(overrides or {})}
+        grid_kwargs.setdefault("seeds", grid.seeds)
+    else:
+        names, sets = (list_tables(ablations_dir) if target == "all" else [target]), overrides
+    out = []
+    for name in names:
+        spec = load_table(name, ablations_dir)
+        if spec.trains:
+            out.append((spec.name, expand(spec, profile, check_roots=False, overrides=sets, **grid_kwargs)))
+    return out
+
+
+def make_plan(target: str, profile: str = "paper", *, gpu: str = DEFAULT_GPU, gpus: int = 1,
+              jobs_per_gpu: int | None = None, measured_path: Path | None = None,
+              ablations_dir: Path = ABLATIONS_DIR, grids: list[tuple[str, list[Cell]]] | None = None,
+              **grid_kwargs) -> Plan:
+    """Price every distinct run once, in the first table that asks for it."""
+    if gpu not in GPUS:
+        raise PlanError(f"unknown --gpu {gpu!r} (known: {', '.join(GPUS)})")
+    if gpus < 1:
+        raise PlanError(f"--gpus {gpus}: must be at least 1")
+    measured, source = (load_gpu_check(measured_path), str(measured_path)) if measured_path else ({}, "analytic")
+    k = jobs_per_gpu or _best_jobs(measured) or 1
+    if k < 1:
+        raise PlanError(f"--jobs-per-gpu {k}: must be at least 1")
+    plan = Plan(target, gpu, gpus, k, source)
+    seen: set[str] = set()
+    for table, cells in grids if grids is not None else planned_grids(target, profile, ablations_dir, **grid_kwargs):
+        runs = unique_runs(cells)
+        new = [run_cost(c, gpu, measured, k) for rid, c in runs.items() if rid not in seen]
+        seen.update(runs)
+        plan.runs += new
+        plan.tables.append(dict(table=table, cells=len(cells), runs=len(runs), new=len(new),
+                                steps=sorted(r.steps for r in new),
+                                gpu_hours=sum(r.seconds for r in new) / 3600))
+    unmeasured_k = sorted(n for n, m in measured.items() if k > 1 and str(k) not in (m.get("jobs_per_gpu") or {}))
+    if unmeasured_k:
+        plan.notes.append(f"{k} runs per GPU not measured for {', '.join(unmeasured_k)}: priced as one run per GPU")
+    missing = sorted({r.backbone for r in plan.runs} - set(measured)) if measured else []
+    if missing:
+        plan.notes.append(f"no measurement for {', '.join(missing)} in {source}: analytic estimate for those")
+    return plan
+
+
+def _best_jobs(measured: dict[str, Any]) -> int | None:
+    best = [int(m["best_jobs_per_gpu"]) for m in measured.values() if m.get("best_jobs_per_gpu")]
+    return min(best) if best else None
+
+
+def load_gpu_check(path: Path) -> dict[str, dict[str, Any]]:
+    """The ``backbones`` block of a gpu-check JSON, checked for what the planner reads."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PlanError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    backbones = data.get("backbones") if isinstance(data, dict) else None
+    if not isinstance(backbones, dict) or not backbones:
+        raise PlanError(f"{path}: missing field 'backbones' (write it with: python -m benchmarks gpu-check --json)")
+    for name, m in backbones.items():
+        for key in ("step_time_s", "tokens_per_step", "eval_generate_s_per_batch"):
+            value = m.get(key) if isinstance(m, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise PlanError(f"{path}: backbones.{name}.{key} must be a positive number, got {value!r}")
+    return backbones
+
+
+# ---- shards --------------------------------------------------------------------------------------
+
+def balance_shards(costs: dict[str, float], n: int) -> list[dict[str, float]]:
+    """Longest processing time first: each run, costliest first, onto the least-loaded of n shards.
+
+    Deterministic (ties by run id, then shard number), so every machine computes the same split.
+    """
+    import heapq
+
+    if n < 1:
+        raise GridError(f"bad shard count {n}: need at least 1")
+    shards: list[dict[str, float]] = [{} for _ in range(n)]
+    heap = [(0.0, i) for i in range(n)]
+    for run_id, cost in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0])):
+        load, i = heapq.heappop(heap)
+        shards[i][run_id] = cost
+        heapq.heappush(heap, (load + cost, i))
+    return shards
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+def render_plan(plan: Plan) -> str:
+    """The markdown table, totals and the assumptions behind them."""
+    gpu = GPUS[plan.gpu]
+    lines = [f"## Cost plan: {plan.target} [paper] on {gpu.name}", "",
+             "| table | cells | runs | new runs | steps per run | GPU-hours |", "|---|---:|---:|---:|---:|---:|"]
+    for t in plan.tables:
+        steps = t["steps"]
+        span = "-" if not steps else (f"{steps[0]:,}" if steps[0] == steps[-1] else f"{steps[0]:,}-{steps[-1]:,}")
+        lines.append(f"| {t['table']} | {t['cells']} | {t['runs']} | {t['new']} | {span} | {t['gpu_hours']:.1f} |")
+    lines.append(f"| **total** | | | **{len(plan.runs)}** | | **{plan.gpu_hours:.1f}** |")
+    lines += ["", f"Wall time on {plan.gpus} GPU(s) x {plan.jobs_per_gpu} run(s) per GPU: "
+                  f"**{plan.wall_hours:.1f} h** (longest run first onto the least-loaded slot).", ""]
+    lines += ["Assumptions:", *[f"- {a}" for a in assumptions(plan)], *[f"- {n}" for n in plan.notes]]
+    return "\n".join(lines) + "\n"
+
+
+def assumptions(plan: Plan) -> list[str]:
+    gpu = GPUS[plan.gpu]
+    out = [
+        "runs: a configuration asked for by several tables is trained once and counted in the first "
+        "(\"new runs\"); training set sizes are the real splits (egmf_core/data/synth.py FULL_SHAPES)",
+        "early stopping: a run without max_steps stops `patience` evaluations after its best, assumed at "
+        f"evaluation {BEST_EVALUATION} (patience: 10 MSA, 8 ERC; one evaluation per epoch unless eval_every); "
+        "a run with max_steps trains all of them; then valid and test are evaluated once more",
+        f"tokens per sample: {PROMPT_TEMPLATE_TOKENS} template + n_tokens pseudo tokens + the dataset's longest "
+        f"utterance (capped at model.max_text_tokens) + {ANSWER_TOKENS} answer; batches padded to that length",
+        f"each run starts in {RUN_START_S:g} s plus reading its bf16 weights at {WEIGHT_READ_GB_S:g} GB/s",
+    ]
+    if plan.source == "analytic":
+        out += [
+            f"training step: {TRAIN_FLOPS_PER_TOKEN} x N x tokens FLOPs (frozen backbone with LoRA: forward 2N, "
+            f"backward to the inputs 2N, no weight gradients; N = matmul parameters incl. the LM head) at "
+            f"{MFU:.0%} MFU of the {gpu.bf16_tflops:g} TFLOP/s bf16 dense peak",
+            f"evaluation: prefill 2 x N x tokens at the same MFU, then one read of the bf16 weights per generated "
+            f"token per batch at {DECODE_BANDWIDTH_SHARE:.0%} of {gpu.hbm_tb_s:g} TB/s (label scoring: twice the prefill)",
+            f"{plan.jobs_per_gpu} run(s) per GPU: the MFU above is their aggregate (no sharing gain assumed)",
+        ]
+    else:
+        out += [f"step and evaluation times measured by gpu-check ({plan.source}), step time scaled linearly "
+                f"with tokens per step; {plan.jobs_per_gpu} run(s) per GPU priced at the measured aggregate tokens/s"]
+    return out
+
+
+def summary_block(plan: Plan) -> str:
+    """A few lines for stderr before a paper grid starts."""
+    return (f"estimate ({plan.source}, {GPUS[plan.gpu].name}, early stopping assumed at evaluation "
+            f"{BEST_EVALUATION} + patience): {len(plan.runs)} distinct runs (stored ones are reused), {plan.gpu_hours:.1f} GPU-hours, "
+            f"{plan.wall_hours:.1f} h on {plan.gpus} GPU(s); details: python -m benchmarks plan {plan.target} "
+            f"--profile paper --gpu {plan.gpu}")
+
+
+def costs_of(cells: Iterable[Cell], gpu: str = DEFAULT_GPU) -> dict[str, float]:
+    """run id -> estimated GPU seconds (analytic), for shard balancing."""
+    return {rid: run_cost(c, gpu).seconds for rid, c in unique_runs(cells).items()}
+
+
+def grid_plan(table: str, profile: str, *, seeds=None, rows=None, datasets=None, overrides=None,
+              ablations_dir: Path = ABLATIONS_DIR, gpu: str = DEFAULT_GPU, gpus: int = 1, **grid_kwargs) -> Plan:
+    """The plan of exactly what ``reproduce TABLE|all`` with these filters asks for (``grid_kwargs``:
+    roots and their check, as ``expand`` takes them; by default no root is needed)."""
+    grid_kwargs.setdefault("check_roots", False)
+    grids = []
+    for name in list_tables(ablations_dir) if table == "all" else [table]:
+        spec = load_table(name, ablations_dir)
+        ds = None if datasets is None else [d for d in spec.datasets if d in datasets]
+        if spec.trains and ds != []:
+            grids.append((spec.name, expand(spec, profile, seeds=seeds, rows=rows, datasets=ds, overrides=overrides,
+                                            **grid_kwargs)))
+    return make_plan(table, profile, gpu=gpu, gpus=gpus, ablations_dir=ablations_dir, grids=grids)
+
+
+def detect_gpu() -> str:
+    """This machine's GPU among GPUS by its CUDA name (the default when there is none or it is unknown)."""
+    try:
+        import torch
+
+        name = torch.cuda.get_device_name(0).upper() if torch.cuda.is_available() else ""
+    except Exception:  # a broken driver must not stop a grid from starting
+        name = ""
+    for key, marker in (("h200", "H200"), ("h100", "H100"), ("a100-80g", "A100")):
+        if marker in name:
+            return key
+    return DEFAULT_GPU

@@ -1,0 +1,173 @@
+"""The cost planner: numbers checkable by hand, the CLI's table, --from a gpu-check JSON, and the
+estimate reproduce prints before a paper grid (no GPU, data or weights anywhere)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from benchmarks import plan, runner
+from benchmarks.cli import main
+from benchmarks.grid import expand, parse_sets
+from benchmarks.tables import load_table
+from tests.conftest import isolate_harness
+from tests.test_cli import fake_run
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: fake_run)
+    isolate_harness(tmp_path, monkeypatch)
+
+
+def cell(table="main_msa", dataset="mosei", sets=None):
+    return expand(load_table(table), "paper", seeds=[1111], datasets=[dataset], check_roots=False,
+                  overrides=sets)[0]
+
+
+@pytest.mark.parametrize("family, published", [("glm3", 6.24e9), ("glm4", 9.40e9), ("llama3", 8.03e9)])
+def test_architectures_count_the_published_parameters(family, published):
+    arch = plan.architecture(family)
+    assert abs(arch.params - published) / published < 0.01
+    assert arch.weight_bytes == 2 * arch.params and arch.matmul_params < arch.params
+
+
+def test_steps_follow_epochs_patience_and_the_stated_best_evaluation():
+    # MOSEI: 16,326 training samples / batch 8 = 2,041 steps an epoch; one evaluation per epoch;
+    # patience 10 (regression) after the best at evaluation 5 -> 15 epochs, then valid + test.
+    assert plan.run_steps(cell()) == (15 * 2041, 15 + 2)
+    # MELD: 9,989 / 8 = 1,249 an epoch, patience 8 -> 13 epochs.
+    assert plan.run_steps(cell("main_erc", "meld")) == (13 * 1249, 13 + 2)
+    # A fixed budget trains every step: 4000 steps, an evaluation every 1000.
+    fixed = cell(sets=parse_sets(["train.max_steps=4000", "train.eval_every=1000"]))
+    assert plan.run_steps(fixed) == (4000, 4 + 2)
+
+
+def test_an_analytic_step_is_4NT_at_the_stated_mfu():
+    c = cell()  # glm3 on MOSEI: 24 template + 4 pseudo + 50 utterance + 4 answer tokens
+    assert plan.tokens_per_sample(c) == 82
+    cost = plan.run_cost(c, "h100")
+    n = plan.architecture("glm3").matmul_params
+    step_s = 4 * n * 8 * 82 / (989e12 * 0.35)
+    assert cost.train_s == pytest.approx(30615 * step_s)
+    assert cost.setup_s == pytest.approx(30 + plan.architecture("glm3").weight_bytes / 2e9)
+    assert plan.run_cost(c, "a100-80g").train_s == pytest.approx(cost.train_s * 989 / 312)
+
+
+def test_all_prints_gpu_hours_per_table_and_a_total_that_adds_up(capsys):
+    assert main(["plan", "all", "--profile", "paper", "--gpu", "h200"]) == 0
+    out = capsys.readouterr().out
+    rows = {m[0]: (int(m[1]), float(m[2])) for m in
+            re.findall(r"^\| (\w+) \| \d+ \| \d+ \| (\d+) \| [\d,\-]+ \| ([\d.]+) \|$", out, re.M)}
+    assert set(rows) == {"main_erc", "main_msa", "modality_ablation", "expert_ablation", "backbone_swap", "lora",
+                         "expert_design", "pseudo_tokens"}
+    new_runs, hours = re.search(r"\*\*total\*\* \| \| \| \*\*(\d+)\*\* \| \| \*\*([\d.]+)\*\*", out).groups()
+    assert int(new_runs) == sum(r[0] for r in rows.values()) == 560  # a shared run counts once
+    assert float(hours) == pytest.approx(sum(r[1] for r in rows.values()), abs=0.6)
+    assert "NVIDIA H200" in out and "35% MFU" in out and "evaluation 5" in out  # assumptions stated
+
+
+def test_nightly_fits_two_h100_hours_even_at_half_the_assumed_mfu():
+    p = plan.make_plan("nightly", "paper", gpu="h100")
+    assert len(p.runs) == 8 and {r.steps for r in p.runs} == {4000}  # 2 tables x 2 datasets x 2 seeds
+    slow = sum(r.setup_s + 2 * (r.train_s + r.eval_s) for r in p.runs) / 3600
+    assert p.gpu_hours <= slow <= 2.0
+
+
+def test_wall_time_on_eight_gpus_is_close_to_an_eighth():
+    one = plan.make_plan("all", "paper", gpu="h200")
+    eight = plan.make_plan("all", "paper", gpu="h200", gpus=8)
+    assert one.wall_hours == pytest.approx(one.gpu_hours)
+    assert one.gpu_hours / 8 <= eight.wall_hours <= 1.05 * one.gpu_hours / 8
+
+
+def gpu_check(tmp_path, **glm3):
+    m = {"step_time_s": 0.2, "tokens_per_step": 656, "eval_generate_s_per_batch": 0.5,
+         "eval_score_s_per_batch": 0.1, "eval_batch_size": 32, "jobs_per_gpu": {"1": 3000.0, "2": 5000.0},
+         "best_jobs_per_gpu": 2, "extra": "ignored", **glm3}
+    path = tmp_path / "gpu_check.json"
+    path.write_text(json.dumps({"device": "NVIDIA H200", "backbones": {"glm3": m}, "more": 1}))
+    return path
+
+
+def test_measured_step_times_replace_the_flop_count(tmp_path):
+    path = gpu_check(tmp_path)
+    measured = plan.load_gpu_check(path)
+    c = cell()  # 8 x 82 = 656 tokens a step: the measured shape
+    one = plan.run_cost(c, "h200", measured, jobs_per_gpu=1)
+    assert one.train_s == pytest.approx(30615 * 0.2)
+    assert one.eval_s == pytest.approx((16 * 1871 + 4659) / 32 * 0.5)  # 16 valid passes + one test pass
+    two = plan.run_cost(c, "h200", measured, jobs_per_gpu=2)
+    assert two.train_s == pytest.approx(one.train_s * 3000 / 5000)  # GPU seconds at the shared throughput
+    p = plan.make_plan("main_msa", "paper", gpu="h200", measured_path=path, seeds=[1111], datasets=["mosei"])
+    assert p.jobs_per_gpu == 2 and p.source == str(path)  # gpu-check's best K by default
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{", "not JSON"),
+    ('{"device": "x"}', "missing field 'backbones'"),
+    ('{"backbones": {"glm3": {"step_time_s": 0, "tokens_per_step": 1, "eval_generate_s_per_batch": 1}}}',
+     "backbones.glm3.step_time_s must be a positive number"),
+])
+def test_a_bad_gpu_check_json_is_one_line_exit_2(tmp_path, capsys, bad, message):
+    path = tmp_path / "g.json"
+    path.write_text(bad)
+    assert main(["plan", "3", "--from", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "all", "--profile", "smoke"], "the planner prices the paper profile"),
+    (["plan", "all", "--gpu", "v100"], "unknown --gpu 'v100' (known: h100, h200, a100-80g)"),
+    (["plan", "all", "--gpus", "0"], "--gpus 0: must be at least 1"),
+    (["plan", "nope"], "unknown table 'nope'"),
+])
+def test_bad_plan_arguments_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_reproduce_prints_the_estimate_before_a_paper_grid(tmp_path, capsys):
+    data, models = tmp_path / "data", tmp_path / "models"
+    (data / "sims_v2").mkdir(parents=True)
+    (models / "chatglm3-6b").mkdir(parents=True)
+    rc = main(["reproduce", "3", "--profile", "paper", "--data-root", str(data), "--model-root", str(models),
+               "--datasets", "sims_v2", "--seeds", "1111,1112", "--no-report",
+               "--results-root", str(tmp_path / "r"), "--reports-root", str(tmp_path / "p")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    line = out.splitlines()[0]  # before the grid's own lines
+    assert line.startswith("estimate (analytic")
+    hours = float(re.search(r"([\d.]+) GPU-hours", line).group(1))
+    expected = plan.grid_plan("3", "paper", seeds=[1111, 1112], datasets=["sims_v2"]).gpu_hours
+    assert "2 distinct runs" in line and hours == pytest.approx(expected, abs=0.05)
+
+
+def test_no_estimate_for_the_smoke_profile(tmp_path, capsys):
+    assert main(["reproduce", "3", "--datasets", "sims_v2", "--seeds", "1111", "--no-report",
+                 "--results-root", str(tmp_path / "r")]) == 0
+    assert not capsys.readouterr().out.startswith("estimate (")
+
+
+def test_jobs_workers_do_not_repeat_the_estimate():
+    import argparse
+
+    from benchmarks.cli import _worker_argv
+
+    args = argparse.Namespace(table="3", profile="paper", results_root="r", ablations_dir="a", data_root="d",
+                              model_root="m", seeds=None, rows=None, datasets=None, trust_remote_code=False,
+                              debug=False, sets=None)
+    assert "--no-estimate" in _worker_argv(args, None)
+
+
+def test_lpt_shards_are_deterministic_and_balanced():
+    costs = {f"{i:04x}": float(c) for i, c in enumerate([7, 5, 4, 4, 3, 3, 2, 2])}
+    shards = plan.balance_shards(costs, 3)
+    # by hand: 7->a, 5->b, 4->c, 4->c (8), 3->b (8), 3->a (10), 2->b (10), 2->c (10)
+    assert [sorted(s.values(), reverse=True) for s in shards] == [[7.0, 3.0], [5.0, 3.0, 2.0], [4.0, 4.0, 2.0]]
+    assert plan.balance_shards(costs, 3) == shards
+    assert math.isclose(sum(sum(s.values()) for s in shards), sum(costs.values()))
