@@ -87,6 +87,11 @@ def _wrap(text: str, width: int = LABEL_WIDTH) -> str:
     return "\n".join(textwrap.wrap(str(text), width=width, break_long_words=False)) or str(text)
 
 
+def _suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width (about 11 characters per inch), never cut."""
+    fig.suptitle(_wrap(text, max(24, int(fig.get_figwidth() * 11))))
+
+
 def _bar_panel(ax, names: list[str], means, stds, ns: list[int], colors: list, labels: list[str],
                skipped: dict[str, float]) -> None:
     """Bars with error bars = std over each bar's n seeds, n under each label; rows that are not
@@ -95,9 +100,11 @@ def _bar_panel(ax, names: list[str], means, stds, ns: list[int], colors: list, l
     xs = np.arange(len(names))
     ax.bar(xs[keep], np.asarray(means)[keep], yerr=np.asarray(stds)[keep], color=[colors[i] for i in keep],
            capsize=3, error_kw={"elinewidth": 1})
-    ticks = [f"{_wrap(lab)}\n(n={n})" if n_ not in skipped else f"{_wrap(lab)}\nnot comparable:\n"
-             f"{100 * skipped[n_]:.0f}% unparseable" for lab, n, n_ in zip(labels, ns, names)]
+    wrapped = ["\n".join(_wrap(part) for part in lab.split("\n")) for lab in labels]
+    ticks = [f"{lab}\n(n={n})" if name not in skipped else f"{lab}\nnot comparable:\n"
+             f"{100 * skipped[name]:.0f}% unparseable" for lab, n, name in zip(wrapped, ns, names)]
     ax.set_xticks(xs, ticks, rotation=0, fontsize=7)
+    ax.set_xlim(-0.6, len(names) - 0.4)  # the same slots whether or not every row has a bar
     if keep:
         lo = float(min(np.asarray(means)[keep] - np.asarray(stds)[keep]))
         hi = float(max(np.asarray(means)[keep] + np.asarray(stds)[keep]))
@@ -129,7 +136,7 @@ def ablation_bars(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequence
             ax.set_title(ds)
             ax.set_ylabel(display_name(metric))
         ref = f" (red = reference {reference})" if reference else ""
-        fig.suptitle(_wrap(f"{table}: key metric per row{ref}; error bars = std over n seeds", 90))
+        _suptitle(fig, f"{table}: key metric per row{ref}; error bars = std over n seeds")
         return [_save(fig, Path(out_dir) / f"{table}_bars.png")]
 
 
@@ -168,7 +175,7 @@ def backbone_bars(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequence
             _bar_panel(ax, names, means, stds, ns, colors, labels, {r: v for (r, d), v in skip.items() if d == ds})
             ax.set_title(ds)
             ax.set_ylabel(display_name(metric))
-        fig.suptitle(_wrap(f"{table}: backbones on each dataset's key metric; error bars = std over n seeds", 90))
+        _suptitle(fig, f"{table}: backbones on each dataset's key metric; error bars = std over n seeds")
         return [_save(fig, Path(out_dir) / f"{table}_backbones.png")]
 
 
@@ -208,7 +215,7 @@ def lora_deltas(df: pd.DataFrame, out_dir: Path, *, table: str, pairs: Sequence[
             lang = "English" if SPECS[ds].language == "en" else "Chinese"
             ax.set_title(f"{ds} ({lang})")
             ax.set_ylabel(_wrap(f"LoRA on - off, {display_name(dataset_key_metric(ds))} (+ = better)", 30))
-        fig.suptitle(_wrap(f"{table}: LoRA on minus off per backbone, mean paired delta over n matched seeds", 90))
+        _suptitle(fig, f"{table}: LoRA on minus off per backbone, mean paired delta over n matched seeds")
         return [_save(fig, Path(out_dir) / f"{table}_lora_deltas.png")]
 
 
@@ -237,7 +244,7 @@ def training_curves(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequen
             ax.set_ylabel(f"valid {display_name(metric)}")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=7)
-        fig.suptitle(_wrap(f"{table}: validation key metric per step (mean over seeds)", 90))
+        _suptitle(fig, f"{table}: validation key metric per step (mean over seeds)")
         return [_save(fig, Path(out_dir) / f"{table}_training.png")]
 
 
@@ -269,7 +276,7 @@ def gating_alpha_box(df: pd.DataFrame, out_dir: Path, *, table: str, row: str,
             ax.set_ylim(0.0, 1.0)
             ax.set_title(ds)
             ax.set_ylabel("mean alpha per run")
-        fig.suptitle(_wrap(f"{table} / {row}: gating weights per expert (dashed = uniform)", 90))
+        _suptitle(fig, f"{table} / {row}: gating weights per expert (dashed = uniform)")
         return [_save(fig, Path(out_dir) / f"{table}_gating_alpha.png")]
 
 

@@ -150,7 +150,7 @@ def _banner(profile: str, df: pd.DataFrame) -> str:
     if profile == "smoke":
         return SMOKE_BANNER
     data = ", ".join(data_sources(df)) or "unknown (no results yet)"
-    model = ", ".join(_uniq(df["model_source"])) or "unknown (no results yet)"
+    model = ", ".join(model_sources(df)) or "unknown (no results yet)"
     if profile == "paper":
         return f"> PAPER PROFILE: data read from {data}, weights from {model}."
     return f"> {profile.upper()} PROFILE: data from {data}, weights from {model}."
@@ -188,6 +188,14 @@ def portable_data_source(source: str) -> str:
 
 def data_sources(df: pd.DataFrame) -> list[str]:
     return sorted({portable_data_source(s) for s in _uniq(df["data_source"])})
+
+
+def model_sources(df: pd.DataFrame) -> list[str]:
+    """Where the weights came from; a local path keeps only its last two parts (no machine path)."""
+    def portable(source: str) -> str:
+        return ".../" + "/".join(Path(source).parts[-2:]) if re.match(r"^([/~\\]|[A-Za-z]:\\)", source) else source
+
+    return sorted({portable(s) for s in _uniq(df["model_source"])})
 
 
 def eval_modes(df: pd.DataFrame) -> str:
@@ -285,7 +293,7 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
         ("data source(s)", ", ".join(data_sources(df)) or MISSING),
         ("eval mode (validation passes / test)", eval_modes(df)),
         ("backbone(s)", ", ".join(_uniq(df["backbone"])) or MISSING),
-        ("model source(s)", ", ".join(_uniq(df["model_source"])) or MISSING),
+        ("model source(s)", ", ".join(model_sources(df)) or MISSING),
         ("date (latest run)", _latest_timestamp(df)),
         ("git revision(s)", ", ".join(_uniq(df["git_rev"])) or MISSING),
         ("seeds run", ", ".join(str(s) for s in seeds) or MISSING),

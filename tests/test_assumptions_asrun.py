@@ -86,3 +86,20 @@ def test_training_section_counts_last_step_selections():
     md = build_table_report(spec(), results(), "smoke")
     assert "**WARNING: possibly undertrained.** 9 of 9 ok run(s) (100%) selected their last validation step" in md
     assert "| meld | full | 3 | 200 | 200 | 3/3 |" in md
+
+
+def test_figures_include_training_curves_and_leave_unparseable_rows_without_a_bar(tmp_path):
+    from benchmarks.report import draw_figures
+
+    figures = draw_figures(spec(), results(), "smoke", tmp_path)
+    assert figures["training"] == ["toy_training.png"] and (tmp_path / "toy_training.png").is_file()
+    assert figures["results"] == ["toy_bars.png"]
+    md = build_table_report(spec(), results(), "smoke", figures)
+    assert "![toy_training](toy_training.png)" in md
+
+
+def test_model_source_paths_are_not_shown_in_full():
+    df = results()
+    df["model_source"] = "/home/someone/models/glm3-6b"
+    md = build_table_report(spec(), df, "paper")
+    assert "/home/someone" not in md and ".../models/glm3-6b" in md
