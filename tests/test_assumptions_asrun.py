@@ -100,6 +100,6 @@ def test_figures_include_training_curves_and_leave_unparseable_rows_without_a_ba
 
 def test_model_source_paths_are_not_shown_in_full():
     df = results()
-    df["model_source"] = "/home/someone/models/glm3-6b"
+    df["model_source"], df["profile"] = "/home/someone/models/glm3-6b", "paper"
     md = build_table_report(spec(), df, "paper")
     assert "/home/someone" not in md and ".../models/glm3-6b" in md
