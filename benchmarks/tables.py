@@ -23,6 +23,9 @@ TOML shape (see ablations/*.toml)::
     row = "EGMF"; dataset = "mosei"; metric = "f1_non0"; value = 87.09; source = "seed"; note = "..."
     [[claims]]                        # checkable assertions, see benchmarks/claims.py
     id = "text_most_important"; kind = "order_by_drop"; rows = ["-T", "-A", "-V"]; ...
+    planted = true                    # the smoke data plant it (default false: "not applicable")
+    [report]                          # optional: ReportConfig fields
+    invalid_threshold = 0.20          # above this share of unparseable answers: "not comparable"
 
 Table numbers live in one place, ``ablations/table_numbers.toml``, marked as a best guess.
 """

@@ -50,3 +50,19 @@ def test_t_interval_by_hand_and_holm():
     # Holm: sorted 0.01, 0.03, 0.04 -> 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
     assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_a_report_shows_no_interval_for_two_seeds():
+    import pandas as pd
+
+    from benchmarks.report import build_table_report
+    from benchmarks.tables import Row, TableSpec
+
+    spec = TableSpec(name="toy", number="9", caption="toy", datasets=("meld",), metrics={"meld": ("wf1",)},
+                     seeds={"smoke": (1, 2)}, base={}, rows=(Row("full"), Row("-E3")), reference_row="full",
+                     paper_values=(), claims=())
+    recs = [dict(table="toy", profile="smoke", row=r, dataset="meld", seed=s, split="test", metric="wf1",
+                 value=v, status="ok", run_id=f"{r}{s}")
+            for r, vals in (("full", (0.600, 0.620)), ("-E3", (0.5792, 0.6005))) for s, v in zip((1, 2), vals)]
+    md = build_table_report(spec, pd.DataFrame(recs), "smoke")
+    assert "| -E3 | 2 | -2.01 | too few seeds | n/a | n/a | n/a |" in md
