@@ -103,3 +103,18 @@ def test_params_ratio_is_checked():
     assert held.verdict == "held" and "= 0.689" in held.detail
     twins = evaluate_claim(c, tidy({"ref": ref, "row": ref}, params={"ref": 456770.0, "row": 461442.0}), spec())
     assert twins.verdict == "did not hold" and "= 1.010" in twins.detail
+
+
+def test_report_settings_are_read_from_the_table_file_and_checked(tmp_path):
+    import pytest
+
+    from benchmarks.tables import TableError, load_table
+    from tests.test_report import TOY_TOML
+
+    (tmp_path / "table_numbers.toml").write_text('[tables]\n"9" = "toy"\n')
+    (tmp_path / "toy.toml").write_text(TOY_TOML + "planted = true\n[report]\ninvalid_threshold = 0.5\n")
+    spec_ = load_table("toy", tmp_path)
+    assert spec_.report.invalid_threshold == 0.5 and spec_.claims[0].planted
+    (tmp_path / "toy.toml").write_text(TOY_TOML + "[report]\ninvalid_threshold = 1.5\n")
+    with pytest.raises(TableError, match=r"toy.toml: report.invalid_threshold must be a share in \[0, 1\]"):
+        load_table("toy", tmp_path)
