@@ -156,10 +156,11 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
         outcome.cost.update(wall_s=time.perf_counter() - t_start, peak_mem_mb=_peak_mem_mb(device))
         return outcome
     outcome.steps, outcome.best_step, outcome.valid_history = fr.steps, fr.best_step, fr.history
+    # the validation split is read the way model selection read it, the test split by train.eval_mode
     outcome.eval_modes = {"valid": cfg.train.valid_eval_mode or cfg.train.eval_mode, "test": cfg.train.eval_mode}
     for split in ("valid", "test"):
         res = evaluate(model, enc[split], encoder, tokenizer, spec, cfg.train,
-                       mode=cfg.train.eval_mode, train_labels=train_split.labels)
+                       mode=outcome.eval_modes[split], train_labels=train_split.labels)
         outcome.metrics[split] = {k: float(v) for k, v in res.metrics.items()}
         outcome.invalid_rate[split] = res.invalid_rate
         outcome.gating[split] = res.gating
