@@ -13,10 +13,12 @@ import importlib.util
 import io
 import re
 import tokenize
+from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG_SECTIONS = {"ModelConfig": "model", "TrainConfig": "train", "DataConfig": "data"}
 SOURCE_TAGS = {
+    "S": "from the paper's summary",
     "C": "our choice: neither the paper nor the proxy states it",
     "P": "from the proxy, MSE-Adapter: the paper does not state it",
 }
@@ -49,7 +51,7 @@ CLEARER = {
     "train.patience": "Early-stopping patience: 8 (classification) or 10 (regression) "
                       "evaluations without improvement of the key metric when unset",
 }
-_TAG = re.compile(r"\[(C|P)\]")
+_TAG = re.compile(r"\[(C|P|S)\]")
 
 # Choices outside the config dataclasses, in plain sentences.
 HAND_WRITTEN: tuple[str, ...] = (
@@ -66,7 +68,7 @@ HAND_WRITTEN: tuple[str, ...] = (
     "the test split is evaluated once, at the selected step.",
     "The smoke profile's data are synthetic, with planted structure: text carries the strongest "
     "signal (its cue misleads or is missing on 25% of samples), audio shows the true label on 50% "
-    "of samples and visual on 30% (egmf_core/data/synth.py, SYNTH_VERSION 5); its models are "
+    "of samples and visual on 30% (egmf_core/data/synth.py); its models are "
     "tiny and randomly initialised, trained 400 steps on 480 samples, so smoke numbers are never "
     "compared with the paper's.",
     "Cell verdicts: 'held' when |ours - paper| <= max(1 std over seeds, 0.5 points), 'within "
@@ -78,8 +80,21 @@ HAND_WRITTEN: tuple[str, ...] = (
     "Gating collapse is declared when at least 95% of samples have normalised entropy above 0.98 "
     "(alpha near uniform) or one expert's alpha above 0.95 (a hard selector); the paper names the "
     "failure but gives no threshold.",
-    "Paired comparisons use the seeds present in both rows: mean delta, 95% percentile bootstrap "
-    "CI (10,000 resamples, fixed RNG seed) and a paired t-test; fewer than two pairs gives n/a.",
+    "Paired comparisons and claims use the seeds present in both rows (matched seeds, n shown; the "
+    "means beside a claim are matched means): mean delta, 95% Student-t interval and paired t-test, "
+    "Holm-corrected within a table; a percentile bootstrap only from 10 pairs on; fewer than 3 pairs "
+    "give no interval or p-value ('too few seeds').",
+    "A claim is 'held' when the whole 95% interval of its paired delta lies where the claim wants it, "
+    "'did not hold' when it lies wholly outside, 'inconclusive' when it straddles the boundary.",
+    "Eq. 1-2 let only text query audio/visual, while the seed summary calls the attention "
+    "'bidirectional': model.fusion_direction='text_queries' (default) follows the equations; "
+    "'bidirectional' first lets the audio/visual vectors attend to the text (egmf_core/fusion.py).",
+    "Experts differ only in bottleneck width and activation and all read the same pooled f_fusion: "
+    "their local / semantic / global roles in the paper are names only (no variant gives them "
+    "distinct inputs).",
+    "Test-set sampling uncertainty: each run stores a 95% percentile bootstrap of its key metric "
+    "over the test samples (1,000 resamples, fixed RNG seed; egmf_core/uncertainty.py), shown "
+    "beside the spread over seeds.",
     "Each expert is a bottleneck LayerNorm -> Linear(d_h, d_h/ratio) -> activation -> Linear(d_h/ratio, "
     "d_h); the paper gives only the ratios and activations (model.expert_ratio, model.expert_activation).",
     "Eq. 1-2: queries, keys and Z_cross are LayerNormed before each attention, residuals as written, "
@@ -90,7 +105,9 @@ HAND_WRITTEN: tuple[str, ...] = (
     "then the label list with indices or the score range, in the dataset's language; targets are "
     "the label word (Chinese for CHERMA) or the score with one decimal, then end-of-sequence.",
     "Answers are decoded greedily (train.eval_mode='generate'); label scoring is greedy decoding "
-    "restricted to the label set, so it returns generation's answer wherever that answer is valid.",
+    "restricted to the label set, so it returns generation's answer wherever that answer is valid. "
+    "Validation passes use the same mode as the test unless train.valid_eval_mode says otherwise "
+    "(each report states the modes its runs used).",
     "Regression gating statistics group samples as negative / neutral / positive, neutral being "
     "|y| <= 0.5 (MOSEI) or 0.1 (SIMS-V2), the usual Acc-3 bands.",
     "Tiny twins (smoke) draw the frozen output layer with std 0.4 instead of 0.02: a random head "
@@ -106,10 +123,22 @@ def config_path() -> Path:
     return Path(spec.origin)
 
 
-def config_assumptions(source: str) -> list[str]:
-    """One sentence per [C]/[P]-tagged field of the config dataclasses in ``source``."""
+@dataclass(frozen=True)
+class FieldDoc:
+    """One field of the config dataclasses, as config.py documents it."""
+
+    name: str  # "train.lr"
+    tag: str  # "S" | "P" | "C" | "" (untagged: a setting, not a reading of the paper)
+    default: str  # the default's source text, e.g. "5e-5", "list(MODALITIES)"
+    text: str  # what the field is, in words
+
+
+def config_fields(source: str) -> list[FieldDoc]:
+    """Every field of the config dataclasses in ``source``, with the tag of its comment (on its
+    own lines or on the comment lines right above it)."""
     comments = _line_comments(source)
-    out: list[str] = []
+    lines = source.splitlines()
+    out: list[FieldDoc] = []
     for node in ast.parse(source).body:
         if not (isinstance(node, ast.ClassDef) and node.name in CONFIG_SECTIONS):
             continue
@@ -117,16 +146,97 @@ def config_assumptions(source: str) -> list[str]:
         for item in node.body:
             if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)):
                 continue
-            comment = " ".join(comments.get(ln, "") for ln in range(item.lineno, (item.end_lineno or item.lineno) + 1))
+            above = item.lineno - 1
+            while above >= 1 and lines[above - 1].strip().startswith("#"):
+                above -= 1
+            span = range(above + 1, (item.end_lineno or item.lineno) + 1)
+            comment = " ".join(comments.get(ln, "") for ln in span)
             tags = _TAG.findall(comment)
-            if not tags:
-                continue
             field_name = f"{section}.{item.target.id}"
-            default = _default_source(source, item.value)
             text = CLEARER.get(field_name) or re.sub(r"\s+", " ", _TAG.sub("", comment)).strip(" ;:,-")
             text = f"{text[0].upper()}{text[1:]}" if text else f"Default of {field_name}"
-            out.append(f"{text} (`{field_name}` = {default}); {SOURCE_TAGS[tags[0]]}.")
+            out.append(FieldDoc(field_name, tags[0] if tags else "", _default_source(source, item.value), text))
     return out
+
+
+def config_assumptions(source: str) -> list[str]:
+    """One sentence per [C]/[P]-tagged field of the config dataclasses in ``source``."""
+    return [f"{f.text} (`{f.name}` = {f.default}); {SOURCE_TAGS[f.tag]}."
+            for f in config_fields(source) if f.tag in ("C", "P")]
+
+
+SOURCE_NAMES = {"S": "paper", "P": "proxy", "C": "ours", "": "setting"}
+
+
+def field_defaults(source: str) -> dict[str, object]:
+    """Field name -> default value, evaluated from the source text without importing it
+    (literals, and ``list(NAME)`` of a module-level tuple); unevaluable defaults keep their text."""
+    constants = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    out: dict[str, object] = {}
+    for f in config_fields(source):
+        m = re.fullmatch(r"list\((\w+)\)", f.default)
+        try:
+            out[f.name] = list(constants[m[1]]) if m else ast.literal_eval(f.default)
+        except (KeyError, ValueError, SyntaxError):
+            out[f.name] = f.default
+    return out
+
+
+def as_run_rows(configs: list[dict], source: str | None = None) -> list[tuple[str, str, str, str]]:
+    """(field, value as run, source, default when a run differs from it) for every documented
+    field: tagged fields always, untagged settings only when some run changed them.
+
+    ``configs`` are the runs' stored RunConfig dicts; a value that differs between runs shows
+    as a range (numbers) or a list of the values seen.
+    """
+    source = source if source is not None else config_path().read_text(encoding="utf-8")
+    defaults = field_defaults(source)
+    rows = []
+    for f in config_fields(source):
+        section, name = f.name.split(".", 1)
+        seen = [c.get(section, {}).get(name, _ABSENT) for c in configs]
+        values = [v for v in seen if v is not _ABSENT]
+        if not values:
+            continue
+        default = defaults.get(f.name)
+        differs = any(_canon(v) != _canon(default) for v in values)
+        if not f.tag and not differs:
+            continue
+        rows.append((f.name, _describe(values), SOURCE_NAMES[f.tag], _show(default) if differs else ""))
+    return rows
+
+
+_ABSENT = object()
+
+
+def _canon(value: object) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _show(value: object) -> str:
+    """A value as a report prints it; an absolute path keeps only its last two parts."""
+    if isinstance(value, str) and (value.startswith("/") or value.startswith("~") or re.match(r"^[A-Za-z]:\\", value)):
+        return ".../" + "/".join(Path(value).parts[-2:])
+    return _canon(value) if not isinstance(value, str) else value
+
+
+def _describe(values: list) -> str:
+    unique = sorted({_canon(v): v for v in values}.items())
+    if len(unique) == 1:
+        return _show(unique[0][1])
+    plain = [v for _, v in unique]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in plain):
+        return f"{_show(min(plain))} to {_show(max(plain))} (varies by run)"
+    shown = [_show(v) for v in plain]
+    return " / ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "") + " (varies by run)"
 
 
 def _line_comments(source: str) -> dict[int, str]:

@@ -18,6 +18,11 @@ label's own units for MAE and Corr. Claim kinds and their parameters:
 ``within``         row, reference, datasets, metric, tolerance (|row - reference| <= tolerance)
 ``greater``        row, reference, datasets, metric, margin (row better by more than margin)
 ``order_by_value`` rows (claimed order, best first), datasets, metric
+``params_ratio``   row, reference, ratio, tolerance (total parameters of row / reference)
+
+Every comparison is paired on the seeds both rows have; the verdict reads the 95% t-interval
+of the paired mean delta (see :func:`evaluate_claim`). A claim's ``planted`` field says whether
+the smoke profile's synthetic data plant what it is about (:func:`reading`).
 
 ``reference`` defaults to the table's reference_row, ``metric`` to "key" (the dataset's key
 metric), ``datasets`` to "all" (the table's datasets); ``datasets`` may also be a list, one
@@ -34,18 +39,26 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.stats import (
+    TOO_FEW,
+    PairedResult,
     dataset_key_metric,
     display_name,
     format_delta,
     format_value,
     higher_is_better,
     metric_scale,
+    ok_metric_rows,
+    paired_comparison,
     to_display,
 )
 from benchmarks.tables import Claim, TableSpec
 from egmf_core.data.dataset import SPECS
 
 HELD, WITHIN, NOT_HELD, NOT_COMPARABLE = "held", "within tolerance", "did not hold", "not comparable"
+INCONCLUSIVE = "inconclusive"
+# The smoke profile's readings (synthetic data): see reading().
+RECOVERED, NOT_RECOVERED = "planted signal recovered", "planted signal not recovered"
+NOT_APPLICABLE = "not applicable to synthetic data"
 
 # Cell verdicts (ours vs a paper number). "held": |delta| <= max(1 std, floor); "within
 # tolerance": |delta| <= max(2 std, tolerance). Floors are in printed units per metric scale:
@@ -71,7 +84,7 @@ class ClaimError(ValueError):
 class ClaimVerdict:
     id: str
     text: str
-    verdict: str  # held | did not hold | not comparable
+    verdict: str  # held | did not hold | inconclusive | not comparable
     detail: str  # the numbers behind the verdict, in printed units
 
 
@@ -138,20 +151,41 @@ def claim_datasets(claim: Claim, spec: TableSpec) -> list[str]:
     return names
 
 
-def evaluate_claim(claim: Claim, summary: pd.DataFrame, spec: TableSpec) -> ClaimVerdict:
-    """Check one claim on the test split of ``summary``; see the module docstring for kinds."""
+def evaluate_claim(claim: Claim, results: pd.DataFrame, spec: TableSpec) -> ClaimVerdict:
+    """Check one claim on the test split of the tidy ``results`` (one value per seed).
+
+    Every comparison uses the seeds both rows have (matched seeds) and states n; the means in
+    the detail are matched means. A verdict reads the 95% t-interval of the paired mean delta:
+    held when the whole interval lies where the claim wants it, did not hold when it lies wholly
+    outside, inconclusive when it straddles the boundary or there are fewer than
+    ``stats.MIN_PAIRS`` matched seeds. A row with too many unparseable answers
+    (``spec.report.invalid_threshold``) makes the claim "not comparable".
+    """
     handler = _HANDLERS.get(claim.kind)
     if handler is None:
         raise ClaimError(f"claim {claim.id!r}: unknown kind {claim.kind!r} (known: {', '.join(sorted(_HANDLERS))})")
-    ctx = _Context(claim, summary, spec)
+    ctx = _Context(claim, results, spec)
     outcomes = [handler(ctx, ds) for ds in claim_datasets(claim, spec)]
-    if any(o.verdict == NOT_HELD for o in outcomes):
-        verdict = NOT_HELD
-    elif any(o.verdict == NOT_COMPARABLE for o in outcomes):
-        verdict = NOT_COMPARABLE
-    else:
-        verdict = HELD
-    return ClaimVerdict(claim.id, claim.text, verdict, "; ".join(o.detail for o in outcomes))
+    return ClaimVerdict(claim.id, claim.text, _combine([o.verdict for o in outcomes]),
+                        "; ".join(o.detail for o in outcomes))
+
+
+def _combine(verdicts: list[str]) -> str:
+    for word in (NOT_HELD, NOT_COMPARABLE, INCONCLUSIVE):
+        if word in verdicts:
+            return word
+    return HELD
+
+
+def reading(verdict: ClaimVerdict, claim: Claim, profile: str) -> str:
+    """The verdict as a report prints it: on the smoke profile's synthetic data, a claim about
+    planted structure reads "planted signal recovered / not recovered", and a claim about what
+    the data do not plant reads "not applicable to synthetic data"."""
+    if profile != "smoke":
+        return verdict.verdict
+    if not claim.planted:
+        return NOT_APPLICABLE
+    return {HELD: RECOVERED, NOT_HELD: NOT_RECOVERED}.get(verdict.verdict, verdict.verdict)
 
 
 @dataclass(frozen=True)
@@ -161,17 +195,16 @@ class _Outcome:
 
 
 class _Missing(Exception):
-    """A number the claim needs is absent from the results (-> not comparable)."""
+    """A number the claim needs is absent or unusable (-> not comparable)."""
 
 
 class _Context:
-    """Lookups shared by the claim kinds: parameters, metric per dataset, means."""
+    """Lookups shared by the claim kinds: parameters, metric per dataset, paired seed values."""
 
-    def __init__(self, claim: Claim, summary: pd.DataFrame, spec: TableSpec):
+    def __init__(self, claim: Claim, results: pd.DataFrame, spec: TableSpec):
         self.claim, self.spec = claim, spec
-        test = summary[summary["split"] == "test"] if "split" in summary.columns else summary
-        cells = zip(test["row"], test["dataset"], test["metric"], test["mean"])
-        self.means = {(r, d, m): float(v) for r, d, m, v in cells}
+        rows = ok_metric_rows(results)
+        self.test = rows[rows["split"].astype(str) == "test"] if "split" in rows.columns else rows
         self.row_names = {r.name for r in spec.rows}
 
     def param(self, key: str, default: Any = None, *, required: bool = False) -> Any:
@@ -203,17 +236,40 @@ class _Context:
             raise _Missing(f"{dataset}: direction of metric {metric!r} unknown")
         return metric
 
-    def mean(self, row: str, dataset: str, metric: str) -> float:
-        value = self.means.get((row, dataset, metric))
-        if value is None or math.isnan(value):
+    def seeds(self, row: str, dataset: str, metric: str) -> dict[int, float]:
+        t = self.test
+        sel = t[(t["row"] == row) & (t["dataset"] == dataset) & (t["metric"] == metric)]
+        values = {int(s): float(v) for s, v in zip(sel["seed"], sel["value"])}
+        if not values:
             raise _Missing(f"{dataset}: no test {metric} for {row!r}")
-        return value
+        return values
 
-    def improvement(self, row: str, ref: str, dataset: str, metric: str) -> tuple[float, float, float]:
-        """(direction-aware improvement in printed units, row mean, ref mean in stored units)."""
-        r, f = self.mean(row, dataset, metric), self.mean(ref, dataset, metric)
-        diff = to_display(metric, r) - to_display(metric, f)
-        return (diff if higher_is_better(metric) else -diff), r, f
+    def check_parseable(self, row: str, dataset: str) -> None:
+        rate = invalid_share(self.test, row, dataset)
+        if rate > self.spec.report.invalid_threshold:
+            raise _Missing(f"{dataset}: {row} {not_comparable_note(rate)}")
+
+    def paired(self, row: str, ref: str, dataset: str, metric: str) -> PairedResult:
+        """row against ref on their matched seeds (positive delta = row better, stored units)."""
+        for r in (row, ref):
+            self.check_parseable(r, dataset)
+        res = paired_comparison(self.seeds(row, dataset, metric), self.seeds(ref, dataset, metric),
+                                higher_is_better=bool(higher_is_better(metric)))
+        if res.n == 0:
+            raise _Missing(f"{dataset}: {row} and {ref} share no seed")
+        return res
+
+
+def invalid_share(test_rows: pd.DataFrame, row: str, dataset: str) -> float:
+    """Mean share of unparseable test answers of a row on a dataset (0 when not recorded)."""
+    sel = test_rows[(test_rows["row"] == row) & (test_rows["dataset"] == dataset)
+                    & (test_rows["metric"] == "invalid_rate")]
+    values = sel["value"].to_numpy(dtype=float)
+    return float(values.mean()) if values.size else 0.0
+
+
+def not_comparable_note(rate: float) -> str:
+    return f"not comparable: {100 * rate:.0f}% unparseable answers"
 
 
 def _guard(kind_fn):
@@ -223,7 +279,8 @@ def _guard(kind_fn):
         try:
             return kind_fn(ctx, dataset)
         except _Missing as e:
-            return _Outcome(NOT_COMPARABLE, f"{e} (not comparable)")
+            msg = str(e)
+            return _Outcome(NOT_COMPARABLE, msg if "not comparable" in msg else f"{msg} (not comparable)")
 
     return wrapped
 
@@ -232,27 +289,71 @@ def _head(dataset: str, metric: str) -> str:
     return f"{dataset} {display_name(metric)}"
 
 
+def judge(res: PairedResult, metric: str, low: float, high: float, scale: float = 1.0) -> str:
+    """held / did not hold / inconclusive for a claim that wants ``scale * delta`` (printed units)
+    inside the open region (low, high): held when the whole 95% t-interval is inside, did not
+    hold when it is wholly outside, inconclusive when it straddles a boundary or n < MIN_PAIRS."""
+    if res.too_few or math.isnan(res.ci_low):
+        return INCONCLUSIVE
+    ends = sorted(scale * to_display(metric, x) for x in (res.ci_low, res.ci_high))
+    if low < ends[0] and ends[1] < high:
+        return HELD
+    if ends[1] <= low or ends[0] >= high:
+        return NOT_HELD
+    return INCONCLUSIVE
+
+
+def _interval(res: PairedResult, metric: str, scale: float = 1.0) -> str:
+    """The printed mean delta with its interval and n, e.g. "+2.10 [+0.80, +3.40], n=5"."""
+    point = format_delta(metric, scale * to_display(metric, res.mean_delta))
+    if res.too_few:
+        return f"{point}, n={res.n}: {TOO_FEW}"
+    lo, hi = sorted(scale * to_display(metric, x) for x in (res.ci_low, res.ci_high))
+    return f"{point} [95% CI {format_delta(metric, lo)}, {format_delta(metric, hi)}], n={res.n}"
+
+
+def _pair_text(row: str, ref: str, res: PairedResult, metric: str) -> str:
+    return f"{row} {format_value(metric, res.mean_row)} vs {ref} {format_value(metric, res.mean_ref)}"
+
+
 @_guard
 def _order_by_drop(ctx: _Context, dataset: str) -> _Outcome:
     rows = [ctx.check_row(str(r)) for r in ctx.param("rows", required=True)]
     ref, metric = ctx.reference(), ctx.metric(dataset)
-    drops = [-ctx.improvement(r, ref, dataset, metric)[0] for r in rows]
-    ok = all(a > b for a, b in zip(drops, drops[1:]))
-    parts = " > ".join(f"{r} {format_delta(metric, d)}" for r, d in zip(rows, drops))
-    return _Outcome(HELD if ok else NOT_HELD, f"{_head(dataset, metric)} drop vs {ref}: {parts}")
+    drops = [ctx.paired(r, ref, dataset, metric) for r in rows]
+    parts = " > ".join(f"{r} {_interval(d, metric, -1.0)}" for r, d in zip(rows, drops))
+    verdicts, steps = _consecutive(ctx, rows, dataset, metric)
+    return _Outcome(_combine(verdicts), f"{_head(dataset, metric)} drop vs {ref} (matched seeds): {parts}; "
+                                         f"pairwise: {steps}")
+
+
+def _consecutive(ctx: _Context, rows: list[str], dataset: str, metric: str) -> tuple[list[str], str]:
+    """Each row of a claimed order against the next, paired: the later row must be worse."""
+    verdicts, texts = [], []
+    for a, b in zip(rows, rows[1:]):
+        res = ctx.paired(b, a, dataset, metric)  # positive: b better than a, as the order claims
+        verdicts.append(judge(res, metric, 0.0, math.inf))
+        texts.append(f"{b} better than {a} by {_interval(res, metric)}")
+    return verdicts, "; ".join(texts)
 
 
 @_guard
 def _relative_drop(ctx: _Context, dataset: str) -> _Outcome:
     row, ref, metric = ctx.row_param("row"), ctx.reference(), ctx.metric(dataset)
     threshold = float(ctx.param("threshold", required=True))
-    gain, _, ref_mean = ctx.improvement(row, ref, dataset, metric)
-    base = abs(to_display(metric, ref_mean))
+    res = ctx.paired(row, ref, dataset, metric)
+    base = abs(to_display(metric, res.mean_ref))
     if base == 0:
         raise _Missing(f"{dataset}: reference {ref!r} is 0, relative drop undefined")
-    rel = -gain / base
-    return _Outcome(HELD if rel > threshold else NOT_HELD,
-                    f"{_head(dataset, metric)}: {row} vs {ref} relative drop {rel:.3f} (threshold > {threshold:g})")
+    scale = -1.0 / base  # improvement (printed) -> relative drop
+    rel = scale * to_display(metric, res.mean_delta)
+    interval = "" if res.too_few else (
+        " [95% CI " + ", ".join(f"{x:.3f}" for x in sorted(scale * to_display(metric, e)
+                                                             for e in (res.ci_low, res.ci_high))) + "]")
+    note = f", {TOO_FEW}" if res.too_few else ""
+    return _Outcome(judge(res, metric, threshold, math.inf, scale),
+                    f"{_head(dataset, metric)}: {_pair_text(row, ref, res, metric)}, relative drop "
+                    f"{rel:.3f}{interval}, n={res.n}{note} (threshold > {threshold:g})")
 
 
 @_guard
@@ -263,16 +364,16 @@ def _delta_sign(ctx: _Context, dataset: str) -> _Outcome:
         raise ClaimError(f"claim {ctx.claim.id!r} ({ctx.claim.kind}): needs 'sign' or 'range'")
     if sign is not None and sign not in ("+", "-"):
         raise ClaimError(f"claim {ctx.claim.id!r}: sign must be '+' or '-', got {sign!r}")
-    gain = ctx.improvement(row, ref, dataset, metric)[0]
-    ok = sign is None or (gain > 0 if sign == "+" else gain < 0)
+    low, high = (0.0, math.inf) if sign == "+" else (-math.inf, 0.0) if sign == "-" else (-math.inf, math.inf)
     want = [] if sign is None else [f"sign {sign}"]
     if bounds is not None:
         lo, hi = (float(b) for b in bounds)
-        ok = ok and lo <= gain <= hi
+        low, high = max(low, lo), min(high, hi)
         want.append(f"range [{lo:g}, {hi:g}]")
-    return _Outcome(HELD if ok else NOT_HELD,
-                    f"{_head(dataset, metric)}: {row} - {ref} improvement {format_delta(metric, gain)} "
-                    f"(claimed {', '.join(want)})")
+    res = ctx.paired(row, ref, dataset, metric)
+    return _Outcome(judge(res, metric, low, high),
+                    f"{_head(dataset, metric)}: {_pair_text(row, ref, res, metric)}, improvement "
+                    f"{_interval(res, metric)} (claimed {', '.join(want)})")
 
 
 def _delta_range(ctx: _Context, dataset: str) -> _Outcome:
@@ -284,31 +385,49 @@ def _delta_range(ctx: _Context, dataset: str) -> _Outcome:
 def _within(ctx: _Context, dataset: str) -> _Outcome:
     row, ref, metric = ctx.row_param("row"), ctx.reference(), ctx.metric(dataset)
     tolerance = float(ctx.param("tolerance", required=True))
-    gain, r, f = ctx.improvement(row, ref, dataset, metric)
-    return _Outcome(HELD if abs(gain) <= tolerance else NOT_HELD,
-                    f"{_head(dataset, metric)}: {row} {format_value(metric, r)} vs {ref} {format_value(metric, f)}, "
-                    f"|delta| {format_delta(metric, abs(gain)).lstrip('+')} (tolerance {tolerance:g})")
+    res = ctx.paired(row, ref, dataset, metric)
+    gap = abs(to_display(metric, res.mean_delta))
+    return _Outcome(judge(res, metric, -tolerance, tolerance),
+                    f"{_head(dataset, metric)}: {_pair_text(row, ref, res, metric)}, |delta| "
+                    f"{format_delta(metric, gap).lstrip('+')}; delta {_interval(res, metric)} "
+                    f"(tolerance {tolerance:g})")
 
 
 @_guard
 def _greater(ctx: _Context, dataset: str) -> _Outcome:
     row, ref, metric = ctx.row_param("row"), ctx.reference(), ctx.metric(dataset)
     margin = float(ctx.param("margin", 0.0))
-    gain, r, f = ctx.improvement(row, ref, dataset, metric)
-    return _Outcome(HELD if gain > margin else NOT_HELD,
-                    f"{_head(dataset, metric)}: {row} {format_value(metric, r)} vs {ref} {format_value(metric, f)}, "
-                    f"improvement {format_delta(metric, gain)} (margin > {margin:g})")
+    res = ctx.paired(row, ref, dataset, metric)
+    return _Outcome(judge(res, metric, margin, math.inf),
+                    f"{_head(dataset, metric)}: {_pair_text(row, ref, res, metric)}, improvement "
+                    f"{_interval(res, metric)} (margin > {margin:g})")
 
 
 @_guard
 def _order_by_value(ctx: _Context, dataset: str) -> _Outcome:
     rows = [ctx.check_row(str(r)) for r in ctx.param("rows", required=True)]
     metric = ctx.metric(dataset)
-    means = [ctx.mean(r, dataset, metric) for r in rows]
-    hib = higher_is_better(metric)
-    ok = all((a > b) if hib else (a < b) for a, b in zip(means, means[1:]))
-    parts = (" > " if hib else " < ").join(f"{r} {format_value(metric, m)}" for r, m in zip(rows, means))
-    return _Outcome(HELD if ok else NOT_HELD, f"{_head(dataset, metric)}: {parts}")
+    verdicts, steps = _consecutive(ctx, list(reversed(rows)), dataset, metric)
+    return _Outcome(_combine(verdicts), f"{_head(dataset, metric)} (claimed best first: {', '.join(rows)}): {steps}")
+
+
+@_guard
+def _params_ratio(ctx: _Context, dataset: str) -> _Outcome:
+    """Total parameters of row / reference on a dataset within ``tolerance`` of ``ratio`` (the
+    count depends on the dataset through the label set and feature sizes, not on the seed)."""
+    row, ref = ctx.row_param("row"), ctx.reference()
+    want, tolerance = float(ctx.param("ratio", required=True)), float(ctx.param("tolerance", 0.05))
+    params = {}
+    for r in (row, ref):
+        sel = ctx.test[(ctx.test["row"] == r) & (ctx.test["dataset"] == dataset)]
+        values = pd.to_numeric(sel.get("total_params", pd.Series(dtype=float)), errors="coerce").dropna()
+        if values.empty:
+            raise _Missing(f"{dataset}: no parameter count for {r!r}")
+        params[r] = float(values.mean())
+    ratio = params[row] / params[ref]
+    return _Outcome(HELD if abs(ratio - want) <= tolerance else NOT_HELD,
+                    f"{dataset}: total parameters {row} {params[row]:,.0f} / {ref} {params[ref]:,.0f} = "
+                    f"{ratio:.3f} (claimed {want:g} ± {tolerance:g}; counts do not vary by seed)")
 
 
 _HANDLERS: dict[str, Callable[[_Context, str], _Outcome]] = {
@@ -319,5 +438,6 @@ _HANDLERS: dict[str, Callable[[_Context, str], _Outcome]] = {
     "within": _within,
     "greater": _greater,
     "order_by_value": _order_by_value,
+    "params_ratio": _params_ratio,
 }
 CLAIM_KINDS = tuple(sorted(_HANDLERS))

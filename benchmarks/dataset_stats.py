@@ -57,6 +57,7 @@ def dataset_statistics(cfg: RunConfig, *, progress=None) -> RunOutcome:
     Bad data raise ValueError from the loader, like a training run would.
     """
     from egmf_core.data import load_dataset
+    from egmf_core.data.provenance import portable_source
 
     t0 = time.perf_counter()
     if progress is not None:
@@ -81,7 +82,7 @@ def dataset_statistics(cfg: RunConfig, *, progress=None) -> RunOutcome:
     if progress is not None:
         progress(1, 1, "done")
     return RunOutcome(status="ok", metrics=metrics, cost={"wall_s": time.perf_counter() - t0}, device="cpu",
-                      data_source=data.source, data_cleaning=dict(data.cleaning))
+                      data_source=portable_source(data.source, cfg.data.root), data_cleaning=dict(data.cleaning))
 
 
 def non_finite_summary(datasets, cleaning_json) -> str:

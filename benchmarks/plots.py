@@ -9,6 +9,7 @@ Each function returns the paths it wrote; it writes nothing when there is nothin
 from __future__ import annotations
 
 import io
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,17 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmarks.stats import dataset_key_metric, display_name, gating_runs, improvement, ok_metric_rows, to_display
+from benchmarks.stats import (
+    dataset_key_metric,
+    display_name,
+    gating_runs,
+    higher_is_better,
+    ok_metric_rows,
+    paired_comparison,
+    seed_values,
+    to_display,
+)
+from benchmarks.training_curves import curve_frame
 from egmf_core.checkpoint import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 
@@ -27,6 +38,7 @@ REFERENCE_COLOR = "#c0392b"
 ROW_COLOR = "#7f8c8d"
 DPI = 100
 _STYLE = {"font.size": 9, "axes.titlesize": 10}
+LABEL_WIDTH = 14  # characters per tick-label line
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:
@@ -49,18 +61,20 @@ def _figure(n_panels: int, width: float = 3.6, height: float = 3.2) -> tuple[Fig
 
 
 def _cell_stats(df: pd.DataFrame, rows: Sequence[str], dataset: str, metric: str, split: str = "test"):
-    """(rows present, means, stds) in printed units for one dataset and metric."""
+    """(rows present, means, stds, ns) in printed units for one dataset and metric; std is over
+    the n seeds of each row (0 with one seed)."""
     ok = ok_metric_rows(df)
     sel = ok[(ok["dataset"] == dataset) & (ok["metric"] == metric) & (ok["split"] == split)]
-    names, means, stds = [], [], []
+    names, means, stds, ns = [], [], [], []
     for r in rows:
-        v = sel.loc[sel["row"] == r, "value"].to_numpy(dtype=float)
+        v = sel.loc[sel["row"] == r].drop_duplicates(subset=["seed"], keep="last")["value"].to_numpy(dtype=float)
         if v.size == 0:
             continue
         names.append(r)
         means.append(to_display(metric, float(v.mean())))
         stds.append(to_display(metric, float(v.std(ddof=1))) if v.size > 1 else 0.0)
-    return names, np.array(means), np.array(stds)
+        ns.append(int(v.size))
+    return names, np.array(means), np.array(stds), ns
 
 
 def _datasets(df: pd.DataFrame, datasets: Sequence[str] | None) -> list[str]:
@@ -68,89 +82,170 @@ def _datasets(df: pd.DataFrame, datasets: Sequence[str] | None) -> list[str]:
     return [d for d in (datasets or sorted(present)) if d in present]
 
 
+def _wrap(text: str, width: int = LABEL_WIDTH) -> str:
+    """Long tick labels and titles broken over lines, so they neither squash axes nor get cut."""
+    return "\n".join(textwrap.wrap(str(text), width=width, break_long_words=False)) or str(text)
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """A figure title wrapped to the figure's width (about 11 characters per inch), never cut."""
+    fig.suptitle(_wrap(text, max(24, int(fig.get_figwidth() * 11))))
+
+
+def _bar_panel(ax, names: list[str], means, stds, ns: list[int], colors: list, labels: list[str],
+               skipped: dict[str, float]) -> None:
+    """Bars with error bars = std over each bar's n seeds, n under each label; rows that are not
+    comparable (too many unparseable answers) get no bar, only their label and the reason."""
+    keep = [i for i, n in enumerate(names) if n not in skipped]
+    xs = np.arange(len(names))
+    ax.bar(xs[keep], np.asarray(means)[keep], yerr=np.asarray(stds)[keep], color=[colors[i] for i in keep],
+           capsize=3, error_kw={"elinewidth": 1})
+    wrapped = ["\n".join(_wrap(part) for part in lab.split("\n")) for lab in labels]
+    ticks = [f"{lab}\n(n={n})" if name not in skipped else f"{lab}\nnot comparable:\n"
+             f"{100 * skipped[name]:.0f}% unparseable" for lab, n, name in zip(wrapped, ns, names)]
+    ax.set_xticks(xs, ticks, rotation=0, fontsize=7)
+    ax.set_xlim(-0.6, len(names) - 0.4)  # the same slots whether or not every row has a bar
+    if keep:
+        lo = float(min(np.asarray(means)[keep] - np.asarray(stds)[keep]))
+        hi = float(max(np.asarray(means)[keep] + np.asarray(stds)[keep]))
+        pad = 0.1 * max(hi - lo, 1e-6)
+        ax.set_ylim(min(0.0, lo - pad), hi + pad)
+
+
+def _panel_width(n_bars: int) -> float:
+    return max(2.8, 0.9 * n_bars + 1.0)
+
+
 def ablation_bars(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequence[str],
-                  reference: str | None = None, datasets: Sequence[str] | None = None) -> list[Path]:
-    """Bars of each row's key metric (mean, error bar = std over seeds), one panel per dataset;
-    the reference row is highlighted. Writes ``<table>_bars.png``."""
+                  reference: str | None = None, datasets: Sequence[str] | None = None,
+                  not_comparable: dict[tuple[str, str], float] | None = None) -> list[Path]:
+    """Bars of each row's key metric (mean; error bar = std over the n seeds shown under each bar),
+    one panel per dataset; the reference row is highlighted. ``not_comparable`` maps (row, dataset)
+    to its unparseable share: those rows get no bar. Writes ``<table>_bars.png``."""
     panels = [d for d in _datasets(df, datasets) if _cell_stats(df, rows, d, dataset_key_metric(d))[0]]
     if not panels:
         return []
+    skip = not_comparable or {}
     with rc_context(_STYLE), sns.axes_style("whitegrid"):
-        fig, axes = _figure(len(panels))
+        fig, axes = _figure(len(panels), width=_panel_width(len(rows)), height=3.8)
         for ax, ds in zip(axes, panels):
             metric = dataset_key_metric(ds)
-            names, means, stds = _cell_stats(df, rows, ds, metric)
+            names, means, stds, ns = _cell_stats(df, rows, ds, metric)
             colors = [REFERENCE_COLOR if n == reference else ROW_COLOR for n in names]
-            ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
-            ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+            _bar_panel(ax, names, means, stds, ns, colors, names, {r: v for (r, d), v in skip.items() if d == ds})
             ax.set_title(ds)
             ax.set_ylabel(display_name(metric))
-        if reference:
-            fig.suptitle(f"{table}: key metric per row (red = reference {reference})")
+        ref = f" (red = reference {reference})" if reference else ""
+        _suptitle(fig, f"{table}: key metric per row{ref}; error bars = std over n seeds")
         return [_save(fig, Path(out_dir) / f"{table}_bars.png")]
 
 
+def _format_params(n: float) -> str:
+    """A parameter count with three significant digits: 6.24B, 461M, 461k."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
 def backbone_bars(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequence[str],
-                  datasets: Sequence[str] | None = None) -> list[Path]:
-    """Backbones side by side on each dataset's key metric, labelled with their total parameters
-    (from the results). Writes ``<table>_backbones.png``."""
+                  datasets: Sequence[str] | None = None,
+                  not_comparable: dict[tuple[str, str], float] | None = None) -> list[Path]:
+    """Backbones side by side on each dataset's key metric, each labelled with its total parameters
+    on that dataset (from the results; the count depends on the dataset's labels and features).
+    Writes ``<table>_backbones.png``."""
     panels = [d for d in _datasets(df, datasets) if _cell_stats(df, rows, d, dataset_key_metric(d))[0]]
     if not panels:
         return []
-    params = {}
+    params: dict[tuple[str, str], float] = {}
     if "total_params" in df.columns:
-        totals = pd.to_numeric(df["total_params"], errors="coerce")
-        p = df.assign(total_params=totals).groupby("row")["total_params"].mean()
-        params = {r: float(v) for r, v in p.items() if np.isfinite(v)}
+        totals = df.assign(total_params=pd.to_numeric(df["total_params"], errors="coerce"))
+        for (r, d), v in totals.groupby(["row", "dataset"])["total_params"].mean().items():
+            if np.isfinite(v):
+                params[(r, d)] = float(v)
     palette = sns.color_palette("colorblind", n_colors=max(len(rows), 1))
+    skip = not_comparable or {}
     with rc_context(_STYLE), sns.axes_style("whitegrid"):
-        fig, axes = _figure(len(panels))
+        fig, axes = _figure(len(panels), width=_panel_width(len(rows)), height=3.8)
         for ax, ds in zip(axes, panels):
             metric = dataset_key_metric(ds)
-            names, means, stds = _cell_stats(df, rows, ds, metric)
+            names, means, stds, ns = _cell_stats(df, rows, ds, metric)
             colors = [palette[list(rows).index(n)] for n in names]
-            ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
-            labels = [f"{n}\n{params[n] / 1e6:.1f}M params" if n in params else n for n in names]
-            ax.set_xticks(range(len(names)), labels, rotation=30, ha="right")
+            labels = [f"{n}\n{_format_params(params[(n, ds)])} params" if (n, ds) in params else n for n in names]
+            _bar_panel(ax, names, means, stds, ns, colors, labels, {r: v for (r, d), v in skip.items() if d == ds})
             ax.set_title(ds)
             ax.set_ylabel(display_name(metric))
-        fig.suptitle(f"{table}: backbones on each dataset's key metric")
+        _suptitle(fig, f"{table}: backbones on each dataset's key metric; error bars = std over n seeds")
         return [_save(fig, Path(out_dir) / f"{table}_backbones.png")]
 
 
 def lora_deltas(df: pd.DataFrame, out_dir: Path, *, table: str, pairs: Sequence[tuple[str, str, str]],
-                datasets: Sequence[str] | None = None) -> list[Path]:
+                datasets: Sequence[str] | None = None,
+                not_comparable: dict[tuple[str, str], float] | None = None) -> list[Path]:
     """LoRA on minus off, per backbone, on each dataset's key metric (positive = LoRA helps,
-    direction-aware), English datasets first, then Chinese. ``pairs`` = (backbone, on row, off
-    row). Writes ``<table>_lora_deltas.png``."""
+    direction-aware), on the seeds both rows have, English datasets first, then Chinese.
+    ``pairs`` = (backbone, on row, off row); a pair with a side in ``not_comparable`` is shown
+    as "not comparable" instead of a bar. Writes ``<table>_lora_deltas.png``."""
     ds_all = _datasets(df, datasets)
     order = sorted(ds_all, key=lambda d: (SPECS[d].language != "en", ds_all.index(d)))
-    data: dict[str, list[tuple[str, float]]] = {}
+    skip = not_comparable or {}
+    data: dict[str, list[tuple[str, float, int, float]]] = {}
     for ds in order:
         metric = dataset_key_metric(ds)
         for backbone, on, off in pairs:
-            names, means, _ = _cell_stats(df, [on, off], ds, metric)
-            if names == [on, off]:
-                # means are in printed units already; improvement() only reads the direction
-                data.setdefault(ds, []).append((backbone, improvement(metric, means[0], means[1])))
+            res = paired_comparison(seed_values(df, on, ds, metric), seed_values(df, off, ds, metric),
+                                    higher_is_better=bool(higher_is_better(metric)))
+            if res.n:
+                bad = max(skip.get((on, ds), 0.0), skip.get((off, ds), 0.0))
+                data.setdefault(ds, []).append((backbone, to_display(metric, res.mean_delta), res.n, bad))
     if not data:
         return []
     panels = [d for d in order if d in data]
     backbones = [b for b, _, _ in pairs]
     palette = sns.color_palette("colorblind", n_colors=max(len(backbones), 1))
     with rc_context(_STYLE), sns.axes_style("whitegrid"):
-        fig, axes = _figure(len(panels), width=2.8)
+        fig, axes = _figure(len(panels), width=_panel_width(len(backbones)), height=3.8)
         for ax, ds in zip(axes, panels):
-            names = [b for b, _ in data[ds]]
-            values = [v for _, v in data[ds]]
-            ax.bar(range(len(names)), values, color=[palette[backbones.index(b)] for b in names])
+            entries = data[ds]
+            names = [b for b, *_ in entries]
+            skipped = {b: bad for b, _, _, bad in entries if bad}
+            _bar_panel(ax, names, [v for _, v, _, _ in entries], [0.0] * len(entries), [n for _, _, n, _ in entries],
+                       [palette[backbones.index(b)] for b in names], names, skipped)
             ax.axhline(0.0, color="black", linewidth=0.8)
-            ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
             lang = "English" if SPECS[ds].language == "en" else "Chinese"
             ax.set_title(f"{ds} ({lang})")
-            ax.set_ylabel(f"LoRA on - off, {display_name(dataset_key_metric(ds))} (+ = better)")
-        fig.suptitle(f"{table}: LoRA on minus off per backbone")
+            ax.set_ylabel(_wrap(f"LoRA on - off, {display_name(dataset_key_metric(ds))} (+ = better)", 30))
+        _suptitle(fig, f"{table}: LoRA on minus off per backbone, mean paired delta over n matched seeds")
         return [_save(fig, Path(out_dir) / f"{table}_lora_deltas.png")]
+
+
+def training_curves(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequence[str],
+                    datasets: Sequence[str] | None = None) -> list[Path]:
+    """Validation key metric against the training step, mean over seeds per row, one panel per
+    dataset (from the runs' valid_history). Writes ``<table>_training.png``; nothing when no run
+    recorded a history."""
+    curves = curve_frame(df, dataset_key_metric)
+    panels = [d for d in _datasets(df, datasets) if (curves["dataset"] == d).any()]
+    if not panels:
+        return []
+    palette = sns.color_palette("colorblind", n_colors=max(len(rows), 1))
+    with rc_context(_STYLE), sns.axes_style("whitegrid"):
+        fig, axes = _figure(len(panels), width=3.4, height=3.6)
+        for ax, ds in zip(axes, panels):
+            sel = curves[curves["dataset"] == ds]
+            metric = dataset_key_metric(ds)
+            for i, row in enumerate(rows):
+                g = sel[sel["row"] == row].groupby("step")["value"].mean()
+                if not g.empty:
+                    ax.plot(g.index, [to_display(metric, v) for v in g.to_numpy()], marker="o", markersize=3,
+                            color=palette[i % len(palette)], label=row)
+            ax.set_title(ds)
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"valid {display_name(metric)}")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=7)
+        _suptitle(fig, f"{table}: validation key metric per step (mean over seeds)")
+        return [_save(fig, Path(out_dir) / f"{table}_training.png")]
 
 
 def gating_alpha_box(df: pd.DataFrame, out_dir: Path, *, table: str, row: str,
@@ -181,7 +276,7 @@ def gating_alpha_box(df: pd.DataFrame, out_dir: Path, *, table: str, row: str,
             ax.set_ylim(0.0, 1.0)
             ax.set_title(ds)
             ax.set_ylabel("mean alpha per run")
-        fig.suptitle(f"{table} / {row}: gating weights per expert (dashed = uniform)")
+        _suptitle(fig, f"{table} / {row}: gating weights per expert (dashed = uniform)")
         return [_save(fig, Path(out_dir) / f"{table}_gating_alpha.png")]
 
 
@@ -205,7 +300,7 @@ def gating_alpha_by_label(df: pd.DataFrame, out_dir: Path, *, table: str, row: s
             sns.heatmap(frame, ax=axes[0], vmin=0.0, vmax=1.0, annot=True, fmt=".2f", cmap="viridis", cbar=False)
             axes[0].set_xlabel("expert")
             axes[0].set_ylabel("label")
-            axes[0].set_title(f"{table} / {row} on {ds}: mean alpha per label")
+            axes[0].set_title(_wrap(f"{table} / {row} on {ds}: mean alpha per label", 40))
             written.append(_save(fig, Path(out_dir) / f"{table}_gating_by_label_{ds}.png"))
     return written
 

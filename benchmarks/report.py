@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -22,12 +23,29 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import plots
-from benchmarks.assumptions import ASSUMPTIONS
-from benchmarks.claims import NOT_COMPARABLE, ClaimVerdict, cell_verdict, evaluate_claim
+from benchmarks.assumptions import HAND_WRITTEN, as_run_rows
+from benchmarks.claims import (
+    INCONCLUSIVE,
+    NOT_APPLICABLE,
+    NOT_COMPARABLE,
+    NOT_RECOVERED,
+    RECOVERED,
+    ClaimVerdict,
+    cell_verdict,
+    evaluate_claim,
+    invalid_share,
+    not_comparable_note,
+    reading,
+)
 from benchmarks.dataset_stats import non_finite_summary
 from benchmarks.schema import RESULT_COLUMNS
 from benchmarks.stats import (
+    MIN_PAIRS,
+    MIN_PAIRS_BOOTSTRAP,
+    TOO_FEW,
     dataset_key_metric,
+    holm,
+    ok_metric_rows,
     PairedResult,
     display_name,
     format_delta,
@@ -42,6 +60,7 @@ from benchmarks.stats import (
     to_display,
 )
 from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
+from benchmarks.training_curves import training_section
 from egmf_core.data.dataset import SPECS
 
 SMOKE_BANNER = (
@@ -52,6 +71,8 @@ NUMERIC_COLUMNS = ("value", "wall_s", "peak_mem_mb", "trainable_params", "total_
                    "samples_per_s", "egmf_share", "steps", "best_step", "invalid_rate")
 SPLIT_ORDER = ("train", "valid", "test", "all")
 MISSING = "–"
+# Claim readings counted in the index, in this order; NOT_APPLICABLE is counted apart.
+CLAIM_WORDS = ("held", "did not hold", INCONCLUSIVE, RECOVERED, NOT_RECOVERED, NOT_COMPARABLE)
 
 
 # ---- reading results -----------------------------------------------------------------------------
@@ -129,8 +150,8 @@ def _fmt_num(v: float, fmt: str) -> str:
 def _banner(profile: str, df: pd.DataFrame) -> str:
     if profile == "smoke":
         return SMOKE_BANNER
-    data = ", ".join(_uniq(df["data_source"])) or "unknown (no results yet)"
-    model = ", ".join(_uniq(df["model_source"])) or "unknown (no results yet)"
+    data = ", ".join(data_sources(df)) or "unknown (no results yet)"
+    model = ", ".join(model_sources(df)) or "unknown (no results yet)"
     if profile == "paper":
         return f"> PAPER PROFILE: data read from {data}, weights from {model}."
     return f"> {profile.upper()} PROFILE: data from {data}, weights from {model}."
@@ -146,6 +167,44 @@ def _row_names(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None) ->
     names = [r.name for r in spec.rows if dataset is None or r.datasets is None or dataset in r.datasets]
     present = df if dataset is None else df[df["dataset"] == dataset]
     return names + sorted(set(present["row"]) - set(names) - {""})
+
+
+_OLD_SOURCE = re.compile(r"^(?P<path>[/~\\].*|[A-Za-z]:\\.*) \((?P<fmt>[\w-]+)\)$")
+
+
+def portable_data_source(source: str) -> str:
+    """A data source without the machine's path. Run files record "<format>: <path relative to
+    the data root> sha256:<digest>"; older ones recorded "<absolute path> (<format>)", shown here
+    as the format and the path's last two parts.
+
+    >>> portable_data_source("/tmp/x/.cache/smoke-data/v5/mosei/unaligned_50.pkl (mmsa-pickle)")
+    'mmsa-pickle: mosei/unaligned_50.pkl (fingerprint not recorded: older run file)'
+    """
+    m = _OLD_SOURCE.match(source)
+    if m is None:
+        return source
+    tail = "/".join(Path(m["path"]).parts[-2:])
+    return f"{m['fmt']}: {tail} (fingerprint not recorded: older run file)"
+
+
+def data_sources(df: pd.DataFrame) -> list[str]:
+    return sorted({portable_data_source(s) for s in _uniq(df["data_source"])})
+
+
+def model_sources(df: pd.DataFrame) -> list[str]:
+    """Where the weights came from; a local path keeps only its last two parts (no machine path)."""
+    def portable(source: str) -> str:
+        return ".../" + "/".join(Path(source).parts[-2:]) if re.match(r"^([/~\\]|[A-Za-z]:\\)", source) else source
+
+    return sorted({portable(s) for s in _uniq(df["model_source"])})
+
+
+def eval_modes(df: pd.DataFrame) -> str:
+    """"generate / generate": the modes of the validation passes and of the test, as recorded."""
+    def modes(split: str) -> str:
+        return "/".join(_uniq(df.loc[df["split"] == split, "eval_mode"])) or "not recorded (older run files)"
+
+    return f"{modes('valid')} / {modes('test')}"
 
 
 def _config(df: pd.DataFrame, row: str) -> dict:
@@ -181,14 +240,39 @@ def build_table_report(spec: TableSpec, df: pd.DataFrame, profile: str,
         lines += _lora_section(spec, df, figures.get("lora", []))
     else:
         lines += _statistics_section(spec, df)
-    lines += _claims_section(spec, summary, profile)
+    lines += _claims_section(spec, df, profile)
     if spec.trains:
+        lines += training_section(spec, df, figures.get("training", []), _md_table)
         lines += _gating_section(spec, df, figures.get("gating", []))
         lines += _cost_section(spec, df)
-    lines += ["", "## Assumptions", "",
-              "Choices made where the paper is silent (config fields in `egmf_core/config.py`):", ""]
-    lines += [f"- {a}" for a in ASSUMPTIONS]
+    lines += _assumptions_section(df, profile)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _assumptions_section(df: pd.DataFrame, profile: str) -> list[str]:
+    """The settings the runs used (from their stored configs), then the choices in words."""
+    configs = [c for c in (_safe_json(raw) for raw in _uniq(df["config_json"])) if c]
+    lines = ["", "## Assumptions", "",
+             "The settings these runs used, read from their stored configs (`egmf_core/config.py` documents "
+             "each field). source: paper = the paper's summary, proxy = MSE-Adapter (the paper is silent), "
+             "ours = neither states it, setting = not a reading of the paper. default: shown only where the "
+             "runs differ from it.", ""]
+    rows = as_run_rows(configs)
+    lines += _md_table(["field", "as run", "source", "default"], rows) if rows else ["No run configs recorded."]
+    lines += ["", f"Evaluation mode (validation passes / test): {eval_modes(df)}.", ""]
+    if profile == "smoke":
+        lines += [f"- {smoke_data_note(configs)}"]
+    return lines + [f"- {a}" for a in HAND_WRITTEN]
+
+
+def smoke_data_note(configs: list[dict]) -> str:
+    """The synthetic data's version (from the runs' data.root) and how it came to be."""
+    versions = sorted({m[1] for c in configs
+                       if (m := re.search(r"smoke-data/v(\d+)", str(c.get("data", {}).get("root", ""))))})
+    which = ", ".join(f"SYNTH_VERSION {v}" for v in versions) or "version not recorded"
+    return (f"Smoke data: synthetic, {which} (egmf_core/data/synth.py). The generator was adjusted, version "
+            "by version, until the tiny models recovered the planted order text > audio > visual; recovering "
+            "it checks the machinery, not the method.")
 
 
 def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
@@ -207,10 +291,11 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
     items = [
         ("table", f"`{spec.name}` (paper table {spec.number}, a best guess: `ablations/table_numbers.toml`)"),
         ("profile", profile),
-        ("data source(s)", ", ".join(_uniq(df["data_source"])) or MISSING),
+        ("data source(s)", ", ".join(data_sources(df)) or MISSING),
         ("NaN / inf features set to 0", non_finite_summary(df["dataset"], df["data_cleaning_json"])),
+        ("eval mode (validation passes / test)", eval_modes(df)),
         ("backbone(s)", ", ".join(_uniq(df["backbone"])) or MISSING),
-        ("model source(s)", ", ".join(_uniq(df["model_source"])) or MISSING),
+        ("model source(s)", ", ".join(model_sources(df)) or MISSING),
         ("date (latest run)", _latest_timestamp(df)),
         ("git revision(s)", ", ".join(_uniq(df["git_rev"])) or MISSING),
         ("seeds run", ", ".join(str(s) for s in seeds) or MISSING),
@@ -257,13 +342,17 @@ def _results_section(spec: TableSpec, df: pd.DataFrame, summary: pd.DataFrame, p
              "points (x100), MAE and Corr in label units. ↑ higher is better, ↓ lower is better. "
              "n = seeds with an ok run / seeds planned (more than planned when another table ran the same "
              "configuration with more seeds: all of them count). invalid = share of unparseable answers "
-             "(mean over seeds), replaced by the fallback only for the metric."]
+             "(mean over seeds), replaced by the fallback only for the metric; a row above "
+             f"{100 * spec.report.invalid_threshold:.0f}% is not comparable (its metric mostly scores the fallback). "
+             "test-set ± = the test-set sampling uncertainty of the key metric: half-width of each run's 95% "
+             "bootstrap over test samples, mean over runs; compare it with the std over seeds."]
     lines += [f"\n![{Path(f).stem}]({f})" for f in figures]
     test = summary[summary["split"] == "test"]
     cells = {(r, d, m): (mu, sd, n) for r, d, m, mu, sd, n in
              zip(test["row"], test["dataset"], test["metric"], test["mean"], test["std"], test["n"])}
     runs = run_table(df)
     planned = len(spec.seeds.get(profile, ()))
+    family = paired_family(spec, df)
     for ds in spec.datasets:
         key = dataset_key_metric(ds) if ds in SPECS else None
         metrics = list(spec.metrics.get(ds, ()))
@@ -277,21 +366,40 @@ def _results_section(spec: TableSpec, df: pd.DataFrame, summary: pd.DataFrame, p
             n_cell = f"{n_ok}/{planned}" if planned else str(n_ok)
             if n_fail:
                 n_cell += f" ({n_fail} failed)"
-            vals = [_mean_std(m, *cells.get((row, ds, m), (float("nan"), float("nan"), 0))[:2]) for m in metrics]
             inv = ok["invalid_rate"].to_numpy(dtype=float) if len(ok) else np.array([])
             inv = inv[np.isfinite(inv)]
             inv_cell = f"{100 * inv.mean():.2f}%" if inv.size else MISSING
+            if inv.size and inv.mean() > spec.report.invalid_threshold:
+                vals = [not_comparable_note(float(inv.mean()))] * len(metrics)
+            else:
+                vals = [_mean_std(m, *cells.get((row, ds, m), (float("nan"), float("nan"), 0))[:2]) for m in metrics]
             fallbacks = sorted({str(_safe_json(c).get("train", {}).get("invalid_fallback", ""))
                                 for c in ok["config_json"]} - {""}) if len(ok) else []
-            table_rows.append([row, n_cell, *vals, inv_cell, ", ".join(fallbacks) or MISSING])
-        lines += _md_table(["row", "n", *[display_name(m) for m in metrics], "invalid", "fallback"], table_rows)
+            table_rows.append([row, n_cell, *vals, _sampling_cell(ok, key), inv_cell, ", ".join(fallbacks) or MISSING])
+        lines += _md_table(["row", "n", *[display_name(m) for m in metrics], "test-set ± (key)", "invalid",
+                            "fallback"], table_rows)
         others = sorted(set(test.loc[test["dataset"] == ds, "metric"]) - set(metrics) - {"invalid_rate"})
         if others:
             lines += ["", f"Also recorded (not shown): {', '.join(others)}."]
         lines += _paper_comparison(spec, ds, cells, profile)
         if spec.reference_row and key:
-            lines += _paired_section(spec, df, ds, key)
+            lines += _paired_section(spec, df, ds, key, family)
     return lines
+
+
+def _sampling_cell(ok_runs: pd.DataFrame, key: str | None) -> str:
+    """Mean half-width of the runs' test-set sampling 95% CIs of the key metric (printed units)."""
+    if key is None or ok_runs.empty or "sampling_ci_json" not in ok_runs.columns:
+        return "n/a"
+    halves = []
+    for raw in ok_runs["sampling_ci_json"]:
+        ci = _safe_json(raw).get(key)
+        if isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+            halves.append(abs(to_display(key, float(ci[1])) - to_display(key, float(ci[0]))) / 2)
+    if not halves:
+        return "n/a"
+    decimals = 2 if metric_scale(key) == "fraction" else 3
+    return f"± {np.mean(halves):.{decimals}f}"
 
 
 def _safe_json(raw: str) -> dict:
@@ -327,33 +435,67 @@ def _paper_comparison(spec: TableSpec, ds: str, cells: dict, profile: str) -> li
     return lines + _md_table(["row", "metric", "ours", "paper (source)", "delta", "verdict", "note"], rows)
 
 
-def _paired_section(spec: TableSpec, df: pd.DataFrame, ds: str, key: str) -> list[str]:
+def paired_family(spec: TableSpec, df: pd.DataFrame) -> dict[tuple[str, str], tuple[PairedResult, float]]:
+    """(dataset, row) -> (paired result against the reference on the key metric, Holm p): one
+    family per table, so the correction covers every row on every dataset."""
     ref = spec.reference_row
-    ref_values = seed_values(df, ref, ds, key)
+    if not ref:
+        return {}
+    test = ok_metric_rows(df)
+    test = test[test["split"] == "test"]
+    results: dict[tuple[str, str], PairedResult] = {}
+    for ds in spec.datasets:
+        if ds not in SPECS:
+            continue
+        key = dataset_key_metric(ds)
+        for row in _row_names(spec, df, ds):
+            if row == ref:
+                continue
+            if max(invalid_share(test, row, ds), invalid_share(test, ref, ds)) > spec.report.invalid_threshold:
+                continue  # not comparable: shown as such, and kept out of the family
+            results[(ds, row)] = paired_comparison(seed_values(df, row, ds, key), seed_values(df, ref, ds, key),
+                                                   higher_is_better=bool(higher_is_better(key)))
+    keys = list(results)
+    adjusted = holm([results[k].p_value for k in keys])
+    return {k: (results[k], p) for k, p in zip(keys, adjusted)}
+
+
+def _paired_section(spec: TableSpec, df: pd.DataFrame, ds: str, key: str,
+                    family: dict[tuple[str, str], tuple[PairedResult, float]]) -> list[str]:
+    ref = spec.reference_row
     rows = []
     for row in _row_names(spec, df, ds):
         if row == ref:
             continue
-        res = paired_comparison(seed_values(df, row, ds, key), ref_values, higher_is_better=bool(higher_is_better(key)))
-        if res.n == 0:
-            rows.append([row, "0", MISSING, MISSING, "n/a"])
+        if (ds, row) not in family:
+            rows.append([row, MISSING, "not comparable (unparseable answers) or no results", MISSING, MISSING,
+                         MISSING, MISSING])
             continue
-        rows.append([row, str(res.n), *_paired_cells(key, res)])
+        res, p_holm = family[(ds, row)]
+        rows.append([row, str(res.n), *_paired_cells(key, res, p_holm)])
     if not rows:
         return []
-    lines = ["", f"Paired by seed against `{ref}` on {display_name(key)} (delta > 0: the row is better; "
-                 "95% percentile bootstrap CI, 10,000 resamples; paired t-test):", ""]
-    return lines + _md_table(["row", "pairs", "mean delta", "95% CI", "p"], rows)
+    lines = ["", f"Paired by seed against `{ref}` on {display_name(key)}, matched seeds only (delta > 0: the row "
+                 f"is better): 95% t-interval and paired t-test; p (Holm) corrected over every comparison in this "
+                 f"table; bootstrap only from {MIN_PAIRS_BOOTSTRAP} pairs; under {MIN_PAIRS} pairs: {TOO_FEW}.", ""]
+    return lines + _md_table(["row", "pairs", "mean delta", "95% CI (t)", "p", "p (Holm)", "95% CI (bootstrap)"],
+                             rows)
 
 
-def _paired_cells(metric: str, res: PairedResult) -> list[str]:
-    """mean delta, 95% CI and p of a paired comparison, deltas in printed units."""
+def _paired_cells(metric: str, res: PairedResult, p_holm: float = float("nan")) -> list[str]:
+    """mean delta, t-interval, p, Holm p and bootstrap CI of a paired comparison (printed units)."""
     def delta(x: float) -> str:
         return MISSING if math.isnan(x) else format_delta(metric, to_display(metric, x))
 
-    ci = "n/a" if math.isnan(res.ci_low) else f"[{delta(res.ci_low)}, {delta(res.ci_high)}]"
+    if res.n == 0:
+        return [MISSING, MISSING, "n/a", "n/a", "n/a"]
+    if res.too_few:
+        return [delta(res.mean_delta), TOO_FEW, "n/a", "n/a", "n/a"]
+    ci = f"[{delta(res.ci_low)}, {delta(res.ci_high)}]"
     p = "n/a" if math.isnan(res.p_value) else f"{res.p_value:.4f}"
-    return [delta(res.mean_delta), ci, p]
+    ph = "n/a" if math.isnan(p_holm) else f"{p_holm:.4f}"
+    boot = "n/a" if math.isnan(res.boot_low) else f"[{delta(res.boot_low)}, {delta(res.boot_high)}]"
+    return [delta(res.mean_delta), ci, p, ph, boot]
 
 
 def lora_pairs(spec: TableSpec, df: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -389,21 +531,35 @@ def _lora_section(spec: TableSpec, df: pd.DataFrame, figures: list[str]) -> list
     pairs = lora_pairs(spec, df) if _varies(spec, "model.lora") else []
     if not pairs:
         return []
-    rows = []
-    datasets = english_first(spec.datasets)
+    test = ok_metric_rows(df)
+    test = test[test["split"] == "test"]
+    cells: list[tuple[list[str], PairedResult | None, str]] = []
     for backbone, on, off in pairs:
-        for ds in datasets:
+        for ds in english_first(spec.datasets):
             key = dataset_key_metric(ds)
+            lang = {"en": "English", "zh": "Chinese"}.get(SPECS[ds].language, SPECS[ds].language)
+            head = [backbone, ds, lang, display_name(key)]
+            worst = max(invalid_share(test, on, ds), invalid_share(test, off, ds))
+            if worst > spec.report.invalid_threshold:
+                cells.append((head, None, not_comparable_note(worst)))
+                continue
             res = paired_comparison(seed_values(df, on, ds, key), seed_values(df, off, ds, key),
                                     higher_is_better=bool(higher_is_better(key)))
-            lang = {"en": "English", "zh": "Chinese"}.get(SPECS[ds].language, SPECS[ds].language)
-            if res.n == 0:
-                rows.append([backbone, ds, lang, display_name(key), "0", MISSING, "n/a", "n/a"])
-                continue
-            rows.append([backbone, ds, lang, display_name(key), str(res.n), *_paired_cells(key, res)])
+            cells.append((head, res, key))
+    adjusted = iter(holm([res.p_value for _, res, _ in cells if res is not None]))
+    rows = []
+    for head, res, key_or_note in cells:
+        if res is None:
+            rows.append([*head, MISSING, key_or_note, MISSING, "n/a", "n/a", "n/a"])
+        else:
+            rows.append([*head, str(res.n), *_paired_cells(key_or_note, res, next(adjusted))])
     lines = ["", "## LoRA on minus off", "",
-             "Per backbone, paired by seed on each dataset's key metric (delta > 0: LoRA helps).", ""]
-    lines += _md_table(["backbone", "dataset", "language", "metric", "pairs", "mean delta", "95% CI", "p"], rows)
+             "Per backbone, paired on matched seeds on each dataset's key metric (delta > 0: LoRA helps); "
+             "intervals and p-values as in the paired tables above (Holm over this table's LoRA comparisons). "
+             f"A side with more than {100 * spec.report.invalid_threshold:.0f}% unparseable answers is not "
+             "comparable.", ""]
+    lines += _md_table(["backbone", "dataset", "language", "metric", "pairs", "mean delta", "95% CI (t)", "p",
+                        "p (Holm)", "95% CI (bootstrap)"], rows)
     return lines + [f"\n![{Path(f).stem}]({f})" for f in figures]
 
 
@@ -423,7 +579,7 @@ def _statistics_section(spec: TableSpec, df: pd.DataFrame) -> list[str]:
         for m, s, v in zip(sel["metric"], sel["split"], sel["value"]):
             cells.setdefault((m, s), v)  # first value (statistics do not depend on the seed)
         rows = [[m, *[_stat_value(cells.get((m, s))) for s in splits]] for m in metrics]
-        src = ", ".join(_uniq(sel["data_source"])) or MISSING
+        src = ", ".join(data_sources(sel)) or MISSING
         lines += ["", f"### {ds}", "", f"Source: {src}", ""] + _md_table(["statistic", *splits], rows)
     return lines
 
@@ -434,19 +590,30 @@ def _stat_value(v) -> str:
     return f"{int(v):,}" if float(v).is_integer() else f"{v:.4f}"
 
 
-def evaluate_claims(spec: TableSpec, summary: pd.DataFrame) -> list[ClaimVerdict]:
-    return [evaluate_claim(c, summary, spec) for c in spec.claims]
+def evaluate_claims(spec: TableSpec, df: pd.DataFrame) -> list[ClaimVerdict]:
+    return [evaluate_claim(c, df, spec) for c in spec.claims]
 
 
-def _claims_section(spec: TableSpec, summary: pd.DataFrame, profile: str) -> list[str]:
+def claim_readings(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
+    """Each claim's verdict as the profile reads it (see benchmarks.claims.reading)."""
+    return [reading(v, c, profile) for v, c in zip(evaluate_claims(spec, df), spec.claims)]
+
+
+def _claims_section(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
     lines = ["", "## Claims", ""]
     if not spec.claims:
         return lines + ["This table carries no claims."]
+    lines += [f"Each claim is checked on the seeds both rows have (matched seeds, n shown; the means are "
+              f"matched means) with the 95% t-interval of the paired delta: held = the interval lies where the "
+              f"claim wants it, did not hold = wholly outside, inconclusive = it straddles the boundary, or "
+              f"fewer than {MIN_PAIRS} matched seeds ({TOO_FEW}). Rows with more than "
+              f"{100 * spec.report.invalid_threshold:.0f}% unparseable answers are not comparable.", ""]
     if profile == "smoke":
-        lines += ["In the smoke profile a verdict checks the machinery against the synthetic data's planted "
-                  "structure, not the paper.", ""]
-    for v, c in zip(evaluate_claims(spec, summary), spec.claims):
-        lines.append(f"- **{v.verdict}** `{v.id}` ({c.source}): {v.text}  \n  {v.detail}")
+        lines += ["In the smoke profile a claim about structure the synthetic data plant reads "
+                  f"\"{RECOVERED}\" or \"{NOT_RECOVERED}\"; a claim about what they do not plant (experts, "
+                  f"LoRA, backbones, languages) reads \"{NOT_APPLICABLE}\" (its numbers are still shown).", ""]
+    for v, c in zip(evaluate_claims(spec, df), spec.claims):
+        lines.append(f"- **{reading(v, c, profile)}** `{v.id}` ({c.source}): {v.text}  \n  {v.detail}")
     return lines
 
 
@@ -455,15 +622,20 @@ def _gating_section(spec: TableSpec, df: pd.DataFrame, figures: list[str]) -> li
     runs = gating_runs(df)
     if runs.empty:
         return lines + ["No gating statistics in these results (no gate, or not recorded)."]
-    collapsed = runs[runs["collapse"].map(lambda x: bool(x) if x is not None else False)]
+    fixed = fixed_gating_runs(df)
+    flagged = runs["collapse"].map(lambda x: bool(x) if x is not None else False)
+    collapsed = runs[flagged & ~runs["run_id"].isin(fixed)]
+    learned = int((~runs["run_id"].isin(fixed)).sum())
     if len(collapsed):
-        lines += [f"> **WARNING: GATING COLLAPSE in {len(collapsed)} of {len(runs)} run(s).** "
+        lines += [f"> **WARNING: GATING COLLAPSE in {len(collapsed)} of {learned} run(s) with a learned gate.** "
                   "The gate ignores its experts' differences (uniform alpha) or always picks one expert:", ">"]
         lines += [f"> - {r.row} on {r.dataset}, seed {r.seed}: {r.collapse_reason or 'no reason recorded'}"
                   for r in collapsed.itertuples(index=False)]
         lines.append("")
     lines += ["Mean over runs of each run's mean alpha per expert; normalised entropy 1.0 = uniform alpha. "
-              "collapsed / static = runs flagged by GatingStats."]
+              "collapsed / static = runs flagged by GatingStats; rows whose gate is fixed by design (uniform "
+              "gating, or a single expert) raise no alarm. A top expert is named only when one expert's mean "
+              "alpha is above the others'."]
     for ds in spec.datasets:
         sel = runs[runs["dataset"] == ds]
         if sel.empty:
@@ -477,10 +649,11 @@ def _gating_section(spec: TableSpec, df: pd.DataFrame, figures: list[str]) -> li
             alphas = [_fmt_num(_mean_of(a.get(e) for a in r["alpha"]), ".3f") for e in experts]
             beta = _mean_of(r["beta"])
             ent = _mean_of(r["normalised_entropy"])
-            top = _top_expert(r["top_expert_share"])
+            by_design = bool(r["run_id"].isin(fixed).all())
+            top = "none (fixed by design)" if by_design else _top_expert(r["top_expert_share"], r["alpha"])
             n_col = int(r["collapse"].map(lambda x: bool(x) if x is not None else False).sum())
             n_static = int(r["static"].map(lambda x: bool(x) if x is not None else False).sum())
-            col = f"**{n_col}/{len(r)} COLLAPSED**" if n_col else f"0/{len(r)}"
+            col = "fixed by design" if by_design else (f"**{n_col}/{len(r)} COLLAPSED**" if n_col else f"0/{len(r)}")
             rows.append([row, str(len(r)), *alphas, _fmt_num(beta, ".3f"), _fmt_num(ent, ".3f"), top, col,
                          f"{n_static}/{len(r)}"])
         lines += ["", f"### {ds}", ""]
@@ -494,16 +667,38 @@ def _mean_of(values: Iterable) -> float:
     return float(np.mean(xs)) if xs else float("nan")
 
 
-def _top_expert(shares: Iterable) -> str:
-    acc: dict[str, list[float]] = {}
-    for s in shares:
-        if isinstance(s, dict):
-            for e, v in s.items():
-                acc.setdefault(e, []).append(float(v))
-    if not acc:
+TIE_TOLERANCE = 1e-6  # mean alphas closer than this are a tie: no expert is named
+
+
+def fixed_gating_runs(df: pd.DataFrame) -> set[str]:
+    """Run ids whose gate cannot learn by design: uniform gating, or a single expert."""
+    fixed = set()
+    for run_id, raw in zip(df["run_id"], df["config_json"]):
+        model = _safe_json(raw).get("model", {})
+        if model.get("gating") == "uniform" or len(model.get("experts", [None, None])) == 1:
+            fixed.add(run_id)
+    return fixed
+
+
+def _top_expert(shares: Iterable, alphas: Iterable = ()) -> str:
+    """The expert most often on top, with its share; "none (tie)" when the mean alphas tie."""
+    def means_of(dicts: Iterable) -> dict[str, float]:
+        acc: dict[str, list[float]] = {}
+        for d in dicts:
+            if isinstance(d, dict):
+                for e, v in d.items():
+                    acc.setdefault(e, []).append(float(v))
+        return {e: float(np.mean(v)) for e, v in sorted(acc.items())}
+
+    alpha = means_of(alphas)
+    if len(alpha) > 1 and max(alpha.values()) - min(alpha.values()) < TIE_TOLERANCE:
+        return "none (tie)"
+    means = means_of(shares)
+    if not means:
         return MISSING
-    means = {e: float(np.mean(v)) for e, v in sorted(acc.items())}
-    best = max(means, key=lambda e: means[e])  # ties: the first expert in name order
+    best = max(means, key=lambda e: means[e])
+    if sum(1 for v in means.values() if abs(v - means[best]) < TIE_TOLERANCE) > 1:
+        return "none (tie)"
     return f"{best} ({means[best]:.2f})"
 
 
@@ -541,22 +736,30 @@ def draw_figures(spec: TableSpec, df: pd.DataFrame, profile: str, out_dir: Path)
     gating per expert and per label for the reference row (else the first row).
     """
     df = _for_table(df, spec, profile)
-    out: dict[str, list[str]] = {"results": [], "gating": [], "lora": []}
+    out: dict[str, list[str]] = {"results": [], "gating": [], "lora": [], "training": []}
     if df.empty or not spec.trains:
         return out
     rows = _row_names(spec, df)
     datasets = list(spec.datasets)
     names = lambda paths: [p.name for p in paths]  # noqa: E731
+    test = ok_metric_rows(df)
+    test = test[test["split"] == "test"]
+    invalid = {(r, d): invalid_share(test, r, d) for d in datasets for r in rows}
+    invalid = {k: v for k, v in invalid.items() if v > spec.report.invalid_threshold}
     if len(rows) > 1:
         if _varies(spec, "model.backbone") and not _varies(spec, "model.lora"):
-            out["results"] += names(plots.backbone_bars(df, out_dir, table=spec.name, rows=rows, datasets=datasets))
+            out["results"] += names(plots.backbone_bars(df, out_dir, table=spec.name, rows=rows, datasets=datasets,
+                                                        not_comparable=invalid))
         else:
             out["results"] += names(plots.ablation_bars(df, out_dir, table=spec.name, rows=rows,
-                                                        reference=spec.reference_row, datasets=datasets))
+                                                        reference=spec.reference_row, datasets=datasets,
+                                                        not_comparable=invalid))
     if _varies(spec, "model.lora"):
         pairs = lora_pairs(spec, df)
         if pairs:
-            out["lora"] += names(plots.lora_deltas(df, out_dir, table=spec.name, pairs=pairs, datasets=datasets))
+            out["lora"] += names(plots.lora_deltas(df, out_dir, table=spec.name, pairs=pairs, datasets=datasets,
+                                                   not_comparable=invalid))
+    out["training"] += names(plots.training_curves(df, out_dir, table=spec.name, rows=rows, datasets=datasets))
     gate_row = spec.reference_row or rows[0]
     out["gating"] += names(plots.gating_alpha_box(df, out_dir, table=spec.name, row=gate_row, datasets=datasets))
     out["gating"] += names(plots.gating_alpha_by_label(df, out_dir, table=spec.name, row=gate_row, datasets=datasets))
@@ -590,9 +793,13 @@ def build_index(profile: str, entries: Sequence[tuple[TableSpec, pd.DataFrame]])
             continue
         runs = run_table(df)
         n_ok, n_failed = int((runs["status"] == "ok").sum()), int((runs["status"] != "ok").sum())
-        verdicts = [v.verdict for v in evaluate_claims(spec, summarise(df))]
-        counts = [(verdicts.count(k), k) for k in ("held", "did not hold", NOT_COMPARABLE)]
+        verdicts = claim_readings(spec, df, profile)
+        counts = [(verdicts.count(k), k) for k in CLAIM_WORDS]
         claims = ", ".join(f"{n} {k}" for n, k in counts if n) or MISSING
+        n_apart = verdicts.count(NOT_APPLICABLE)
+        if n_apart:  # counted apart: these claims test nothing on synthetic data
+            apart = f"{n_apart} {NOT_APPLICABLE}"
+            claims = apart if claims == MISSING else f"{claims}; apart: {apart}"
         status = f"{n_ok} ok" + (f", **{n_failed} failed**" if n_failed else "")
         rows.append([spec.number, link, spec.caption, status, claims, _latest_timestamp(df)])
     return "\n".join(lines + _md_table(["no.", "table", "caption", "runs", "claims", "latest run"], rows)) + "\n"

@@ -35,5 +35,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "invalid_rate",  # of this split
     "gating_json",  # GatingStats of this split as JSON
     "trust_remote_code",  # bool
+    "eval_mode",  # how this split's answers were read: generate | score ("" in older run files)
+    "sampling_ci_json",  # this split's test-set sampling 95% CI per key metric, {"wf1": [low, high]}
+    "valid_history_json",  # the run's validation passes [{"step", "loss", <key metric>, "invalid_rate"}]
     "timestamp",  # ISO 8601, UTC
 )

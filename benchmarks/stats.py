@@ -121,15 +121,42 @@ def seed_values(df: pd.DataFrame, row: str, dataset: str, metric: str, split: st
 
 # ---- paired comparison across seeds --------------------------------------------------------------
 
+MIN_PAIRS = 3  # fewer matched seeds: no interval and no p-value, only "too few seeds"
+MIN_PAIRS_BOOTSTRAP = 10  # a percentile bootstrap of a mean is too narrow below this many pairs
+CONFIDENCE = 0.95
+TOO_FEW = "too few seeds"
+
+
 @dataclass(frozen=True)
 class PairedResult:
     """A row against the reference, paired by seed; deltas in stored units, positive = row better."""
 
-    n: int  # seeds present in both
+    n: int  # seeds present in both (the matched seeds)
     mean_delta: float
-    ci_low: float  # 95% percentile bootstrap of the mean delta (NaN when n < 2)
+    ci_low: float  # 95% t-interval of the mean delta (Student t, n - 1 df); NaN when n < MIN_PAIRS
     ci_high: float
-    p_value: float  # paired t-test (scipy.stats.ttest_rel); NaN when n < 2 or all deltas equal
+    p_value: float  # paired t-test (scipy.stats.ttest_rel); NaN when n < MIN_PAIRS or all deltas equal
+    boot_low: float = float("nan")  # 95% percentile bootstrap; NaN when n < MIN_PAIRS_BOOTSTRAP
+    boot_high: float = float("nan")
+    mean_row: float = float("nan")  # the row's mean over the matched seeds only
+    mean_ref: float = float("nan")  # the reference's mean over the matched seeds only
+
+    @property
+    def too_few(self) -> bool:
+        return self.n < MIN_PAIRS
+
+
+def t_interval(deltas: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Student-t interval of the mean of ``deltas`` (n - 1 degrees of freedom).
+
+    >>> lo, hi = t_interval(np.array([1.0, 2.0, 3.0]))
+    >>> round(lo, 3), round(hi, 3)
+    (-0.484, 4.484)
+    """
+    n = len(deltas)
+    mean = float(deltas.mean())
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * deltas.std(ddof=1) / math.sqrt(n))
+    return mean - half, mean + half
 
 
 def paired_comparison(
@@ -140,15 +167,16 @@ def paired_comparison(
     n_boot: int = 10000,
     seed: int = 0,
 ) -> PairedResult:
-    """Compare a row with the reference on the seeds both have.
+    """Compare a row with the reference on the seeds both have (matched seeds only).
 
     delta_s = row_s - ref_s when higher is better, ref_s - row_s otherwise, so a positive mean
-    delta always means the row is better. The CI resamples the n deltas with replacement
-    ``n_boot`` times (NumPy ``default_rng(seed)``: the same inputs give the same CI).
+    delta always means the row is better. With n >= MIN_PAIRS the 95% t-interval and the paired
+    t-test are given; with n >= MIN_PAIRS_BOOTSTRAP also a percentile bootstrap (``n_boot``
+    resamples, NumPy ``default_rng(seed)``). Fewer pairs give the mean delta alone.
 
     >>> r = paired_comparison({1: 0.5, 2: 0.6}, {1: 0.4, 2: 0.4, 3: 0.9}, higher_is_better=True)
-    >>> r.n, round(r.mean_delta, 3)
-    (2, 0.15)
+    >>> r.n, round(r.mean_delta, 3), r.too_few, round(r.mean_ref, 3)
+    (2, 0.15, True, 0.4)
     """
     seeds = sorted(set(values_row) & set(values_ref))
     n = len(seeds)
@@ -158,17 +186,36 @@ def paired_comparison(
     row = np.array([values_row[s] for s in seeds], dtype=float)
     ref = np.array([values_ref[s] for s in seeds], dtype=float)
     deltas = row - ref if higher_is_better else ref - row
+    means = dict(mean_row=float(row.mean()), mean_ref=float(ref.mean()))
     mean_delta = float(deltas.mean())
-    if n < 2:
-        return PairedResult(1, mean_delta, nan, nan, nan)
-    rng = np.random.default_rng(seed)
-    boot_means = deltas[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    ci_low, ci_high = (float(x) for x in np.percentile(boot_means, [2.5, 97.5]))
+    if n < MIN_PAIRS:
+        return PairedResult(n, mean_delta, nan, nan, nan, **means)
+    ci_low, ci_high = t_interval(deltas)
+    boot_low = boot_high = nan
+    if n >= MIN_PAIRS_BOOTSTRAP:
+        rng = np.random.default_rng(seed)
+        boot_means = deltas[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+        boot_low, boot_high = (float(x) for x in np.percentile(boot_means, [2.5, 97.5]))
     if np.all(deltas == deltas[0]):
         p_value = nan  # the t statistic is undefined with zero variance of the deltas
     else:
         p_value = float(scipy_stats.ttest_rel(row, ref).pvalue)
-    return PairedResult(n, mean_delta, ci_low, ci_high, p_value)
+    return PairedResult(n, mean_delta, ci_low, ci_high, p_value, boot_low, boot_high, **means)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values of one family (NaN entries are left out and stay NaN).
+
+    >>> [round(p, 3) for p in holm([0.01, 0.04, float("nan"), 0.03])]
+    [0.03, 0.06, nan, 0.06]
+    """
+    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    out = [float("nan")] * len(p_values)
+    running, m = 0.0, len(finite)
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
 
 
 # ---- one row per run: provenance, cost, validity, gating ------------------------------------------

@@ -366,6 +366,7 @@ def _cell_rows(table, cell, run: dict[str, Any]) -> list[dict[str, Any]]:
         "steps": int(outcome.get("steps", 0)),
         "best_step": int(outcome.get("best_step", 0)),
         "trust_remote_code": bool(model_cfg.get("trust_remote_code", prov.get("trust_remote_code", False))),
+        "valid_history_json": canonical_json(outcome.get("valid_history") or []),
         "timestamp": prov.get("timestamp", ""),
         **{c: _float(cost.get(c)) for c in COST_COLUMNS},
     }
@@ -390,6 +391,8 @@ def _cell_rows(table, cell, run: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": _float(values[metric]) if ok else math.nan,
                 "invalid_rate": _float(invalid.get(split)),
                 "gating_json": canonical_json(gating.get(split) or {}),
+                "eval_mode": (outcome.get("eval_modes") or {}).get(split, ""),
+                "sampling_ci_json": canonical_json((outcome.get("sampling_ci") or {}).get(split) or {}),
             })
     return rows
 

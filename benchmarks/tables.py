@@ -23,6 +23,9 @@ TOML shape (see ablations/*.toml)::
     row = "EGMF"; dataset = "mosei"; metric = "f1_non0"; value = 87.09; source = "seed"; note = "..."
     [[claims]]                        # checkable assertions, see benchmarks/claims.py
     id = "text_most_important"; kind = "order_by_drop"; rows = ["-T", "-A", "-V"]; ...
+    planted = true                    # the smoke data plant it (default false: "not applicable")
+    [report]                          # optional: ReportConfig fields
+    invalid_threshold = 0.20          # above this share of unparseable answers: "not comparable"
 
 Table numbers live in one place, ``ablations/table_numbers.toml``, marked as a best guess.
 """
@@ -30,7 +33,7 @@ Table numbers live in one place, ``ablations/table_numbers.toml``, marked as a b
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +65,25 @@ class PaperValue:
 @dataclass(frozen=True)
 class Claim:
     id: str
-    kind: str  # order_by_drop | relative_drop | delta_sign | delta_range | order_by_value
+    kind: str  # order_by_drop | relative_drop | delta_sign | delta_range | order_by_value | params_ratio
     text: str  # the paper's claim in words
     source: str
     params: dict[str, Any] = field(default_factory=dict)  # kind-specific fields, as written
+    # Does the smoke profile's synthetic data plant what the claim is about? (the claim's
+    # `planted` field; default false: experts, LoRA, backbones and languages are not planted)
+    planted: bool = False
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """How a table's report reads its results; a table file may set any field under [report]."""
+
+    # A row whose mean share of unparseable test answers exceeds this is "not comparable": its
+    # metric mostly measures the fallback (train.invalid_fallback), not the model.
+    invalid_threshold: float = 0.20
+    # Warn when more than this share of a table's runs selected their last validation step
+    # (training may have stopped before the key metric stopped improving).
+    last_step_warning: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,7 @@ class TableSpec:
     claims: tuple[Claim, ...]
     trains: bool = True
     path: str = ""
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -174,7 +193,8 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
             kind=str(_field(path, c, "kind", f"claims[{i}]")),
             text=str(_field(path, c, "text", f"claims[{i}]")),
             source=str(c.get("source", "seed")),
-            params={k: v for k, v in c.items() if k not in ("id", "kind", "text", "source")},
+            params={k: v for k, v in c.items() if k not in ("id", "kind", "text", "source", "planted")},
+            planted=bool(c.get("planted", False)),
         )
         for i, c in enumerate(d.get("claims", []))
     )
@@ -193,7 +213,21 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
         claims=claims,
         trains=bool(d.get("trains", True)),
         path=str(path),
+        report=_report_config(path, d.get("report", {})),
     )
+
+
+def _report_config(path: Path, raw: Any) -> ReportConfig:
+    if not isinstance(raw, dict):
+        raise TableError(f"{path}: field 'report' must be a table")
+    known = {f.name for f in fields(ReportConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise TableError(f"{path}: report has unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    for key, value in raw.items():
+        if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise TableError(f"{path}: report.{key} must be a share in [0, 1], got {value!r}")
+    return ReportConfig(**{k: float(v) for k, v in raw.items()})
 
 
 def _field(path: Path, d: dict, key: str, where: str) -> Any:

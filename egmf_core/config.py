@@ -25,6 +25,7 @@ DATASETS = ("mosei", "sims_v2", "meld", "cherma")
 PROFILES = ("smoke", "scale", "paper")
 PROMPT_FORMATS = ("raw", "chat")  # egmf_core/prompts.py
 ACTIVATIONS = ("mish", "gelu", "swish", "relu", "tanh")
+FUSION_DIRECTIONS = ("text_queries", "bidirectional")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class ModelConfig:
     d_h: int = 256  # [C] fusion width d_h; the paper does not state it
     av_encoder: str = "attn_pool"  # [C] AudioVisualEncoder: "attn_pool" | "mean_pool" | "gru"
     text_proj: str = "linear"  # [C] H_text projection: "linear" or "mlp" (GELU hidden layer)
+    # [C] Eq. 1-2 as written: "text_queries" (text queries audio/visual); "bidirectional" also lets
+    # audio/visual attend to text first (the seed summary's word "bidirectional")
+    fusion_direction: str = "text_queries"
     fusion_heads: int = 4  # [C] heads in the cross/self attention of Eq. 1-2
     dropout: float = 0.1  # [C]
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # ablation switch
@@ -45,7 +49,7 @@ class ModelConfig:
     expert_ratio: dict[str, int] = field(default_factory=lambda: {"E1": 8, "E2": 4, "E3": 2})
     expert_activation: dict[str, str] = field(
         default_factory=lambda: {"E1": "mish", "E2": "gelu", "E3": "swish"}
-    )
+    )  # [S] the activations paired with the ratios above
     gating: str = "hierarchical"  # [S] Eq. 3; ablations: "single_stage" (alpha = w), "uniform"
     gate_hidden: int | None = None  # [C] width of the alpha MLP in Eq. 3; None = d_h
     beta_mode: str = "learned"  # [C] beta_i = sigmoid(Linear([f; w])) ("learned") or 1 ("fixed")
@@ -79,6 +83,7 @@ class TrainConfig:
     eval_every: int | None = None  # steps between validation passes; None = once per epoch
     patience: int | None = None  # None = [P] 8 (classification) / 10 (regression) evaluations
     eval_mode: str = "generate"  # [S] greedy generation; "score" = label log-likelihood ranking
+    valid_eval_mode: str | None = None  # [C] validation passes' mode; None = eval_mode (one mode for both)
     select_on: str = "valid"  # model selection split: never the test split
     max_new_tokens_cls: int = 6  # [C] covers the longest label's tokens
     max_new_tokens_reg: int = 6  # [C] "-2.5" plus end of sequence
@@ -196,6 +201,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be positive")
     need(t.epochs > 0, "train.epochs", t.epochs, "must be positive")
     need(t.eval_mode in ("generate", "score"), "train.eval_mode", t.eval_mode, "must be 'generate' or 'score'")
+    need(t.valid_eval_mode in (None, "generate", "score"), "train.valid_eval_mode", t.valid_eval_mode,
+         "must be 'generate', 'score' or unset")
+    need(not (t.valid_eval_mode == "score" and dc.name in ("mosei", "sims_v2")), "train.valid_eval_mode",
+         t.valid_eval_mode, f"label scoring needs a classification dataset, and {dc.name} is regression")
+    need(m.fusion_direction in FUSION_DIRECTIONS, "model.fusion_direction", m.fusion_direction,
+         f"must be one of {FUSION_DIRECTIONS}")
     need(not (t.eval_mode == "score" and dc.name in ("mosei", "sims_v2")), "train.eval_mode", t.eval_mode,
          f"label scoring needs a classification dataset, and {dc.name} is regression")
     need(t.checkpoint_every is None or t.checkpoint_every > 0, "train.checkpoint_every", t.checkpoint_every,

@@ -20,6 +20,11 @@ Modality ablation ([C]):
 - text removed: the caller passes ``LearnedQuery(d_h)(B)`` as H_text, shape (B, 1, d_h), with a
   mask of all True; the single learned token then queries the audio/visual vectors.
 
+Direction ([C], ``ModelConfig.fusion_direction``): the seed summary calls the attention
+"bidirectional" while Eq. 1 lets only text query. "text_queries" (default) is Eq. 1 as written;
+"bidirectional" first lets the audio/visual vectors attend to the (masked) text,
+``H_av <- CrossAttention(H_av, H_text, H_text) + H_av``, then applies Eq. 1-2 unchanged.
+
 Padding never changes f_fusion: padded text positions are zeroed first, are masked as keys in the
 self attention, and are excluded from the pooling. Every row needs at least one True in
 ``text_mask``.
@@ -45,8 +50,13 @@ class LearnedQuery(nn.Module):
 class TextCentricFusion(nn.Module):
     """Eq. 1-2: text attends to the audio/visual vectors, then to itself; pooled to f_fusion."""
 
-    def __init__(self, d_h: int, n_heads: int = 4, dropout: float = 0.1):
+    def __init__(self, d_h: int, n_heads: int = 4, dropout: float = 0.1, direction: str = "text_queries"):
         super().__init__()
+        self.direction = direction
+        if direction == "bidirectional":  # created only when used: the default's parameters stay as they were
+            self.norm_av_query = nn.LayerNorm(d_h)
+            self.norm_text_kv = nn.LayerNorm(d_h)
+            self.av_cross_attn = nn.MultiheadAttention(d_h, n_heads, batch_first=True)
         self.norm_query = nn.LayerNorm(d_h)
         self.norm_av = nn.LayerNorm(d_h)
         self.cross_attn = nn.MultiheadAttention(d_h, n_heads, batch_first=True)
@@ -67,6 +77,8 @@ class TextCentricFusion(nn.Module):
         if H_av is None or H_av.shape[1] == 0:
             Z_cross = H_text  # (B, L_t, d_h) no audio/visual: Eq. 1 reduces to the residual
         else:
+            if self.direction == "bidirectional":
+                H_av = self._av_attends_text(H_text, text_mask, H_av)  # (B, M, d_h)
             q = self.norm_query(H_text)  # (B, L_t, d_h)
             kv = self.norm_av(H_av)  # (B, M, d_h)
             cross, _ = self.cross_attn(q, kv, kv, need_weights=False)  # (B, L_t, d_h)
@@ -80,3 +92,10 @@ class TextCentricFusion(nn.Module):
         n_valid = keep.sum(dim=1).clamp(min=1).to(Z_self.dtype)  # (B, 1)
         f_fusion = Z_self.sum(dim=1) / n_valid  # (B, d_h) f_fusion, mean over valid text positions
         return f_fusion
+
+    def _av_attends_text(self, H_text: torch.Tensor, text_mask: torch.Tensor, H_av: torch.Tensor) -> torch.Tensor:
+        """The "bidirectional" reading: each audio/visual vector attends to the valid text tokens."""
+        kv = self.norm_text_kv(H_text)  # (B, L_t, d_h)
+        q = self.norm_av_query(H_av)  # (B, M, d_h)
+        attended, _ = self.av_cross_attn(q, kv, kv, key_padding_mask=~text_mask, need_weights=False)  # (B, M, d_h)
+        return self.resid_drop(attended) + H_av  # (B, M, d_h)

@@ -37,7 +37,7 @@ class EGMF(nn.Module):
         self.text_query = LearnedQuery(cfg.d_h) if "text" not in mods else None
         self.audio_enc = AudioVisualEncoder(audio_dim, cfg.d_h, cfg.av_encoder, cfg.dropout) if "audio" in mods else None
         self.visual_enc = AudioVisualEncoder(vision_dim, cfg.d_h, cfg.av_encoder, cfg.dropout) if "visual" in mods else None
-        self.fusion = TextCentricFusion(cfg.d_h, cfg.fusion_heads, cfg.dropout)
+        self.fusion = TextCentricFusion(cfg.d_h, cfg.fusion_heads, cfg.dropout, cfg.fusion_direction)
         self.experts = ExpertBank(cfg.d_h, list(cfg.experts), cfg.expert_ratio, cfg.expert_activation, cfg.dropout)
         self.gating = HierarchicalGating(cfg.d_h, len(cfg.experts), mode=cfg.gating, beta_mode=cfg.beta_mode,
                                          hidden=cfg.gate_hidden)

@@ -21,8 +21,13 @@ class RunOutcome:
     #   peak_mem_mb, step_time_s, samples_per_s, egmf_share (EGMF modules' share of step time)
     steps: int = 0  # optimizer steps taken
     best_step: int = 0  # step of the selected (best validation) checkpoint
+    valid_history: list[dict[str, Any]] = field(default_factory=list)  # per validation pass: step,
+    #   loss (training loss of that step's batch), the key metric, invalid_rate
+    sampling_ci: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # split -> key metric ->
+    #   [low, high]: 95% percentile bootstrap over that split's samples (test-set sampling uncertainty)
+    eval_modes: dict[str, str] = field(default_factory=dict)  # "valid"/"test" -> "generate" | "score"
     device: str = "cpu"
-    data_source: str = ""  # what load_dataset read
+    data_source: str = ""  # what load_dataset read: format, path relative to the data root, fingerprint
     data_cleaning: dict[str, int] = field(default_factory=dict)
     model_source: str = ""  # where the backbone weights came from ("tiny twin (seed 0)" or a path)
     trust_remote_code: bool = False

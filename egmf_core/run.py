@@ -112,8 +112,10 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
     from egmf_core.checkpoint import Checkpointer
     from egmf_core.config import config_hash
     from egmf_core.data import load_dataset
+    from egmf_core.data.provenance import portable_source
     from egmf_core.metrics import METRIC_INFO, key_metric
     from egmf_core.train import TrainingFailed, evaluate, fit
+    from egmf_core.uncertainty import sampling_ci
 
     cfg = validate(cfg)
     set_threads(cfg.profile)
@@ -139,7 +141,8 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
     km = key_metric(spec.name)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    outcome = RunOutcome(status="ok", device=str(device), data_source=data.source, data_cleaning=dict(data.cleaning),
+    outcome = RunOutcome(status="ok", device=str(device), data_source=portable_source(data.source, root),
+                         data_cleaning=dict(data.cleaning),
                          model_source=info.source, trust_remote_code=cfg.model.trust_remote_code)
     outcome.cost.update(trainable_params=float(trainable), total_params=float(total))
     try:
@@ -152,13 +155,16 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
         outcome.status, outcome.error = "failed", str(e)
         outcome.cost.update(wall_s=time.perf_counter() - t_start, peak_mem_mb=_peak_mem_mb(device))
         return outcome
-    outcome.steps, outcome.best_step = fr.steps, fr.best_step
+    outcome.steps, outcome.best_step, outcome.valid_history = fr.steps, fr.best_step, fr.history
+    # the validation split is read the way model selection read it, the test split by train.eval_mode
+    outcome.eval_modes = {"valid": cfg.train.valid_eval_mode or cfg.train.eval_mode, "test": cfg.train.eval_mode}
     for split in ("valid", "test"):
         res = evaluate(model, enc[split], encoder, tokenizer, spec, cfg.train,
-                       mode=cfg.train.eval_mode, train_labels=train_split.labels)
+                       mode=outcome.eval_modes[split], train_labels=train_split.labels)
         outcome.metrics[split] = {k: float(v) for k, v in res.metrics.items()}
         outcome.invalid_rate[split] = res.invalid_rate
         outcome.gating[split] = res.gating
+        outcome.sampling_ci[split] = {km: sampling_ci(spec.name, enc[split].labels, res.predictions, km)}
     probe = collate(enc["train"], range(min(cfg.train.batch_size, len(enc["train"]))), cfg.model.n_tokens,
                     encoder.pad, with_answer=True)
     share = egmf_step_share(model, {k: v.to(device) for k, v in probe.items()})

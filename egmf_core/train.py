@@ -274,7 +274,7 @@ def fit(
     trainer = Trainer.build(model, cfg, total)
     eval_every = cfg.eval_every or steps_per_epoch
     patience = cfg.patience if cfg.patience is not None else (8 if spec.task == "classification" else 10)
-    valid_mode = "score" if (cfg.eval_mode == "score" or spec.task == "classification") else "generate"
+    valid_mode = cfg.valid_eval_mode or cfg.eval_mode  # one mode for validation and test unless set
     gen = torch.Generator().manual_seed(seed)
 
     best, best_step, bad_evals = -math.inf, 0, 0

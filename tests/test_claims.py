@@ -15,10 +15,13 @@ def spec(datasets=("meld", "mosei", "cherma", "sims_v2")):
                      rows=tuple(Row(r) for r in ROWS), reference_row="full", paper_values=(), claims=())
 
 
+OFFSETS = {1: -0.001, 2: 0.0, 3: 0.001}  # the same for every cell: paired deltas are constant, intervals exact
+
+
 def summary(means):
-    """A summarise()-shaped frame (test split) from {(row, dataset, metric): mean}."""
-    return pd.DataFrame([dict(row=r, dataset=d, split="test", metric=m, mean=v, std=0.01, n=3)
-                         for (r, d, m), v in means.items()])
+    """Tidy test rows, three seeds per cell, from {(row, dataset, metric): mean over the seeds}."""
+    return pd.DataFrame([dict(row=r, dataset=d, split="test", metric=m, seed=s, value=v + o, status="ok")
+                         for (r, d, m), v in means.items() for s, o in OFFSETS.items()])
 
 
 def claim(kind, **params):
@@ -41,14 +44,14 @@ ORDERED = summary({
 def test_order_by_drop_held_on_both_directions():
     v = check("order_by_drop", ORDERED, rows=["-T", "-A", "-V"], datasets=["meld", "mosei"])
     assert v.verdict == "held", v.detail
-    assert "meld WF1 ↑ drop vs full: -T +20.00 > -A +5.00 > -V +2.00" in v.detail
-    assert "mosei MAE ↓ drop vs full: -T +0.300 > -A +0.050 > -V +0.020" in v.detail
+    assert "meld WF1 ↑ drop vs full (matched seeds): -T +20.00 [95% CI +20.00, +20.00], n=3 > -A +5.00" in v.detail
+    assert "mosei MAE ↓ drop vs full (matched seeds): -T +0.300 [95% CI +0.300, +0.300], n=3 > -A +0.050" in v.detail
 
 
 def test_order_by_drop_not_held_when_mae_improves():
     # -A lowers MAE (an improvement, negative drop): a higher-is-better reading would call it the biggest drop
     s = ORDERED.copy()
-    s.loc[(s["row"] == "-A") & (s["dataset"] == "mosei"), "mean"] = 0.50
+    s.loc[(s["row"] == "-A") & (s["dataset"] == "mosei"), "value"] -= 0.10  # MAE 0.60 -> 0.50
     v = check("order_by_drop", s, rows=["-T", "-A", "-V"], datasets=["mosei"])
     assert v.verdict == "did not hold"
     assert "-A -0.050" in v.detail
@@ -95,7 +98,7 @@ def test_within_and_greater():
     s = summary({("on", "meld", "wf1"): 0.605, ("off", "meld", "wf1"): 0.60, ("-T", "meld", "wf1"): 0.62,
                  ("on", "mosei", "mae"): 0.50, ("off", "mosei", "mae"): 0.60, ("-T", "mosei", "mae"): 0.70})
     held = check("within", s, row="on", reference="off", datasets=["meld"], tolerance=1.0)
-    assert held.verdict == "held" and "on 60.50 vs off 60.00, |delta| 0.50 (tolerance 1)" in held.detail
+    assert held.verdict == "held" and "on 60.50 vs off 60.00, |delta| 0.50; delta +0.50" in held.detail
     assert check("within", s, row="-T", reference="off", datasets=["meld"], tolerance=1.0).verdict == "did not hold"
     assert check("greater", s, row="-T", reference="off", datasets=["meld"], margin=1.5).verdict == "held"
     assert check("greater", s, row="-T", reference="off", datasets=["meld"], margin=2.5).verdict == "did not hold"
@@ -107,7 +110,8 @@ def test_within_and_greater():
 def test_order_by_value_reads_direction():
     v = check("order_by_value", ORDERED, rows=["full", "-V", "-A", "-T"], datasets=["meld", "mosei"])
     assert v.verdict == "held"  # WF1 falls, MAE rises along the list
-    assert "mosei MAE ↓: full 0.550 < -V 0.570 < -A 0.600 < -T 0.850" in v.detail
+    assert "mosei MAE ↓ (claimed best first: full, -V, -A, -T)" in v.detail
+    assert "full better than -V by +0.020 [95% CI +0.020, +0.020], n=3" in v.detail
 
 
 def test_explicit_metric_and_missing_results_are_not_comparable():

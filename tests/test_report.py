@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
@@ -96,6 +97,7 @@ def toy_results(profile: str = "smoke") -> pd.DataFrame:
                     wall_s=10.0 + i, peak_mem_mb=500.0, trainable_params=1000, total_params=100000,
                     step_time_s=0.02, samples_per_s=400.0, egmf_share=0.25, steps=100, best_step=80,
                     invalid_rate=0.01 * i, gating_json=gating_json(row == "-T" and seed == 1113),
+                    sampling_ci_json=json.dumps({"wf1": [0.55, 0.65]} if ds == "meld" else {"mae": [0.5, 0.6]}),
                     timestamp=f"2026-11-2{i}T10:00:00Z"))
     recs.append(dict(common, row="-T", dataset="meld", seed=1114, split="test", metric="", value=float("nan"),
                      status="failed", error="NaN loss at step 37", run_id="-T-meld-1114", config_json="{}",
@@ -114,8 +116,8 @@ def test_smoke_report_opens_with_the_banner_and_never_compares():
 
 def test_means_and_stds_over_seeds_in_points_and_raw_units():
     md = build_table_report(toy_spec(), toy_results(), "smoke")
-    assert "| full | 3/3 | 62.00 ± 2.00 | 71.00 ± 1.00 | 1.00% | majority |" in md
-    assert "| -T | 3/3 (1 failed) | 42.00 ± 2.65 | 52.00 ± 2.00 | 1.00% | majority |" in md
+    assert "| full | 3/3 | 62.00 ± 2.00 | 71.00 ± 1.00 | ± 5.00 | 1.00% | majority |" in md  # test-set ± beside
+    assert "| -T | 3/3 (1 failed) | 42.00 ± 2.65 | 52.00 ± 2.00 | ± 5.00 | 1.00% | majority |" in md
     assert "| full | 3/3 | 0.550 ± 0.050 | 81.00 ± 1.00 |" in md
     assert "| -T | 3/3 | 0.840 ± 0.053 | 62.00 ± 2.00 |" in md
     assert "### mosei (key metric: MAE ↓)" in md
@@ -134,20 +136,26 @@ def test_paired_comparison_numbers_match_scipy():
     md = build_table_report(toy_spec(), toy_results(), "smoke")
     p_wf1 = scipy_stats.ttest_rel([0.40, 0.41, 0.45], [0.60, 0.62, 0.64]).pvalue
     p_mae = scipy_stats.ttest_rel([0.80, 0.82, 0.90], [0.50, 0.55, 0.60]).pvalue
-    assert f"| -T | 3 | -20.00 | [-21.00, -19.00] | {p_wf1:.4f} |" in md
-    assert f"| -T | 3 | -0.290 | [-0.300, -0.270] | {p_mae:.4f} |" in md  # MAE up 0.29: worse
+    half_wf1 = scipy_stats.t.ppf(0.975, 2) * np.std([-0.20, -0.21, -0.19], ddof=1) / np.sqrt(3) * 100
+    half_mae = scipy_stats.t.ppf(0.975, 2) * np.std([-0.30, -0.27, -0.30], ddof=1) / np.sqrt(3)
+    holm_wf1, holm_mae = min(1.0, 2 * min(p_wf1, p_mae)), max(2 * min(p_wf1, p_mae), max(p_wf1, p_mae))
+    assert p_wf1 < p_mae  # so the Holm order above is right
+    assert (f"| -T | 3 | -20.00 | [{-20 - half_wf1:+.2f}, {-20 + half_wf1:+.2f}] | {p_wf1:.4f} | {holm_wf1:.4f} "
+            "| n/a |") in md  # bootstrap: not shown at n = 3
+    assert (f"| -T | 3 | -0.290 | [{-0.29 - half_mae:+.3f}, {-0.29 + half_mae:+.3f}] | {p_mae:.4f} | "
+            f"{holm_mae:.4f} | n/a |") in md  # MAE up 0.29: worse
 
 
 def test_claims_failed_runs_gating_and_cost_are_shown():
     md = build_table_report(toy_spec(), toy_results(), "smoke")
-    assert "- **held** `text_matters` (seed): removing text costs over 20%" in md
-    assert "relative drop 0.323 (threshold > 0.2)" in md  # (62 - 42) / 62
+    assert "- **not applicable to synthetic data** `text_matters` (seed): removing text costs over 20%" in md
+    assert "relative drop 0.323 [95% CI " in md and "n=3 (threshold > 0.2)" in md  # (62 - 42) / 62
     assert "| -T | meld | 1114 | `-T-meld-1114` | failed | NaN loss at step 37 |" in md
-    assert "**WARNING: GATING COLLAPSE in 2 of 12 run(s).**" in md
+    assert "**WARNING: GATING COLLAPSE in 2 of 12 run(s) with a learned gate.**" in md
     assert "- -T on meld, seed 1113: expert E1 dominates" in md
     assert "**1/3 COLLAPSED**" in md
     assert "| meld | full | 3 | 1,000 | 100,000 | 1.00 | 20.0 | 400.0 | 500 | 25.0 | 11.0 |" in md
-    assert "## Assumptions" in md and "`model.av_encoder`" in md
+    assert "## Assumptions" in md and "| train.invalid_fallback | majority | ours |  |" in md  # as run
     assert "trust_remote_code" not in md.split("## Failed runs")[0]  # only shown when it was on
     df = toy_results()
     df.loc[df["run_id"] == "full-meld-1111", "trust_remote_code"] = "True"
@@ -192,7 +200,8 @@ def test_index_links_every_table_and_marks_the_ones_not_run(tmp_path):
     index = render_index("smoke", results_root=results, reports_root=reports, ablations_dir=abl)
     text = index.read_text()
     assert text.splitlines()[0] == SMOKE_BANNER
-    assert "| 9 | [toy](toy.md) | Toy table | 12 ok, **1 failed** | 1 held | 2026-11-23 08:30:00 UTC |" in text
+    assert ("| 9 | [toy](toy.md) | Toy table | 12 ok, **1 failed** | 1 not applicable to synthetic data "
+            "| 2026-11-23 08:30:00 UTC |") in text  # the claim is not marked planted: counted apart
     assert "| 10 | [later](later.md) | Not yet | **not run yet** |" in text
     for link in ("toy.md", "later.md"):  # no broken link
         assert (index.parent / link).is_file()

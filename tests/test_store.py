@@ -169,3 +169,18 @@ def test_a_process_credits_its_runs_to_the_revision_it_started_with(monkeypatch)
     assert provenance.process_git_revision() == "aaa"
     assert provenance.process_git_revision() == "aaa"  # a commit made meanwhile does not move it
     provenance.process_git_revision.cache_clear()
+
+
+def test_tidy_rows_carry_history_sampling_ci_and_eval_mode(cells):
+    spec = load_table("main_erc")
+    out = _outcome()
+    out.valid_history = [{"step": 50, "loss": 1.5, "wf1": 0.4, "invalid_rate": 0.0}]
+    out.sampling_ci = {"test": {"wf1": [0.3, 0.5]}}
+    out.eval_modes = {"valid": "generate", "test": "generate"}
+    df = store.tidy_rows(spec, cells, {cells[0].run_id: _record(cells[0], out)})
+    test = df[df["split"] == "test"].iloc[0]
+    assert json.loads(test["valid_history_json"])[0]["step"] == 50
+    assert json.loads(test["sampling_ci_json"]) == {"wf1": [0.3, 0.5]}
+    assert set(df["eval_mode"]) == {"generate"}
+    old = store.tidy_rows(spec, cells, {cells[0].run_id: _record(cells[0], _outcome())})  # an older run file
+    assert set(old["valid_history_json"]) == {"[]"} and set(old["eval_mode"]) == {""}

@@ -14,7 +14,8 @@ from egmf_core.data.dataset import SPECS
 from egmf_core.metrics import METRIC_INFO
 
 TABLES = list_tables()
-CLAIM_KINDS = {"order_by_drop", "relative_drop", "delta_sign", "delta_range", "within", "greater", "order_by_value"}
+CLAIM_KINDS = {"order_by_drop", "relative_drop", "delta_sign", "delta_range", "within", "greater", "order_by_value",
+               "params_ratio"}
 
 
 def test_table_numbers_map_every_file_and_nothing_else():

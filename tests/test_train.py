@@ -55,8 +55,10 @@ def test_validation_selects_the_best_step_and_restores_it():
     assert fr.steps == 12 and len(fr.history) == 3
     best = max(fr.history, key=lambda h: h["wf1"])
     assert fr.best_step == best["step"]
-    # The restored weights reproduce the best validation score.
-    res = evaluate(model, enc, encoder, tok, spec, cfg.train, mode="score", train_labels=split.labels)
+    # The restored weights reproduce the best validation score, in the mode validation used: the
+    # test's own eval_mode, as train.valid_eval_mode is unset.
+    assert cfg.train.valid_eval_mode is None
+    res = evaluate(model, enc, encoder, tok, spec, cfg.train, mode=cfg.train.eval_mode, train_labels=split.labels)
     assert res.metrics["wf1"] == pytest.approx(best["wf1"])
 
 
