@@ -97,6 +97,12 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def gpu_check(session: nox.Session) -> None:
+    """Build, train, evaluate and checkpoint each backbone, measuring it (GPU: -- --size full --device cuda)."""
+    _harness(session, "gpu-check")
+
+
+@nox.session
 def nightly(session: nox.Session) -> None:
     """Reproduce the nightly tables, compare with results/baselines/<profile>.csv, fail on regression."""
     session.run(_python(session), "-m", "benchmarks.nightly", *session.posargs)

@@ -138,8 +138,10 @@ def test_reproduce_prints_the_estimate_before_a_paper_grid(tmp_path, capsys):
     rc = main(["reproduce", "3", "--profile", "paper", "--data-root", str(data), "--model-root", str(models),
                "--datasets", "sims_v2", "--seeds", "1111,1112", "--no-report",
                "--results-root", str(tmp_path / "r"), "--reports-root", str(tmp_path / "p")])
-    out = capsys.readouterr().out
-    assert rc == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert rc == 2  # the preflight then refuses the empty roots: the estimate came first
+    assert captured.err.startswith("error: ")
     line = out.splitlines()[0]  # before the grid's own lines
     assert line.startswith("estimate (analytic")
     hours = float(re.search(r"([\d.]+) GPU-hours", line).group(1))
@@ -160,7 +162,7 @@ def test_jobs_workers_do_not_repeat_the_estimate():
 
     args = argparse.Namespace(table="3", profile="paper", results_root="r", ablations_dir="a", data_root="d",
                               model_root="m", seeds=None, rows=None, datasets=None, trust_remote_code=False,
-                              debug=False, sets=None)
+                              debug=False, sets=None, strict_data=False)
     assert "--no-estimate" in _worker_argv(args, None)
 
 

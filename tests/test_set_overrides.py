@@ -89,6 +89,6 @@ def test_runs_are_stored_and_reported_with_their_overrides(tmp_path, capsys):
 def test_jobs_workers_get_the_same_sets():
     args = argparse.Namespace(table="3", profile="smoke", results_root="r", ablations_dir="a", data_root=None,
                               model_root=None, seeds=None, rows=None, datasets=None, trust_remote_code=False,
-                              debug=False, sets=["train.max_steps=3", "model.modalities=[\"text\"]"])
+                              debug=False, sets=["train.max_steps=3", "model.modalities=[\"text\"]"], strict_data=False)
     argv = _worker_argv(args, None)
     assert argv[-2:] == ["--set=train.max_steps=3", '--set=model.modalities=["text"]']
