@@ -388,6 +388,7 @@ def convert_tokenizer(src_dir: str | Path) -> PreTrainedTokenizerFast:
     if tok is None:
         raise ChatGLMConversionError(f"{path}: unsupported SentencePiece model type {proto.trainer_spec.model_type}")
 
+    _check_exact(tok, proto, path)
     names = [FAST_SPELLING.get(t, t) for t in CHATGLM3_SPECIAL_TOKENS]
     clash = [n for n in names if n in vocab]
     if clash:
@@ -416,6 +417,22 @@ def convert_tokenizer(src_dir: str | Path) -> PreTrainedTokenizerFast:
         clean_up_tokenization_spaces=False,
         model_max_length=8192,
     )
+
+
+SPM_PROBE = "Hello  world, it's 3.14 -- 你好，世界！ tab\there"  # spaces, digits, CJK, punctuation
+
+
+def _check_exact(tok, proto, path: Path) -> None:
+    """Refuse a fast tokenizer that splits text differently from SentencePiece itself (transformers
+    before 5.24 ignores some of the sp model's normaliser settings): wrong ids would reach the model."""
+    import sentencepiece as spm
+    import transformers
+
+    want = spm.SentencePieceProcessor(model_proto=proto.SerializeToString()).encode(SPM_PROBE)
+    if tok.encode(SPM_PROBE, add_special_tokens=False).ids != want:
+        raise ChatGLMConversionError(
+            f"{path}: transformers {transformers.__version__} converts this SentencePiece model inexactly "
+            "(ids differ from sentencepiece's); use transformers >= 5.24")
 
 
 # --------------------------------------------------------------------------- whole checkpoints

@@ -187,16 +187,22 @@ def _special_kwargs(tokenizer) -> dict[str, Any]:
 def full_twin_tokenizer(family: str):
     """The family's twin tokenizer at the real release's length (:data:`TOKENIZER_LENGTHS`).
 
-    glm3's twin is a SentencePiece model, as ChatGLM3's; where ``sentencepiece`` is not installed
-    (a bare GPU image), the glm4 twin's byte-level BPE stands in: the ids, embedding rows and
-    special-token handling a step sees keep their sizes, only how text splits differs.
+    glm3's twin is a SentencePiece model, as ChatGLM3's; where it cannot be converted exactly
+    (``sentencepiece`` not installed, or transformers < 5.24: :func:`convert_chatglm3.convert_tokenizer`
+    refuses), the glm4 twin's byte-level BPE stands in: the ids, embedding rows and special-token
+    handling a step sees keep their sizes, only how text splits differs.
     """
     from egmf_core.tokenizer_twin import build_bpe_tokenizer, build_twin_tokenizer
+
+    from egmf_core.convert_chatglm3 import ChatGLMConversionError
 
     if family == "glm3" and not _has_sentencepiece():
         return pad_vocabulary(build_bpe_tokenizer("glm4"), TOKENIZER_LENGTHS[family])
     with tempfile.TemporaryDirectory() as tmp:
-        tok = build_twin_tokenizer(family, None, tmp if family == "glm3" else None)
+        try:
+            tok = build_twin_tokenizer(family, None, tmp if family == "glm3" else None)
+        except ChatGLMConversionError:
+            tok = build_bpe_tokenizer("glm4")
     return pad_vocabulary(tok, TOKENIZER_LENGTHS[family])
 
 

@@ -61,7 +61,11 @@ def _device_of(model: EGMF) -> torch.device:
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
+    """The batch on ``device``. To CUDA through pinned memory without blocking: a copy from pageable
+    memory synchronises the host with the device, once per tensor (14 per training step)."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _autocast(device: torch.device, cfg: TrainConfig):

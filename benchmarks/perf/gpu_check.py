@@ -18,6 +18,7 @@ Writes ``reports/<profile>/gpu_check.md`` (``--report``) and a JSON (``--json``)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -218,20 +219,40 @@ def measure_backbone(family: str, opts: CheckOptions, peak_tflops: float | None)
     _phase(out, "profile", lambda: profile_step(trainer, batch, device))
     _phase(out, "eval", lambda: eval_timings(model, encoder, tokenizer, data, cfg))
     _phase(out, "checkpoint", lambda: checkpoint_roundtrip(model, trainer))
-    out["jobs_per_gpu"] = {"1": out["tokens_per_step"] * len(times) / sum(times)}
-    if device.type == "cuda" and len(opts.jobs_per_gpu) > 1 and opts.left() > 60:
-        _phase(out, "packing", lambda: {"jobs_per_gpu": {**out["jobs_per_gpu"],
-                                                         **packed_throughput(family, opts, trainer, batch)}})
-    rates = {k: v for k, v in out["jobs_per_gpu"].items() if isinstance(v, (int, float))}
-    out["best_jobs_per_gpu"] = int(max(rates, key=rates.get))
-    if "flops_per_step" in out and peak_tflops:
-        out["mfu_best_jobs"] = out["flops_per_step"] / out["tokens_per_step"] * rates[str(out["best_jobs_per_gpu"])] / 1e12 / peak_tflops
+    single = {"1": out["tokens_per_step"] * len(times) / sum(times)}
+    out["jobs_per_gpu"] = dict(single)
     do_compile = opts.compile if opts.compile is not None else device.type == "cuda"
-    if do_compile and opts.left() > 45:
-        _phase(out, "compile", lambda: {"compile": compiled_step(model, cfg, batch, opts, device)})
-    elif do_compile:
+    if device.type == "cuda" and len(opts.jobs_per_gpu) > 1 and opts.left() > 60:
+        _phase(out, "packing", lambda: _merge_packing(single, packed_throughput(
+            family, dataclasses.replace(opts, compile=do_compile), trainer, batch, model, cfg, device)))
+    if do_compile and "compile" not in out and opts.left() > 45:
+        _phase(out, "compile", lambda: {"compile": _public(compiled_step(model, cfg, batch, opts, device))})
+    elif do_compile and "compile" not in out:
         out["compile"] = {"skipped": "time budget"}
+    best_of(out, peak_tflops)
     return out  # the model is freed by the caller (_free), once this frame is gone
+
+
+def _merge_packing(single: dict[str, float], packed: dict[str, Any]) -> dict[str, Any]:
+    packed["jobs_per_gpu"] = {**single, **packed["jobs_per_gpu"]}
+    if "compile" in packed:
+        packed["compile"] = _public(packed["compile"])
+    return packed
+
+
+def _public(compiled: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in compiled.items() if k != "trainer"}
+
+
+def best_of(out: dict[str, Any], peak_tflops: float | None) -> None:
+    """The best K (and whether compiled) by aggregate tokens/s, and its aggregate MFU."""
+    options = {(int(k), False): v for k, v in out.get("jobs_per_gpu", {}).items() if isinstance(v, (int, float))}
+    options.update({(int(k), True): v for k, v in out.get("jobs_per_gpu_compiled", {}).items()
+                    if isinstance(v, (int, float))})
+    (k, compiled), rate = max(options.items(), key=lambda kv: kv[1])
+    out["best_jobs_per_gpu"], out["best_compiled"], out["best_tokens_per_s"] = k, compiled, rate
+    if "flops_per_step" in out and peak_tflops:
+        out["mfu_best_jobs"] = out["flops_per_step"] / out["tokens_per_step"] * rate / 1e12 / peak_tflops
 
 
 def _phase(out: dict[str, Any], name: str, fn) -> None:
@@ -244,8 +265,6 @@ def _phase(out: dict[str, Any], name: str, fn) -> None:
 
 def compiled_step(model, cfg, batch, opts: CheckOptions, device) -> dict[str, Any]:
     """Step time with ``train.compile`` (decoder layers compiled in place; compile time apart)."""
-    import dataclasses
-
     from egmf_core.train import Trainer
 
     t0 = time.perf_counter()
@@ -255,7 +274,9 @@ def compiled_step(model, cfg, batch, opts: CheckOptions, device) -> dict[str, An
     _sync(device)
     compile_s = time.perf_counter() - t0
     times = timed_steps(trainer, batch, opts.steps, device)
-    return {"step_time_s": statistics.median(times), "compile_s": compile_s}
+    tokens = int(batch["attention_mask"].sum())
+    return {"step_time_s": statistics.median(times), "compile_s": compile_s,
+            "tokens_per_s": tokens * len(times) / sum(times), "trainer": trainer}
 
 
 def meta_counts(family: str) -> dict[str, Any]:
@@ -270,39 +291,32 @@ def meta_counts(family: str) -> dict[str, Any]:
 
 # ---- K runs on one GPU --------------------------------------------------------------------------
 
-def packed_throughput(family: str, opts: CheckOptions, trainer, batch) -> dict[str, float]:
-    """Aggregate tokens/s of K processes training at once on this GPU, for each K > 1 asked.
+def packed_throughput(family: str, opts: CheckOptions, trainer, batch, model, cfg, device) -> dict[str, Any]:
+    """Aggregate tokens/s of K processes training at once on this GPU, uncompiled and compiled.
 
     K - 1 worker processes build the same model; this process is the K-th. Each phase starts
     them together (a file per phase), each times ``--steps`` steps, and the aggregate is all
-    their tokens over the span from the first start to the last end.
+    their tokens over the span from the first start to the last end. Then every process compiles
+    its decoder layers in place (``train.compile``) and the phases run again. Returns
+    ``{"jobs_per_gpu": {K: tokens/s}, "compile": {...}, "jobs_per_gpu_compiled": {K: tokens/s}}``.
     """
-    import torch
-
     ks = sorted(k for k in opts.jobs_per_gpu if k > 1)
-    workers = max(ks) - 1
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {"jobs_per_gpu": {}, "jobs_per_gpu_compiled": {}}
+    compile_too = opts.compile if opts.compile is not None else True
     with tempfile.TemporaryDirectory() as sync_dir:
         sync = Path(sync_dir)
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.perf.gpu_check", "--worker", family,
                                    "--size", opts.size, "--steps", str(opts.steps), "--sync-dir", sync_dir,
-                                   "--index", str(i + 1), "--samples", str(opts.samples)])
-                 for i in range(workers)]
+                                   "--index", str(i + 1), "--samples", str(opts.samples), "--device", opts.device])
+                 for i in range(max(ks) - 1)]
         try:
-            if not _wait_for(sync, [f"ready-{i + 1}" for i in range(workers)], min(240.0, opts.left()), procs):
-                return {"error": "workers did not start (see their output)"}  # type: ignore[dict-item]
-            for k in ks:
-                (sync / f"go-{k}").touch()
-                start = time.time()
-                for _ in range(opts.steps):
-                    trainer.step(batch)
-                torch.cuda.synchronize()
-                spans = [(start, time.time())]
-                if not _wait_for(sync, [f"done-{k}-{i}" for i in range(1, k)], 120.0, procs):
-                    break
-                spans += [tuple(json.loads((sync / f"done-{k}-{i}").read_text())) for i in range(1, k)]
-                wall = max(e for _, e in spans) - min(s for s, _ in spans)
-                out[str(k)] = k * opts.steps * int(batch["attention_mask"].sum()) / wall
+            out["jobs_per_gpu"] = _packed_phases(sync, "", ks, opts, trainer, batch, procs)
+            if compile_too and opts.left() > 60:
+                (sync / "compile").touch()  # the workers compile while this process does
+                out["compile"] = compiled_step(model, cfg, batch, opts, device)
+                trainer = out["compile"].pop("trainer")
+                out["jobs_per_gpu_compiled"] = {"1": out["compile"]["tokens_per_s"]}
+                out["jobs_per_gpu_compiled"].update(_packed_phases(sync, "c", ks, opts, trainer, batch, procs))
         finally:
             (sync / "exit").touch()
             for p in procs:
@@ -313,33 +327,59 @@ def packed_throughput(family: str, opts: CheckOptions, trainer, batch) -> dict[s
     return out
 
 
-def worker_main(family: str, size: str, steps: int, sync_dir: str, index: int, samples: int) -> int:
-    """A packing worker: build, warm up, then time ``steps`` steps at each phase it belongs to."""
-    import torch
+def _packed_phases(sync: Path, tag: str, ks: list[int], opts: CheckOptions, trainer, batch,
+                   procs: list[subprocess.Popen]) -> dict[str, float]:
+    """One round of packing phases (K in ``ks``) once every worker reported ready for the round."""
+    device = torch_device(opts.device)
+    out: dict[str, float] = {}
+    if not _wait_for(sync, [f"ready{tag}-{i + 1}" for i in range(len(procs))], min(240.0, opts.left()), procs):
+        raise RuntimeError("packing workers did not get ready (see their output)")
+    for k in ks:
+        (sync / f"go{tag}-{k}").touch()
+        start = time.time()
+        for _ in range(opts.steps):
+            trainer.step(batch)
+        _sync(device)
+        spans = [(start, time.time())]
+        if not _wait_for(sync, [f"done{tag}-{k}-{i}" for i in range(1, k)], 120.0, procs):
+            raise RuntimeError(f"packing workers did not finish phase K={k}{tag}")
+        spans += [tuple(json.loads((sync / f"done{tag}-{k}-{i}").read_text())) for i in range(1, k)]
+        wall = max(e for _, e in spans) - min(s for s, _ in spans)
+        out[str(k)] = k * opts.steps * int(batch["attention_mask"].sum()) / wall
+    return out
 
+
+def worker_main(family: str, size: str, steps: int, sync_dir: str, index: int, samples: int,
+                device: str = "cuda") -> int:
+    """A packing worker: build, warm up, time its phases; on the "compile" signal, compile and repeat."""
     from egmf_core.batching import collate
     from egmf_core.train import Trainer
 
-    opts = CheckOptions(size=size, device="cuda", steps=steps, samples=samples)
+    opts = CheckOptions(size=size, device=device, steps=steps, samples=samples)
+    dev = torch_device(device)
     model, encoder, _, data, cfg, _, _ = build_check_model(family, opts)
     enc = encoder.encode(data.train)
     batch = collate(enc, range(cfg.train.batch_size), cfg.model.n_tokens, encoder.pad, with_answer=True)
-    trainer = Trainer.build(model, cfg.train, total_steps=10_000)
-    for _ in range(opts.warmup):
-        trainer.step(batch)
-    torch.cuda.synchronize()
     sync = Path(sync_dir)
-    (sync / f"ready-{index}").touch()
-    k = index + 1  # first phase this worker joins
-    while not (sync / "exit").exists():
-        if (sync / f"go-{k}").exists():
-            start = time.time()
-            for _ in range(steps):
-                trainer.step(batch)
-            torch.cuda.synchronize()
-            (sync / f"done-{k}-{index}").write_text(json.dumps([start, time.time()]))
-            k += 1
-        time.sleep(0.01)
+    for tag, compiled in (("", False), ("c", True)):
+        train_cfg = dataclasses.replace(cfg.train, compile=compiled)
+        trainer = Trainer.build(model, train_cfg, total_steps=10_000)
+        for _ in range(opts.warmup):
+            trainer.step(batch)
+        _sync(dev)
+        (sync / f"ready{tag}-{index}").touch()
+        k = index + 1  # the first phase this worker joins
+        while not (sync / "exit").exists() and not (not compiled and (sync / "compile").exists()):
+            if (sync / f"go{tag}-{k}").exists():
+                start = time.time()
+                for _ in range(steps):
+                    trainer.step(batch)
+                _sync(dev)
+                (sync / f"done{tag}-{k}-{index}").write_text(json.dumps([start, time.time()]))
+                k += 1
+            time.sleep(0.01)
+        if (sync / "exit").exists():
+            break
     return 0
 
 
@@ -386,6 +426,12 @@ def device_name(device) -> str:
 
 def datasheet_tflops(name: str) -> float | None:
     return next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
 
 
 def _sync(device) -> None:
@@ -476,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sync-dir", required=True)
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--device", default="cuda")
     a = p.parse_args(argv)
-    return worker_main(a.worker, a.size, a.steps, a.sync_dir, a.index, a.samples)
+    return worker_main(a.worker, a.size, a.steps, a.sync_dir, a.index, a.samples, a.device)
 
 
 if __name__ == "__main__":

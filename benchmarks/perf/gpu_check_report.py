@@ -15,11 +15,16 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
+def _packing(jobs: dict[str, Any]) -> str:
+    return ", ".join(f"K={k}: {v:,.0f}" for k, v in sorted(jobs.items()) if isinstance(v, (int, float)))
+
+
 def _row(family: str, r: dict[str, Any]) -> list[str]:
     if "error" in r:
         return [family, f"failed: {r['error']}"] + [""] * 11
-    jobs = r.get("jobs_per_gpu", {})
-    packing = ", ".join(f"K={k}: {v:,.0f}" for k, v in sorted(jobs.items()) if isinstance(v, (int, float)))
+    packing = _packing(r.get("jobs_per_gpu", {}))
+    if r.get("jobs_per_gpu_compiled"):
+        packing += "; compiled: " + _packing(r["jobs_per_gpu_compiled"])
     comp = r.get("compile", {})
     comp_text = (f"{comp['step_time_s'] * 1e3:.1f} ms (compile {comp['compile_s']:.0f} s)"
                  if "step_time_s" in comp else comp.get("skipped", "off"))
@@ -56,7 +61,7 @@ def render_gpu_check(result: dict[str, Any]) -> str:
     for family, r in backbones.items():
         if "error" in r or "step_time_s" not in r:
             continue
-        best = r.get("best_jobs_per_gpu")
+        best = f"{r.get('best_jobs_per_gpu')}{' (compiled)' if r.get('best_compiled') else ''}"
         mfu_best = r.get("mfu_best_jobs")
         goal = "" if mfu_best is None else (" (goal {:.0f}%: {})".format(
             100 * MFU_GOAL, "met" if mfu_best >= MFU_GOAL else "not met"))
