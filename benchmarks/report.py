@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import plots
+from benchmarks import numerics, plots
 from benchmarks.assumptions import ASSUMPTIONS
 from benchmarks.claims import NOT_COMPARABLE, ClaimVerdict, cell_verdict, evaluate_claim
 from benchmarks.schema import RESULT_COLUMNS
@@ -215,6 +215,7 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
         ("seeds planned", ", ".join(str(s) for s in planned) or MISSING),
         ("runs", f"{n_ok} ok, {n_failed} failed"),
         ("device(s)", ", ".join(_uniq(df["device"])) or MISSING),
+        ("numerical settings", numerics.report_note(df)),
         ("versions", ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(versions.items())) or MISSING),
     ]
     trc = runs[runs["trust_remote_code"].map(_bool)] if not runs.empty else runs

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from benchmarks import provenance, store
+from benchmarks import numerics, provenance, store
 from benchmarks.grid import Cell, GridError, expand, parse_shard, unique_runs
 from benchmarks.grid import shard as shard_cells
 from benchmarks.profiles import model_source, resolve_run_config
@@ -286,6 +286,7 @@ class _RunContext:
             trust_remote_code=resolved.model.trust_remote_code,
             device=outcome.device,
             data_root=resolved.data.root,
+            numerics=numerics.settings(),
         )
 
 
