@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
+        numerics.mode()  # a bad $EGMF_NUMERICS is bad input
         args = build_parser().parse_args(argv)
         result = run_nightly(
             args.profile, parse_tables(args.tables), data_root=args.data_root, model_root=args.model_root,

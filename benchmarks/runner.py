@@ -15,7 +15,8 @@ rebuilt from run files. Corrupt run files are named (file and line) and redone; 
 named and rebuilt.
 
 Determinism. On CPU the same seed and profile give identical metrics across invocations, across
-``shard`` splits (each run seeds itself from its config alone) and across kill/resume. What GPU
+``shard`` splits (each run seeds itself from its config alone) and across kill/resume, and across
+x86-64 machines under the pinned kernel settings (``benchmarks.numerics``, recorded per run). What GPU
 runs do and do not repeat, and the flags that help, is in ``egmf_core.checkpoint``'s docstring.
 """
 

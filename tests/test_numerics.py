@@ -66,3 +66,12 @@ def test_the_report_says_when_results_were_made_under_other_settings():
 def test_the_report_names_the_non_deterministic_kernels_of_gpu_runs():
     note = numerics.report_note(_runs(["pinned: aten AVX2, mkl COMPATIBLE, 8 threads"], device="cuda:H200 x1"))
     assert note.startswith("1 GPU run(s): statistically repeatable only") and "SDPA backward" in note
+
+
+def test_a_bad_numerics_mode_is_bad_input_in_one_line(monkeypatch, capsys):
+    from benchmarks import cli, nightly
+
+    monkeypatch.setenv("EGMF_NUMERICS", "fast")
+    for main, argv in ((cli.main, ["list"]), (nightly.main, ["--skip-reproduce"])):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == "error: $EGMF_NUMERICS must be one of pinned, native, got 'fast'\n"
