@@ -3,6 +3,7 @@ environment asks for (ATEN_CPU_CAPABILITY, MKL_CBWR); without the pins it does n
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
@@ -11,9 +12,10 @@ import pytest
 
 from tests.test_kill_resume import DRIVER, cli_env, reproduce_args, stable_values, write_tiny_ablations
 
-# (ATEN_CPU_CAPABILITY, MKL_CBWR) the environment asks for; None = unset. Each a fresh process.
-REQUESTS = [(None, None), ("default", "AVX2"), ("avx2", "COMPATIBLE"), ("avx512", None), ("default", None),
-            ("avx512", "COMPATIBLE")]
+# (ATEN_CPU_CAPABILITY, MKL_CBWR) the environment asks for; None = unset. Each a fresh process:
+# every capability and every MKL request appears once (all 12 pairs agreed on a 400-step smoke run,
+# see benchmarks/numerics.py; four keep CI short).
+REQUESTS = [(None, None), ("default", "AVX2"), ("avx2", "COMPATIBLE"), ("avx512", None)]
 LONGER = {"train.max_steps": "40", "train.eval_every": "40", "train.checkpoint_every": None}
 
 
@@ -33,6 +35,7 @@ def _train(tmp_path, ablations, name: str, aten: str | None, cbwr: str | None, m
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 kernel settings")
 def test_pinned_runs_are_identical_under_every_requested_kernel_setting(tmp_path):
     ablations = write_tiny_ablations(tmp_path / "ablations", seeds="[1111]", rows='[[rows]]\nname = "full"\n',
                                      base=LONGER)
