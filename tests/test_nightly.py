@@ -324,6 +324,23 @@ def test_gpu_repeats_train_the_tables_again_under_the_same_setting(tmp_path):
     assert base.loc["mae", "numerics_n"] == 3 and base.loc["mae", "numerics_std"] > 0
 
 
+def test_a_setting_is_trained_by_the_cli_in_a_fresh_process_without_the_pins(tmp_path, monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env, cwd: calls.append((cmd, env)) or SimpleNamespace(returncode=0))
+    nightly.train_under_setting("smoke", "main_msa", "aten-default", tmp_path / "r", data_root=None, model_root=None)
+    (cmd, env), = calls
+    assert cmd[1:5] == ["-m", "benchmarks", "reproduce", "main_msa"] and "--no-report" in cmd and "--jobs" in cmd
+    assert cmd[cmd.index("--results-root") + 1] == str((tmp_path / "r").resolve())
+    assert env["EGMF_NUMERICS"] == "native" and env["ATEN_CPU_CAPABILITY"] == "default" and "MKL_CBWR" not in env
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env, cwd: SimpleNamespace(returncode=1))
+    with pytest.raises(nightly.NightlyInputError, match="training 'main_msa' under setting 'aten-default'"):
+        nightly.train_under_setting("smoke", "main_msa", "aten-default", tmp_path / "r", data_root=None,
+                                    model_root=None)
+
+
 # ---- through the runner (fake runs, no training) ------------------------------------------------------
 
 class FakeRun:
