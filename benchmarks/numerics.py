@@ -143,11 +143,14 @@ def settings() -> dict:
 
 def label(s: dict) -> str:
     """One short line for the results table, e.g. "pinned: aten AVX2, mkl COMPATIBLE, 1 thread"."""
+    if s.get("cpu_capability") == "unknown" and not s.get("threads"):
+        return NO_KERNELS
     threads = s.get("threads") or "?"
     return (f"{s.get('mode', '?')}: aten {s.get('cpu_capability', '?')}, mkl {s.get('mkl_branch', '?')}, "
             f"{threads} thread{'' if threads == 1 else 's'}")
 
 
+NO_KERNELS = "none (torch not loaded: data statistics)"
 PINNED_LABEL = label({"mode": "pinned", "cpu_capability": PINNED_CAPABILITY, "mkl_branch": PINNED_MKL_BRANCH,
                       "threads": 1})
 
@@ -164,7 +167,9 @@ def report_note(results) -> str:
     Says whether every run was made under the pins and names the other settings when not; for
     GPU runs, which kernels are non-deterministic (their numbers repeat statistically only).
     """
-    if results.empty or "numerics" not in results.columns:
+    if results.empty:
+        return "no runs yet"
+    if "numerics" not in results.columns:
         return "unrecorded (results written before numerics were recorded)"
     runs = results.drop_duplicates("run_id") if "run_id" in results.columns else results
     gpu = runs["device"].astype(str).str.startswith("cuda") if "device" in runs.columns else runs["numerics"] != runs["numerics"]
@@ -172,7 +177,7 @@ def report_note(results) -> str:
     if gpu.any():
         parts.append(f"{int(gpu.sum())} GPU run(s): statistically repeatable only; non-deterministic kernels: "
                      + "; ".join(GPU_NONDETERMINISTIC))
-    cpu = runs[~gpu]
+    cpu = runs[~gpu & (runs["numerics"].astype(str) != NO_KERNELS)]
     labels = cpu["numerics"].fillna("").astype(str).replace("", "unrecorded").value_counts()
     if list(labels.index) == [PINNED_LABEL]:
         parts.insert(0, f"{PINNED_LABEL} (all {len(cpu)} CPU runs: the same bits on any x86-64 CPU, see README)")
@@ -180,4 +185,4 @@ def report_note(results) -> str:
         others = "; ".join(f"{n} run(s) {lab}" for lab, n in labels.items() if lab != PINNED_LABEL)
         parts.insert(0, f"**not all pinned** ({others}): such numbers differ from pinned runs' beyond the last "
                         f"bit (pinned: {PINNED_LABEL})")
-    return ". ".join(parts)
+    return ". ".join(parts) or NO_KERNELS

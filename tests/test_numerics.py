@@ -60,7 +60,10 @@ def test_the_report_says_when_results_were_made_under_other_settings():
     note = numerics.report_note(_runs([PINNED_LABEL, native, native, ""]))
     assert note.startswith("**not all pinned** (2 run(s) native: aten AVX512, mkl AUTO, 1 thread; "
                            "1 run(s) unrecorded)")
-    assert numerics.report_note(pd.DataFrame()).startswith("unrecorded")
+    assert numerics.report_note(pd.DataFrame()) == "no runs yet"
+    assert numerics.report_note(_runs([PINNED_LABEL]).drop(columns="numerics")).startswith("unrecorded")
+    statistics = {"mode": "pinned", "cpu_capability": "unknown", "mkl_branch": "unknown", "threads": 0}
+    assert numerics.report_note(_runs([numerics.label(statistics)])) == numerics.NO_KERNELS  # no torch, no kernels
 
 
 def test_the_report_names_the_non_deterministic_kernels_of_gpu_runs():
