@@ -44,7 +44,17 @@ def _python(session: nox.Session) -> str:
     session.env["HF_HUB_OFFLINE"] = "1"
     session.env["TRANSFORMERS_OFFLINE"] = "1"
     session.env["HF_DATASETS_OFFLINE"] = "1"
+    session.env.update(_numerics_pins())
     return str(py)
+
+
+def _numerics_pins() -> dict[str, str]:
+    """The CPU kernel pins of benchmarks/numerics.py (none under EGMF_NUMERICS=native). The harness
+    and the tests pin themselves too; setting them here covers any other command a session runs."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.numerics import pinned_environment
+
+    return pinned_environment()
 
 
 def _harness(session: nox.Session, *args: str) -> None:

@@ -41,7 +41,8 @@ from benchmarks.stats import display_name, format_delta, format_value, higher_is
 from benchmarks.store import atomic_write_bytes
 
 CELL_KEYS = ("table", "row", "dataset", "split", "metric")
-BASELINE_COLUMNS = (*CELL_KEYS, "mean", "std", "n_seeds", "tolerance")
+BASELINE_COLUMNS = (*CELL_KEYS, "mean", "std", "n_seeds", "numerics_std", "numerics_n", "tolerance")
+SPREAD_DEFAULTS = {"numerics_std": 0.0, "numerics_n": 1}  # baselines written before they existed: one setting
 COMPARISON_COLUMNS = (*CELL_KEYS, "direction", "base_mean", "base_std", "base_n", "new_mean", "new_std", "new_n",
                       "delta", "tolerance", "verdict")
 DEFAULT_K = 3.0
@@ -72,18 +73,24 @@ def metric_kind(metric: str) -> str:
     return metric_scale(metric)
 
 
-def tolerance_for(metric: str, std: float, n: int, k: float = DEFAULT_K) -> float:
-    """The tolerance of one cell: max(floor, k * std * sqrt(2 / n)); the floor alone when n < 2.
+def tolerance_for(metric: str, std: float, n: int, k: float = DEFAULT_K, numerics_std: float = 0.0) -> float:
+    """The tolerance of one cell: max(floor, k * sqrt(2 std^2 / n + 2 numerics_std^2)).
+
+    The seed term counts only when n >= 2 and std is finite (else the floor stands in for it).
 
     >>> tolerance_for("acc", 0.02, 3)  # 3 * 0.02 * sqrt(2/3)
-    0.04898979485566356
+    0.04898979485566357
     >>> tolerance_for("mae", 0.001, 5)  # below the raw floor
     0.02
+    >>> round(tolerance_for("mae", 0.02, 5, numerics_std=0.01), 4)  # 3 * sqrt(2*0.0004/5 + 2*0.0001)
+    0.0569
     """
     floor = TOLERANCE_FLOOR[metric_kind(metric)]
-    if n is None or n < 2 or std is None or not math.isfinite(std):
-        return floor
-    return max(floor, k * float(std) * math.sqrt(2.0 / n))
+    seed_var = 0.0
+    if n is not None and n >= 2 and std is not None and math.isfinite(std):
+        seed_var = 2.0 * float(std) ** 2 / n
+    numerics_var = 2.0 * float(numerics_std) ** 2 if numerics_std is not None and math.isfinite(numerics_std) else 0.0
+    return max(floor, k * math.sqrt(seed_var + numerics_var))
 
 
 # ---- building and storing a baseline --------------------------------------------------------------
@@ -101,13 +108,44 @@ def summarise_cells(results: pd.DataFrame) -> pd.DataFrame:
     return out[[*CELL_KEYS, "mean", "std", "n"]].sort_values(list(CELL_KEYS), kind="mergesort").reset_index(drop=True)
 
 
-def make_baseline(results: pd.DataFrame, *, k: float = DEFAULT_K) -> pd.DataFrame:
-    """A baseline (BASELINE_COLUMNS) from tidy results: one row per cell with its tolerance."""
+def make_baseline(results: pd.DataFrame, *, k: float = DEFAULT_K, others: list[pd.DataFrame] = ()) -> pd.DataFrame:
+    """A baseline (BASELINE_COLUMNS) from tidy results: one row per cell with its tolerance.
+
+    ``others``: the same tables' results under other numerical settings (or GPU repeats); the
+    std of each cell's seed mean over ``results`` and ``others`` becomes ``numerics_std``.
+    """
     cells = summarise_cells(results)
-    tol = [tolerance_for(m, s, int(n), k) for m, s, n in zip(cells["metric"], cells["std"], cells["n"])]
+    spread = numerics_spread([results, *others])
+    cells = cells.merge(spread, on=list(CELL_KEYS), how="left").fillna(SPREAD_DEFAULTS)
+    tol = [tolerance_for(m, s, int(n), k, ns) for m, s, n, ns in
+           zip(cells["metric"], cells["std"], cells["n"], cells["numerics_std"])]
     out = cells.rename(columns={"n": "n_seeds"}).assign(tolerance=tol)
     out["n_seeds"] = out["n_seeds"].astype(int)
+    out["numerics_n"] = out["numerics_n"].astype(int)
     return out[list(BASELINE_COLUMNS)].reset_index(drop=True)
+
+
+def numerics_spread(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per cell: std (ddof=1) of its seed mean over the frames that have it, and how many do.
+
+    >>> a = pd.DataFrame({"table": "t", "row": "r", "dataset": "d", "split": "test", "metric": "mae",
+    ...                   "seed": [1, 2], "value": [0.2, 0.4], "status": "ok"})
+    >>> b = a.assign(value=[0.3, 0.5])
+    >>> numerics_spread([a, b])[["numerics_std", "numerics_n"]].round(4).values.tolist()
+    [[0.0707, 2.0]]
+    """
+    means = [summarise_cells(f)[[*CELL_KEYS, "mean"]] for f in frames if not f.empty]
+    if not means:
+        return pd.DataFrame(columns=[*CELL_KEYS, "numerics_std", "numerics_n"])
+    stacked = pd.concat(means, ignore_index=True)
+    g = stacked.groupby(list(CELL_KEYS), sort=True)["mean"]
+    out = pd.DataFrame({"numerics_std": g.std(ddof=1).fillna(0.0), "numerics_n": g.count()}).reset_index()
+    return out
+
+
+def with_spread(baseline: pd.DataFrame) -> pd.DataFrame:
+    """``baseline`` with the numerics spread columns, filled as one setting (no spread) where absent."""
+    return baseline.assign(**{c: baseline[c] if c in baseline.columns else v for c, v in SPREAD_DEFAULTS.items()})
 
 
 def baseline_path(profile: str, results_root: Path = Path("results")) -> Path:
@@ -124,11 +162,15 @@ def read_baseline(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={c: str for c in CELL_KEYS}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise BaselineError(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
+    for col, value in SPREAD_DEFAULTS.items():  # a baseline written before these columns: one setting
+        if col not in df.columns:
+            df[col] = value
     missing = [c for c in BASELINE_COLUMNS if c not in df.columns]
     if missing:
         raise BaselineError(f"{path}: missing column {missing[0]!r} (expected {', '.join(BASELINE_COLUMNS)})")
-    for col in ("mean", "std", "n_seeds", "tolerance"):
+    for col in ("mean", "std", "n_seeds", "numerics_std", "numerics_n", "tolerance"):
         df[col] = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
+    df = df.fillna(SPREAD_DEFAULTS)
     for i, r in df.iterrows():
         where = f"{path}: line {i + 2}"
         if not math.isfinite(r["mean"]):
@@ -141,12 +183,13 @@ def read_baseline(path: Path) -> pd.DataFrame:
         first = df[df.duplicated(list(CELL_KEYS))].iloc[0]
         raise BaselineError(f"{path}: cell {' / '.join(str(first[c]) for c in CELL_KEYS)} appears twice")
     df["n_seeds"] = df["n_seeds"].astype(int)
+    df["numerics_n"] = df["numerics_n"].astype(int)
     return df[list(BASELINE_COLUMNS)].reset_index(drop=True)
 
 
 def write_baseline(baseline: pd.DataFrame, path: Path) -> Path:
     """Write a baseline atomically, rows in cell order, floats as repr (byte-stable)."""
-    df = baseline[list(BASELINE_COLUMNS)].sort_values(list(CELL_KEYS), kind="mergesort")
+    df = with_spread(baseline)[list(BASELINE_COLUMNS)].sort_values(list(CELL_KEYS), kind="mergesort")
     text = df.to_csv(index=False, lineterminator="\n")
     return atomic_write_bytes(Path(path), text.encode("utf-8"))
 
@@ -156,7 +199,7 @@ def replace_tables(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
     if old is None or old.empty:
         return new.reset_index(drop=True)
     keep = old[~old["table"].isin(set(new["table"]))]
-    return pd.concat([keep, new], ignore_index=True)[list(BASELINE_COLUMNS)]
+    return pd.concat([with_spread(keep), with_spread(new)], ignore_index=True)[list(BASELINE_COLUMNS)]
 
 
 # ---- the comparison -----------------------------------------------------------------------------------
@@ -177,7 +220,7 @@ def compare(results: pd.DataFrame, baseline: pd.DataFrame, *, k: float = DEFAULT
     [[0.11, 'regressed']]
     """
     new = summarise_cells(results).rename(columns={"mean": "new_mean", "std": "new_std", "n": "new_n"})
-    base = baseline[list(BASELINE_COLUMNS)].rename(
+    base = with_spread(baseline)[list(BASELINE_COLUMNS)].rename(
         columns={"mean": "base_mean", "std": "base_std", "n_seeds": "base_n", "tolerance": "base_tol"})
     for df in (new, base):
         for c in CELL_KEYS:
@@ -191,7 +234,7 @@ def compare(results: pd.DataFrame, baseline: pd.DataFrame, *, k: float = DEFAULT
         base_n = int(r.base_n) if in_base else 0
         new_n = int(r.new_n) if in_new and math.isfinite(r.new_n) else 0
         tol = float(r.base_tol) if in_base and math.isfinite(r.base_tol) else (
-            tolerance_for(rec["metric"], r.base_std, base_n, k) if in_base else float("nan"))
+            tolerance_for(rec["metric"], r.base_std, base_n, k, r.numerics_std) if in_base else float("nan"))
         delta = float(r.new_mean - r.base_mean) if in_base and in_new else float("nan")
         rec.update(direction={True: "higher", False: "lower", None: "unknown"}[hib],
                    base_mean=float(r.base_mean) if in_base else float("nan"),
@@ -331,7 +374,9 @@ def render_markdown(comparison: pd.DataFrame, profile: str, *, baseline_file: st
     lines += _md_table(_rows(comparison)) + ["", "</details>", ""]
     floor_f, floor_r = TOLERANCE_FLOOR["fraction"], TOLERANCE_FLOOR["raw"]
     lines += ["## How the tolerance is set", "",
-              "tolerance = max(floor, k · std · √(2/n)) with the baseline's seed std and n seeds, computed when "
+              "tolerance = max(floor, k · √(2·std²/n + 2·numerics_std²)) with the baseline's seed std and n seeds "
+              "and the std of the cell's seed mean across the numerical settings (kernel paths; GPU: repeated runs) "
+              "it was written under (0 for one setting), computed when "
               f"the baseline was written (k = {k:g} unless `--tolerance-k` said otherwise) and stored in it; floor = {100 * floor_f:g} point for fractions, {floor_r:g} for MAE "
               "and Corr. A move in the bad direction beyond it is a regression; a cell with fewer seeds than "
               "the baseline (a failed or skipped run) is missing. Both fail. See `benchmarks/baselines.py`.", ""]

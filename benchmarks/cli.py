@@ -18,6 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from benchmarks import numerics
 from benchmarks.grid import GridError, parse_names, parse_seeds, parse_sets, parse_shard
 from benchmarks.tables import ABLATIONS_DIR
 
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
         process_git_revision()  # the revision of the code this process runs, before a long grid
     try:
+        numerics.mode()  # a bad $EGMF_NUMERICS is bad input
         args = build_parser().parse_args(_join_dash_values(argv))
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

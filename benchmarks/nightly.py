@@ -36,11 +36,12 @@ from typing import Callable
 
 import pandas as pd
 
-from benchmarks import baselines
+from benchmarks import baselines, numerics
 
 NIGHTLY_FILE = Path(__file__).resolve().parent.parent / "ablations" / "nightly.toml"
 COMPARED_SPLIT = "test"
 NO_BASELINE_EXIT = 3  # results stored, no baseline to compare with yet
+DEFAULT_SPREAD_ROOT = Path(".cache") / "numerics-spread"
 REQUIRED_RESULT_COLUMNS = ("table", "row", "dataset", "seed", "split", "metric", "value", "status")
 
 
@@ -114,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-reproduce", action="store_true", help="compare the stored results only (no training)")
     p.add_argument("--update-baseline", action="store_true",
                    help="rewrite these tables' baseline rows from the latest results (on purpose only)")
+    p.add_argument("--settings", default="",
+                   help="with --update-baseline: also train the tables under these numerical settings "
+                        f"({', '.join(numerics.SETTINGS)}), each into its own results root under --spread-root, "
+                        "and record each cell's spread across them (smoke: e.g. native,aten-default)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="with --update-baseline: train the tables N-1 more times and record the run-to-run "
+                        "spread (paper profile on GPUs: non-deterministic kernels; default 1)")
+    p.add_argument("--spread-root", type=Path, default=DEFAULT_SPREAD_ROOT,
+                   help=f"results roots of --settings / --repeats trainings, kept to resume (default: {DEFAULT_SPREAD_ROOT})")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -226,6 +236,10 @@ def run_nightly(
     force: bool = False,
     run_fn: Callable | None = None,
     render: bool = True,
+    settings: list[str] = (),
+    repeats: int = 1,
+    spread_root: Path = DEFAULT_SPREAD_ROOT,
+    train_variant: Callable | None = None,
 ) -> NightlyResult:
     """Reproduce (unless ``reproduce=False``), then compare or, with ``update_baseline``, rewrite.
 
@@ -238,6 +252,7 @@ def run_nightly(
     tables = list(tables or grid.tables)
     if not k > 0:
         raise NightlyInputError(f"--tolerance-k must be positive, got {k}")
+    variants = spread_variants(list(settings), repeats, update_baseline)
     results_root, reports_root = Path(results_root), Path(reports_root)
     baseline_file = Path(baseline) if baseline is not None else baselines.baseline_path(profile, results_root)
     missing_baseline = not update_baseline and not baseline_file.is_file()
@@ -263,7 +278,12 @@ def run_nightly(
                   f"`nox -s nightly -- --profile {profile} --update-baseline` and commit it", f"report: {report}"]
         return NightlyResult(NO_BASELINE_EXIT, None, report, baseline_file, lines)
     if update_baseline:
-        return _update(profile, tables, results, baseline_file, k, failures, lines)
+        others = spread_results(profile, tables, variants, Path(spread_root), data_root=data_root,
+                                model_root=model_root, train=train_variant or train_under_setting)
+        if variants:
+            lines.append(f"numerics spread over {len(variants) + 1} trainings: {numerics.mode()} (these results), "
+                         + ", ".join(name for name, _ in variants) + f" (under {spread_root})")
+        return _update(profile, tables, results, baseline_file, k, failures, lines, others)
 
     comparison = baselines.compare(results, base, k=k)
     notes = lines + failures
@@ -281,21 +301,13 @@ def run_nightly(
 
 
 def _update(profile: str, tables: list[str], results: pd.DataFrame, baseline_file: Path, k: float,
-            failures: list[str], lines: list[str]) -> NightlyResult:
+            failures: list[str], lines: list[str], others: list[pd.DataFrame] = ()) -> NightlyResult:
     """Rewrite the selected tables' baseline rows; refuse on failed or absent results."""
     if failures:
         raise NightlyInputError(f"refusing to update the baseline: {len(failures)} run(s) failed ({failures[0]})")
-    for table in tables:
-        rows = results[results["table"].astype(str) == table]
-        if rows.empty:
-            raise NightlyInputError(f"refusing to update the baseline: no {COMPARED_SPLIT} results for table "
-                                    f"{table!r} under {baseline_file.parent.parent}/{profile}/ (reproduce it first)")
-        bad = rows[(rows["status"].astype(str) != "ok") | rows["value"].isna()]
-        if not bad.empty:
-            r = bad.iloc[0]
-            raise NightlyInputError(f"refusing to update the baseline: table {table!r} has a failed or empty result "
-                                    f"({r['row']} / {r['dataset']} / seed {r['seed']} / {r['metric']})")
-    new = baselines.make_baseline(results, k=k)
+    for frame, where in [(results, baseline_file.parent.parent), *((o, "a --settings / --repeats root") for o in others)]:
+        _check_complete(frame, tables, profile, where)
+    new = baselines.make_baseline(results, k=k, others=list(others))
     old = baselines.read_baseline(baseline_file) if baseline_file.is_file() else None
     if old is not None:
         counts = baselines.verdict_counts(baselines.compare(results, old[old["table"].isin(tables)], k=k))
@@ -306,16 +318,79 @@ def _update(profile: str, tables: list[str], results: pd.DataFrame, baseline_fil
     return NightlyResult(0, None, None, baseline_file, lines)
 
 
+def _check_complete(results: pd.DataFrame, tables: list[str], profile: str, where) -> None:
+    """Refuse a baseline from a table with no results, or with a failed or empty one."""
+    for table in tables:
+        rows = results[results["table"].astype(str) == table]
+        if rows.empty:
+            raise NightlyInputError(f"refusing to update the baseline: no {COMPARED_SPLIT} results for table "
+                                    f"{table!r} under {where}/{profile}/ (reproduce it first)")
+        bad = rows[(rows["status"].astype(str) != "ok") | rows["value"].isna()]
+        if not bad.empty:
+            r = bad.iloc[0]
+            raise NightlyInputError(f"refusing to update the baseline: table {table!r} has a failed or empty result "
+                                    f"({r['row']} / {r['dataset']} / seed {r['seed']} / {r['metric']})")
+
+
+# ---- the spread across numerical settings (and GPU repeats) ---------------------------------------------
+
+def spread_variants(settings: list[str], repeats: int, update_baseline: bool) -> list[tuple[str, str]]:
+    """(results folder, numerical setting) of every extra training of the tables: the settings,
+    then ``repeats - 1`` repeats under this process's own setting."""
+    settings = [s for s in settings if s]
+    if (settings or repeats != 1) and not update_baseline:
+        raise NightlyInputError("--settings and --repeats go with --update-baseline (they measure a baseline's spread)")
+    if repeats < 1:
+        raise NightlyInputError(f"--repeats must be at least 1, got {repeats}")
+    for name in settings:
+        if name not in numerics.SETTINGS:
+            raise NightlyInputError(f"--settings: unknown setting {name!r} (known: {', '.join(numerics.SETTINGS)})")
+    own = numerics.mode()
+    return [(name, name) for name in settings if name != own] + [(f"repeat-{i}", own) for i in range(2, repeats + 1)]
+
+
+def train_under_setting(profile: str, table: str, setting: str, results_root: Path, *, data_root, model_root) -> None:
+    """Train one table in a fresh process under a numerical setting (resumable: stored runs are kept)."""
+    import subprocess
+
+    from benchmarks.profiles import REPO_ROOT
+
+    cmd = [sys.executable, "-m", "benchmarks", "reproduce", table, "--profile", profile,
+           "--results-root", str(Path(results_root).resolve()), "--no-report"]
+    if profile == "smoke":
+        cmd += ["--jobs", str(os.cpu_count() or 1)]
+    for flag, value in (("--data-root", data_root), ("--model-root", model_root)):
+        if value:
+            cmd += [flag, str(value)]
+    code = subprocess.run(cmd, env=numerics.setting_environment(setting), cwd=REPO_ROOT).returncode
+    if code != 0:
+        raise NightlyInputError(f"refusing to update the baseline: training {table!r} under setting {setting!r} "
+                                f"into {results_root} failed (exit {code}); rerun to resume")
+
+
+def spread_results(profile: str, tables: list[str], variants: list[tuple[str, str]], spread_root: Path, *,
+                   data_root, model_root, train: Callable) -> list[pd.DataFrame]:
+    """The tables' compared results under each variant, trained into ``spread_root/<folder>``."""
+    frames = []
+    for folder, setting in variants:
+        root = Path(spread_root) / folder
+        for table in tables:
+            train(profile, table, setting, root, data_root=data_root, model_root=model_root)
+        frames.append(compared_results(profile, tables, root))
+    return frames
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
+        numerics.mode()  # a bad $EGMF_NUMERICS is bad input
         args = build_parser().parse_args(argv)
         result = run_nightly(
             args.profile, parse_tables(args.tables) if args.tables else None, data_root=args.data_root, model_root=args.model_root,
             results_root=args.results_root, reports_root=args.reports_root, baseline=args.baseline,
             k=args.tolerance_k, update_baseline=args.update_baseline, reproduce=not args.skip_reproduce,
-            force=args.force,
+            force=args.force, settings=args.settings.split(","), repeats=args.repeats, spread_root=args.spread_root,
         )
     except KeyboardInterrupt:
         print("interrupted: finished runs are saved; rerun the same command to resume", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import plots
+from benchmarks import numerics, plots
 from benchmarks.assumptions import HAND_WRITTEN, as_run_rows
 from benchmarks.claims import (
     INCONCLUSIVE,
@@ -302,6 +302,7 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
         ("seeds planned", ", ".join(str(s) for s in planned) or MISSING),
         ("runs", f"{n_ok} ok, {n_failed} failed"),
         ("device(s)", ", ".join(_uniq(df["device"])) or MISSING),
+        ("numerical settings", numerics.report_note(df)),
         ("versions", ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(versions.items())) or MISSING),
     ]
     items += _set_overrides(df)

@@ -15,7 +15,8 @@ rebuilt from run files. Corrupt run files are named (file and line) and redone; 
 named and rebuilt.
 
 Determinism. On CPU the same seed and profile give identical metrics across invocations, across
-``shard`` splits (each run seeds itself from its config alone) and across kill/resume. What GPU
+``shard`` splits (each run seeds itself from its config alone) and across kill/resume, and across
+x86-64 machines under the pinned kernel settings (``benchmarks.numerics``, recorded per run). What GPU
 runs do and do not repeat, and the flags that help, is in ``egmf_core.checkpoint``'s docstring.
 """
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from benchmarks import provenance, store
+from benchmarks import numerics, provenance, store
 from benchmarks.grid import Cell, GridError, expand, parse_shard, unique_runs
 from benchmarks.grid import shard as shard_cells
 from benchmarks.preflight import preflight
@@ -300,6 +301,7 @@ class _RunContext:
             trust_remote_code=resolved.model.trust_remote_code,
             device=outcome.device,
             data_root=resolved.data.root,
+            numerics=numerics.settings(),
         )
 
 

@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EGMF_NO_PROGRESS", "1")
 
+from benchmarks import numerics  # noqa: E402
+
+numerics.pin()  # ATen / MKL / oneDNN kernel pins, before torch's first op (EGMF_NUMERICS=native opts out)
+
 import torch  # noqa: E402
 
 torch.set_num_threads(1)  # tiny matrices: one thread is fastest and immune to CPU contention

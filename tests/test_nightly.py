@@ -121,7 +121,7 @@ def test_baseline_round_trips_byte_for_byte(tmp_path):
     first = path.read_bytes()
     write_baseline(read_baseline(path), path)
     assert path.read_bytes() == first
-    assert first.decode().splitlines()[0] == "table,row,dataset,split,metric,mean,std,n_seeds,tolerance"
+    assert first.decode().splitlines()[0] == "table,row,dataset,split,metric,mean,std,n_seeds,numerics_std,numerics_n,tolerance"
 
 
 def test_malformed_baselines_are_named_in_one_line(tmp_path):
@@ -246,6 +246,98 @@ def test_a_selected_table_without_baseline_rows_is_bad_input(tmp_path, capsys):
     assert cli(tmp_path, "--update-baseline") == 0
     code = nightly.main(["--tables", "main_erc", "--skip-reproduce", "--results-root", str(tmp_path / "results")])
     assert code == 2 and "no rows for table 'main_erc'" in capsys.readouterr().err
+
+
+# ---- the spread across numerical settings ---------------------------------------------------------------
+
+class OtherSettings:
+    """Stands in for nightly.train_under_setting: each setting's results are FAKE_VALUES moved by
+    a fixed offset (what another kernel path does to a cell's seed mean), written to its root."""
+
+    def __init__(self, offsets: dict[str, float]):
+        self.offsets, self.calls = offsets, []
+
+    def __call__(self, profile, table, setting, root, *, data_root, model_root):
+        self.calls.append((setting, root.name))
+        write_results(root, tidy(shifted(FAKE_VALUES, "mae", self.offsets[setting])))
+
+
+def test_a_baseline_written_under_several_settings_records_their_spread(tmp_path):
+    results = tmp_path / "results"
+    write_results(results, tidy(FAKE_VALUES))
+    fake = OtherSettings({"native": 0.04, "aten-default": -0.02})
+    res = nightly.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
+                              settings=["pinned", "native", "aten-default"], spread_root=tmp_path / "spread",
+                              train_variant=fake)
+    assert res.exit_code == 0 and fake.calls == [("native", "native"), ("aten-default", "aten-default")]
+    base = read_baseline(results / "baselines" / "smoke.csv").set_index("metric")
+    spread = pd.Series([0.72, 0.76, 0.70]).std()  # the cell means under pinned, native, aten-default
+    assert base.loc["mae", "numerics_std"] == pytest.approx(spread) and base.loc["mae", "numerics_n"] == 3
+    assert base.loc["mae", "tolerance"] == pytest.approx(3 * math.sqrt(2 * 0.02**2 / 3 + 2 * spread**2))
+    assert base.loc["acc2_non0", "numerics_std"] == 0.0  # the settings agreed on this metric
+    assert base.loc["acc2_non0", "tolerance"] == pytest.approx(tolerance_for("acc2_non0", 0.01, 3))
+
+
+def test_results_made_under_another_kernel_setting_pass_and_a_planted_regression_still_fails(tmp_path):
+    results = tmp_path / "results"
+    write_results(results, tidy(FAKE_VALUES))
+    nightly.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
+                        settings=["native"], spread_root=tmp_path / "spread", train_variant=OtherSettings({"native": 0.04}))
+    other_setting = shifted(FAKE_VALUES, "mae", +0.06)  # beyond the seed-only tolerance (0.049), within the spread
+    write_results(results, tidy(other_setting))
+    assert cli(tmp_path) == 0
+
+    seeds_only = make_baseline(tidy(FAKE_VALUES))  # the same check without the recorded spread fails
+    assert set(compare(tidy(other_setting), seeds_only)["verdict"]) == {"ok", "regressed"}
+
+    write_results(results, tidy(shifted(FAKE_VALUES, "mae", +0.15)))  # beyond 3 * sqrt(2s^2/n + 2*0.028^2) = 0.13
+    assert cli(tmp_path) == 1
+
+
+def test_a_baseline_without_spread_columns_reads_as_one_setting(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text("table,row,dataset,split,metric,mean,std,n_seeds,tolerance\nt,r,mosei,test,mae,0.7,0.1,3,0.2\n")
+    base = read_baseline(path)
+    assert base.loc[0, "numerics_std"] == 0.0 and base.loc[0, "numerics_n"] == 1 and base.loc[0, "tolerance"] == 0.2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--settings", "native"], "--settings and --repeats go with --update-baseline"),
+    (["--update-baseline", "--settings", "turbo"], "--settings: unknown setting 'turbo'"),
+    (["--update-baseline", "--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_bad_spread_options_exit_2_with_one_line(tmp_path, capsys, args, message):
+    code = nightly.main(["--skip-reproduce", "--results-root", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_gpu_repeats_train_the_tables_again_under_the_same_setting(tmp_path):
+    results = tmp_path / "results"
+    write_results(results, tidy(FAKE_VALUES))
+    fake = OtherSettings({"pinned": 0.01})
+    nightly.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
+                        repeats=3, spread_root=tmp_path / "spread", train_variant=fake)
+    assert fake.calls == [("pinned", "repeat-2"), ("pinned", "repeat-3")]
+    base = read_baseline(results / "baselines" / "smoke.csv").set_index("metric")
+    assert base.loc["mae", "numerics_n"] == 3 and base.loc["mae", "numerics_std"] > 0
+
+
+def test_a_setting_is_trained_by_the_cli_in_a_fresh_process_without_the_pins(tmp_path, monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env, cwd: calls.append((cmd, env)) or SimpleNamespace(returncode=0))
+    nightly.train_under_setting("smoke", "main_msa", "aten-default", tmp_path / "r", data_root=None, model_root=None)
+    (cmd, env), = calls
+    assert cmd[1:5] == ["-m", "benchmarks", "reproduce", "main_msa"] and "--no-report" in cmd and "--jobs" in cmd
+    assert cmd[cmd.index("--results-root") + 1] == str((tmp_path / "r").resolve())
+    assert env["EGMF_NUMERICS"] == "native" and env["ATEN_CPU_CAPABILITY"] == "default" and "MKL_CBWR" not in env
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env, cwd: SimpleNamespace(returncode=1))
+    with pytest.raises(nightly.NightlyInputError, match="training 'main_msa' under setting 'aten-default'"):
+        nightly.train_under_setting("smoke", "main_msa", "aten-default", tmp_path / "r", data_root=None,
+                                    model_root=None)
 
 
 # ---- through the runner (fake runs, no training) ------------------------------------------------------
