@@ -124,7 +124,7 @@ def evaluate(
         predictions=filled,
         valid=valid,
         answers=texts,
-        gating=stats.as_dict(list(model.cfg.experts), label_names),
+        gating=stats.as_dict(list(model.experts.names), label_names),  # the K axis order of alpha
         mode=mode,
     )
 
@@ -302,10 +302,10 @@ def fit(
         step += 1
         evaluating = step % eval_every == 0 or step == total
         if evaluating or step % cfg.log_every == 0:
-            mean_loss = losses.flush()  # syncs: the step time below includes the device's work
-            if progress:
-                progress(step, total, f"loss {mean_loss:.3f}")
+            losses.flush()  # syncs: the step time below includes the device's work
         step_time += time.perf_counter() - t0
+        if progress:  # every step, with the last loss read back (reading it now would sync)
+            progress(step, total, f"loss {losses.last:.3f}")
         if evaluating:
             res = evaluate(model, valid, encoder, tokenizer, spec, cfg, mode=valid_mode, train_labels=train_labels)
             score = res.metrics[key_metric] if higher_is_better else -res.metrics[key_metric]

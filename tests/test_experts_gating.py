@@ -200,3 +200,34 @@ def test_stats_on_a_real_gate_and_label_binning():
     np.testing.assert_allclose(stats.alphas(), g.alpha.detach().numpy(), rtol=1e-6)
     with pytest.raises(GatingStatsError):
         GatingStats().as_dict(["E1"])
+
+
+def test_a_reordered_expert_list_is_the_same_model_with_alphas_named_right():
+    """["E3", "E1"] is ["E1", "E3"]: same run id, and alpha columns follow the K axis, not the list order."""
+    from egmf_core.config import RunConfig, apply_overrides, config_hash
+
+    base = RunConfig()
+    a = apply_overrides(base, {"model.experts": ["E3", "E1"]})
+    b = apply_overrides(base, {"model.experts": ["E1", "E3"]})
+    assert a.model.experts == ["E1", "E3"] and config_hash(a) == config_hash(b)
+
+
+def test_evaluate_names_alpha_columns_in_the_models_k_order():
+    """A config that skipped validation still gets E1's alpha named E1 (K axis order, not list order)."""
+    import torch
+
+    from egmf_core.batching import PromptEncoder
+    from egmf_core.config import RunConfig
+    from egmf_core.data.dataset import SPECS
+    from egmf_core.run import build_model
+    from egmf_core.train import evaluate
+    from tests.conftest import make_split, tiny_model_config, tiny_train_config
+
+    cfg = RunConfig(model=tiny_model_config(experts=["E3", "E1"]), train=tiny_train_config(eval_mode="score"))
+    split = make_split(12, "meld", seed=3)
+    model, tok, _ = build_model(cfg, 6, 5, device=torch.device("cpu"))
+    encoder = PromptEncoder(tok, SPECS["meld"], cfg.model)
+    res = evaluate(model, encoder.encode(split), encoder, tok, SPECS["meld"], cfg.train, mode="score",
+                   train_labels=split.labels)
+    assert model.experts.names == ["E1", "E3"]
+    assert list(res.gating["alpha_mean"]) == ["E1", "E3"]
