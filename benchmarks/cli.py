@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--redo-before", metavar="TIME",
                    help="retrain runs stored before TIME (ISO 8601 with a UTC offset); keep newer ones")
     r.add_argument("--shard", help="run shard i of n only, e.g. 0/4 (numbered from 0)")
-    r.add_argument("--jobs", type=int, default=1,
+    r.add_argument("--jobs-per-gpu", type=int, default=1,
+                   help="GPU profiles: runs sharing one GPU (--jobs auto = this x visible GPUs; gpu-check says which is best)")
+    r.add_argument("--jobs", default="1",
                    help="local: N worker processes sharing the grid, one run each at a time (smoke: one per CPU core)")
     r.add_argument("--launcher", default="local", help="local (default) or slurm (needs submitit)")
     r.add_argument("--shards", type=int, help="slurm: array tasks (default: one per run)")
@@ -212,22 +214,11 @@ def cmd_reproduce(args) -> int:
     else:
         if args.shards is not None or args.slurm_partition is not None:
             raise GridError("--shards and --slurm-partition need --launcher slurm (locally use --shard i/n)")
-        if args.jobs < 1:
-            raise GridError(f"--jobs {args.jobs}: must be at least 1")
-        if args.jobs > 1:
+        if resolve_jobs(args) > 1:
             if shard is not None:
                 raise GridError("--jobs shares the whole grid between its workers; drop --shard")
-            pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
-                                          **{k: kwargs[k] for k in ("seeds", "datasets", "force", "redo_before", "data_root",
-                                                                    "model_root", "trust_remote_code", "ablations_dir",
-                                                                    "overrides")})
-            from benchmarks.provenance import utc_timestamp
-
-            redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
-            if pending:  # else every run is stored: nothing for workers to do
-                rc = launchers.run_local_jobs(_worker_argv(args, redo), min(args.jobs, pending), total=pending)
-                if rc == 2:
-                    return 2  # the workers printed the error
+            if _run_jobs(args, rows, kwargs) == 2:
+                return 2  # the workers printed the error
             kwargs.update(force=False, redo_before=None)  # the workers trained what was asked; collect and render
         kwargs.update(shard=shard, raise_render_errors=args.debug)
         if args.table == "all":
@@ -239,6 +230,52 @@ def cmd_reproduce(args) -> int:
     return 0 if all(s.ok for s in summaries) else 1
 
 
+def resolve_jobs(args) -> int:
+    """``--jobs``: a number, or "auto": one per CPU core for the smoke profile (one thread per run),
+    ``--jobs-per-gpu`` per visible GPU for the GPU profiles (1 without a GPU)."""
+    from benchmarks.launchers import visible_gpus
+    from benchmarks.profiles import GPU_PROFILES
+
+    if args.jobs_per_gpu < 1:
+        raise GridError(f"--jobs-per-gpu {args.jobs_per_gpu}: must be at least 1")
+    if args.jobs == "auto":
+        if args.profile in GPU_PROFILES:
+            return max(1, len(visible_gpus()) * args.jobs_per_gpu)
+        return os.cpu_count() or 1
+    try:
+        jobs = int(args.jobs)
+    except ValueError:
+        raise GridError(f"--jobs {args.jobs!r}: a number of worker processes, or auto") from None
+    if jobs < 1:
+        raise GridError(f"--jobs {jobs}: must be at least 1")
+    return jobs
+
+
+def _run_jobs(args, rows, kwargs) -> int:
+    """Train the grid's pending runs in ``--jobs`` local workers (GPU profiles: each pinned to one
+    visible GPU, round-robin); their highest exit status, 0 when nothing was pending."""
+    from benchmarks import launchers, runner
+    from benchmarks.profiles import GPU_PROFILES
+    from benchmarks.provenance import utc_timestamp
+
+    keys = ("seeds", "datasets", "force", "redo_before", "data_root", "model_root", "trust_remote_code",
+            "ablations_dir", "overrides")
+    pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
+                                  **{k: kwargs[k] for k in keys})
+    if not pending:  # every run is stored: nothing for workers to do
+        return 0
+    redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
+    gpus = launchers.visible_gpus() if args.profile in GPU_PROFILES else None
+    return launchers.run_local_jobs(_worker_argv(args, redo), min(resolve_jobs(args), pending), total=pending,
+                                    gpus=gpus)
+
+
+def _gpu_count() -> int:
+    from benchmarks.launchers import visible_gpus
+
+    return max(1, len(visible_gpus()))
+
+
 def _print_estimate(args, rows, kwargs) -> None:
     """The planner's one-line estimate before a paper grid starts (never stops it). On stdout:
     stderr stays one ``error:`` line when the grid then fails on bad input."""
@@ -248,7 +285,7 @@ def _print_estimate(args, rows, kwargs) -> None:
         estimate = plan.grid_plan(args.table, args.profile, seeds=kwargs["seeds"], rows=rows,
                                   datasets=kwargs["datasets"], overrides=kwargs["overrides"],
                                   ablations_dir=kwargs["ablations_dir"], gpu=plan.detect_gpu(),
-                                  gpus=args.shards or args.jobs, check_roots=True,
+                                  gpus=args.shards or _gpu_count(), check_roots=True,
                                   **{k: kwargs[k] for k in ("data_root", "model_root", "trust_remote_code")})
     except ValueError:  # a bad filter or a missing root: reproduce itself says so in one line
         return

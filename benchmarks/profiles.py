@@ -29,7 +29,10 @@ from typing import Any
 from egmf_core.config import DATASETS, ConfigError, RunConfig, apply_overrides, validate
 from egmf_core.data import find_dataset_folder
 
-PROFILES = ("smoke", "paper")
+PROFILES = ("smoke", "scale", "paper")
+SYNTHETIC_PROFILES = ("smoke", "scale")  # synthetic data and random weights: never the paper's numbers
+GPU_PROFILES = ("scale", "paper")  # a run fills (a share of) one GPU
+SEEDS_FROM = {"scale": "paper"}  # a profile without seeds of its own in a table file runs these
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 REPO_MARKER = "<repo>"
@@ -37,6 +40,7 @@ DATA_ROOT_MARKER = "<data-root>"
 MODEL_ROOT_MARKER = "<model-root>"
 SMOKE_DATA_VERSION = 5  # = egmf_core.data.synth.SYNTH_VERSION (checked by a test; no import: keeps this light)
 SMOKE_DATA_MARKER = f"{REPO_MARKER}/.cache/smoke-data/v{SMOKE_DATA_VERSION}"
+SCALE_DATA_MARKER = f"{REPO_MARKER}/.cache/scale-data/v{SMOKE_DATA_VERSION}"  # synth --full shapes
 DATA_ROOT_ENV = "EGMF_DATA_ROOT"
 MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"
 
@@ -49,6 +53,11 @@ MODEL_DIRS: dict[str, str] = {
 
 # Smoke profile: each paper backbone maps to its randomly initialised tiny twin.
 SMOKE_BACKBONES: dict[str, str] = {"glm3": "glm3-tiny", "glm4": "glm4-tiny", "llama3": "llama3-tiny"}
+# Scale profile: the published architectures with random weights, on full-size synthetic data,
+# with the paper profile's training settings: every CUDA path of a paper run, without the weights.
+SCALE_BACKBONES: dict[str, str] = {"glm3": "glm3-full", "glm4": "glm4-full", "llama3": "llama3-full"}
+# Resumable checkpoints every this many minutes (and at every validation pass) for GPU runs.
+CHECKPOINT_MINUTES: dict[str, float | None] = {"smoke": None, "scale": 30.0, "paper": 30.0}
 
 # Smoke profile model size: small enough for a laptop CPU, same code path as the paper model.
 SMOKE_MODEL: dict[str, Any] = {"model.d_h": 64, "model.fusion_heads": 4}
@@ -83,7 +92,6 @@ PAPER_TRAIN: dict[str, Any] = {
     "train.adam_eps": 1e-4,
     "train.warmup_ratio": 0.1,
     "train.mixed_precision": "auto",
-    "train.checkpoint_every": 200,  # resumable mid-run on shared GPUs (egmf_core/checkpoint.py)
 }
 PAPER_PATIENCE: dict[str, int] = {"classification": 8, "regression": 10}
 
@@ -129,7 +137,7 @@ def profile_base(profile: str, dataset: str) -> RunConfig:
     if dataset not in DATASETS:
         raise ProfileError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     cfg = validate(RunConfig(profile=profile, data=dataclasses.replace(RunConfig().data, name=dataset)))
-    if profile == "paper":
+    if profile in GPU_PROFILES:
         cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": PAPER_PATIENCE[_task(dataset)]})
     return cfg
 
@@ -173,6 +181,10 @@ def build_run_config(
         mapping["model.model_path"] = None
         mapping["data.root"] = SMOKE_DATA_MARKER
         mapping.update({k: v for k, v in {**SMOKE_MODEL, **SMOKE_TRAIN}.items() if k not in explicit})
+    elif profile == "scale":
+        mapping["model.backbone"] = SCALE_BACKBONES.get(backbone, backbone)
+        mapping["model.model_path"] = None
+        mapping["data.root"] = SCALE_DATA_MARKER
     elif not table.trains:  # the statistics table reads data only: no weights needed
         mapping["model.model_path"] = None
         mapping["data.root"] = DATA_ROOT_MARKER
@@ -234,20 +246,21 @@ def check_paper_roots(data_root, model_root, *, datasets, backbones) -> None:
 
 # ---- markers -> paths ---------------------------------------------------------------------------
 
-def smoke_data_root() -> Path:
-    """Where the smoke profile's synthetic datasets live: <repo>/.cache/smoke-data/v<version>."""
-    return REPO_ROOT / ".cache" / "smoke-data" / f"v{SMOKE_DATA_VERSION}"
+def smoke_data_root(full: bool = False) -> Path:
+    """Where the synthetic datasets live: <repo>/.cache/smoke-data/v<version> (scale-data: full shapes)."""
+    return REPO_ROOT / ".cache" / ("scale-data" if full else "smoke-data") / f"v{SMOKE_DATA_VERSION}"
 
 
-def write_synthetic_dataset(name: str, out_dir: Path, *, seed: int, size: int | None) -> Path:
+def write_synthetic_dataset(name: str, out_dir: Path, *, seed: int, size: int | None, full: bool = False) -> Path:
     """Write one synthetic twin under out_dir/<name> (tests swap this for a fake)."""
     from egmf_core.data.synth import write_synthetic
 
-    return write_synthetic(name, out_dir, seed=seed, size=size)
+    return write_synthetic(name, out_dir, seed=seed, size=size, **({"full": True} if full else {}))
 
 
-def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> Path:
-    """The smoke data root, with dataset ``name`` generated there on first use.
+def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None, full: bool = False) -> Path:
+    """The smoke data root (``full``: the scale profile's, at the real shapes and sizes), with
+    dataset ``name`` generated there on first use.
 
     A stamp beside the dataset (``.<name>-<seed>-<size>.stamp``) holds ``synth.fingerprint``:
     data written by other synth code (edited without a SYNTH_VERSION bump, as happened once while
@@ -260,10 +273,10 @@ def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> P
     from egmf_core.checkpoint import atomic_write_bytes
     from egmf_core.data.synth import fingerprint
 
-    root = smoke_data_root()
+    root = smoke_data_root(full)
     target = root / name
     stamp = root / f".{name}-{seed}-{size}.stamp"
-    want = fingerprint(name, seed, size)
+    want = fingerprint(name, seed, size) + ("-full" if full else "")
 
     def current() -> bool:
         return target.is_dir() and any(target.iterdir()) and stamp.is_file() and stamp.read_text().strip() == want
@@ -277,7 +290,7 @@ def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> P
             return root
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
-            write_synthetic_dataset(name, tmp, seed=seed, size=size)
+            write_synthetic_dataset(name, tmp, seed=seed, size=size, **({"full": True} if full else {}))
             if target.exists():
                 os.replace(target, tmp / "stale")
             os.replace(tmp / name, target)
@@ -303,8 +316,9 @@ def resolve_path(value: str | None, *, data_root=None, model_root=None) -> str |
 def resolve_run_config(cfg: RunConfig, *, data_root=None, model_root=None, strict_data: bool = False) -> RunConfig:
     """The config a run actually receives: markers replaced by paths, smoke data generated if missing,
     ``data.strict`` set by ``--strict-data`` (a check on the input, like the roots: not in the run id)."""
-    if cfg.data.root == SMOKE_DATA_MARKER:
-        ensure_smoke_data(cfg.data.name, seed=cfg.data.synth_seed, size=cfg.data.synth_size)
+    if cfg.data.root in (SMOKE_DATA_MARKER, SCALE_DATA_MARKER):
+        ensure_smoke_data(cfg.data.name, seed=cfg.data.synth_seed, size=cfg.data.synth_size,
+                          full=cfg.data.root == SCALE_DATA_MARKER)
     data = dataclasses.replace(cfg.data, root=resolve_path(cfg.data.root, data_root=data_root, model_root=model_root),
                                strict=cfg.data.strict or strict_data)
     model = dataclasses.replace(

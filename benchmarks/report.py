@@ -38,6 +38,7 @@ from benchmarks.claims import (
     reading,
 )
 from benchmarks.dataset_stats import non_finite_summary
+from benchmarks.profiles import SYNTHETIC_PROFILES
 from benchmarks.schema import RESULT_COLUMNS
 from benchmarks.stats import (
     MIN_PAIRS,
@@ -150,6 +151,10 @@ def _fmt_num(v: float, fmt: str) -> str:
 def _banner(profile: str, df: pd.DataFrame) -> str:
     if profile == "smoke":
         return SMOKE_BANNER
+    if profile == "scale":
+        return ("> SCALE PROFILE: the published backbone architectures with RANDOM weights, on full-size "
+                "SYNTHETIC data: a test of the paper profile's GPU path, speed and memory. These numbers are "
+                "not the paper's and not comparable to them.")
     data = ", ".join(data_sources(df)) or "unknown (no results yet)"
     model = ", ".join(model_sources(df)) or "unknown (no results yet)"
     if profile == "paper":
@@ -415,7 +420,7 @@ def _paper_comparison(spec: TableSpec, ds: str, cells: dict, profile: str) -> li
     values = [p for p in spec.paper_values if p.dataset == ds]
     if not values:
         return []
-    comparable = profile != "smoke"
+    comparable = profile not in SYNTHETIC_PROFILES
     rows = []
     for p in values:
         mean, std, n = cells.get((p.row, ds, p.metric), (float("nan"), float("nan"), 0))

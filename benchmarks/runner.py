@@ -267,9 +267,11 @@ def _default_run_fn(spec: TableSpec) -> RunFn:
         return dataset_statistics
 
     def run(cfg, *, progress=None, checkpoint_dir=None):  # imported on first use: torch loads only to train
+        from benchmarks.profiles import CHECKPOINT_MINUTES
         from egmf_core.run import run_experiment
 
-        return run_experiment(cfg, progress=progress, checkpoint_dir=checkpoint_dir)
+        return run_experiment(cfg, progress=progress, checkpoint_dir=checkpoint_dir,
+                              checkpoint_minutes=CHECKPOINT_MINUTES.get(cfg.profile))
 
     return run
 

@@ -101,11 +101,12 @@ def egmf_step_share(model, batch: dict[str, torch.Tensor], repeats: int = 3) -> 
 
 
 def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] | None = None,
-                   checkpoint_dir: str | Path | None = None) -> RunOutcome:
+                   checkpoint_dir: str | Path | None = None, checkpoint_minutes: float | None = None) -> RunOutcome:
     """Train and evaluate one configuration; the test split is evaluated once, at the end.
 
     With ``checkpoint_dir`` the training state is saved there every ``train.checkpoint_every``
-    steps, and a checkpoint found there is resumed (egmf_core.checkpoint); the caller deletes the
+    steps and every ``checkpoint_minutes`` (an execution setting, not part of the run's id: it never
+    changes a result), and at validation passes once either is set, and a checkpoint found there is resumed (egmf_core.checkpoint); the caller deletes the
     directory once the outcome is stored.
     """
     from egmf_core.batching import PromptEncoder, collate
@@ -120,7 +121,7 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
     cfg = validate(cfg)
     set_threads(cfg.profile)
     checkpoint = None if checkpoint_dir is None else Checkpointer(
-        checkpoint_dir, every=cfg.train.checkpoint_every, tag=config_hash(cfg))
+        checkpoint_dir, every=cfg.train.checkpoint_every, minutes=checkpoint_minutes, tag=config_hash(cfg))
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     root = resolve_path(cfg.data.root)

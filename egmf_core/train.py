@@ -267,8 +267,8 @@ def fit(
 ) -> FitResult:
     """Train EGMF's modules (and LoRA) with early stopping on the validation split only.
 
-    With ``checkpoint``, the state is saved every ``checkpoint.every`` steps and a run that finds
-    a checkpoint continues from it, giving the same result as if it had never stopped. The
+    With ``checkpoint``, the state is saved when ``checkpoint.due`` says (steps, minutes, validation
+    passes) and a run that finds a checkpoint continues from it, giving the same result as if it had never stopped. The
     training loss is read back every ``train.log_every`` steps and at validation passes, not
     every step: the step itself never waits for the device.
     """
@@ -290,7 +290,7 @@ def fit(
     if resumed is not None:  # continue exactly where the saved run stopped
         step, order, step_time = resumed["step"], resumed["order"], resumed["step_time"]
         best, best_step, bad_evals = resumed["best"], resumed["best_step"], resumed["bad_evals"]
-        best_state, history = resumed["best_state"], resumed["history"]
+        best_state, history = resumed.get("best_state", best_state), resumed["history"]
     losses = LossLog(device)
     losses.first_step = step + 1
     while step < total:
@@ -318,11 +318,11 @@ def fit(
                 bad_evals += 1
                 if bad_evals >= patience:
                     break
-        if checkpoint is not None and checkpoint.due(step):
+        if checkpoint is not None and checkpoint.due(step, evaluated=evaluating):
             losses.flush()
             checkpoint.save(step, model, trainer.opt, trainer.sched, gen, dict(
                 step=step, order=order, step_time=step_time, best=best, best_step=best_step,
-                bad_evals=bad_evals, best_state=best_state, history=history))
+                bad_evals=bad_evals, history=history), best_state=best_state, best_step=best_step)
     losses.flush()
     _load_trainable_state(model, best_state)
     return FitResult(

@@ -189,7 +189,7 @@ def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_pat
 def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, tmp_path, capsys):
     started = []
 
-    def fake_jobs(worker_argv, jobs, total):  # the workers' part: train the runs here instead
+    def fake_jobs(worker_argv, jobs, total, gpus=None):  # the workers' part: train the runs here instead
         started.append((list(worker_argv), jobs, total))
         redo = [a.split("=", 1)[1] for a in worker_argv if a.startswith("--redo-before=")][0]
         for _ in range(jobs):
@@ -222,7 +222,7 @@ def test_bad_jobs_arguments_are_one_line_errors(extra, message, tmp_path, capsys
 
 
 def test_a_worker_that_rejects_its_input_ends_the_command_with_exit_2(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total: 2)
+    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total, gpus=None: 2)
     assert main(["reproduce", "3", "--jobs", "2", *_roots(tmp_path)]) == 2
 
 
@@ -238,7 +238,7 @@ def test_the_jobs_progress_bar_counts_finished_run_lines_only(line, done):
 
 def test_jobs_start_no_worker_when_every_run_is_stored_and_no_more_than_runs(monkeypatch, tmp_path, capsys):
     started = []
-    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total: started.append((jobs, total)) or 0)
+    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total, gpus=None: started.append((jobs, total)) or 0)
     argv = ["reproduce", "3", "--seeds", "1111", "--datasets", "mosei", "--no-report", *_roots(tmp_path)]
     assert main([*argv, "--jobs", "4"]) == 0  # one run to train: one worker
     assert started == [(1, 1)]
