@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--jobs-per-gpu", type=int, help="runs sharing one GPU (default: gpu-check's best, else 1)")
     pl.add_argument("--from", dest="measured", type=Path, metavar="GPU_CHECK_JSON",
                     help="use the step and evaluation times a gpu-check measured instead of the FLOP count")
+    pl.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                    help="price the grid with this override, as reproduce --set (e.g. train.compile=true)")
     pl.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
     pl.add_argument("--debug", action="store_true")
 
@@ -302,7 +304,8 @@ def cmd_plan(args) -> int:
 
         args.table = resolve_table(args.table, _ablations_dir(args))
     result = plan.make_plan(args.table, args.profile, gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu,
-                            measured_path=args.measured, ablations_dir=_ablations_dir(args))
+                            measured_path=args.measured, ablations_dir=_ablations_dir(args),
+                            overrides=parse_sets(args.sets))
     print(plan.render_plan(result), end="")
     return 0
 
