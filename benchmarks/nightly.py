@@ -169,7 +169,7 @@ def compared_results(profile: str, tables: list[str], results_root: Path) -> pd.
 
 def write_report(markdown: str, path: Path) -> Path:
     """Replace the report atomically, and append it to the GitHub job summary when there is one."""
-    from benchmarks.store import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), markdown.encode("utf-8"))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")

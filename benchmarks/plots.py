@@ -31,7 +31,7 @@ from benchmarks.stats import (
     to_display,
 )
 from benchmarks.training_curves import curve_frame
-from egmf_core.checkpoint import atomic_write_bytes
+from egmf_core.atomic import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 
 REFERENCE_COLOR = "#c0392b"
@@ -41,16 +41,11 @@ _STYLE = {"font.size": 9, "axes.titlesize": 10}
 LABEL_WIDTH = 14  # characters per tick-label line
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (the suite's one writer: temp, fsync, rename, fsync dir)."""
-    atomic_write_bytes(path, data)
-
-
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    write_file_atomically(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -257,7 +257,7 @@ def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> P
     """
     import fcntl
 
-    from egmf_core.checkpoint import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
     from egmf_core.data.synth import fingerprint
 
     root = smoke_data_root()

@@ -199,7 +199,7 @@ def _disk_full_on_run_file(env, mp):
 
 
 def _disk_full_on_checkpoint(env, mp):
-    from egmf_core.checkpoint import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
 
     def run(cfg, *, progress=None, checkpoint_dir=None):
         _disk_full(mp)

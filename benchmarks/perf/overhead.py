@@ -354,7 +354,7 @@ def overhead_table(result: dict) -> str:
 
 def record_cost(section: str, data: dict, path: Path = DEFAULT_OUT) -> Path:
     """Store ``data`` under ``section`` in the cost JSON (other sections kept) and re-render cost.md."""
-    from benchmarks.store import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
 
     path = Path(path)
     record = json.loads(path.read_text("utf-8")) if path.is_file() else {}
