@@ -37,6 +37,7 @@ from typing import Callable
 import pandas as pd
 
 from benchmarks import baselines, numerics
+from benchmarks.usage import OneLineParser
 
 NIGHTLY_FILE = Path(__file__).resolve().parent.parent / "ablations" / "nightly.toml"
 COMPARED_SPLIT = "test"
@@ -83,11 +84,6 @@ def nightly_grid(profile: str, path: Path = NIGHTLY_FILE) -> NightlyGrid:
     return NightlyGrid([str(t) for t in block["tables"]], seeds, overrides)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise NightlyInputError(message)
-
-
 @dataclass
 class NightlyResult:
     """What one nightly call did: its exit code, the comparison and where the report went."""
@@ -100,7 +96,7 @@ class NightlyResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m benchmarks.nightly", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m benchmarks.nightly", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="smoke", help="smoke (default) or paper")
     p.add_argument("--tables", help="comma-separated table names or numbers (default: the profile's in "
                                     "ablations/nightly.toml)")
