@@ -7,6 +7,7 @@ TOML shape (see ablations/*.toml)::
 
     name = "modality_ablation"
     caption = "Remove each modality, and each pair"
+    include = "_defaults.toml"        # start from the shared fields below; optional
     datasets = ["mosei", "sims_v2", "meld", "cherma"]
     metrics = { mosei = ["mae", "corr", "acc2_non0", "f1_non0"], meld = ["acc", "wf1"], ... }
     reference_row = "T+A+V"          # paired tests and deltas are against this row
@@ -26,6 +27,11 @@ TOML shape (see ablations/*.toml)::
     planted = true                    # the smoke data plant it (default false: "not applicable")
     [report]                          # optional: ReportConfig fields
     invalid_threshold = 0.20          # above this share of unparseable answers: "not comparable"
+
+Shared fields live in ``ablations/_defaults.toml`` (datasets, ``[metrics]``, ``[seeds]``,
+``[base]``). A table with ``include = "<file>"`` starts from that file's fields, and each
+top-level field it sets itself replaces the included one whole (lm-evaluation-harness's
+``include:``), so a table file states only what makes it different.
 
 Table numbers live in one place, ``ablations/table_numbers.toml``, marked as a best guess.
 """
@@ -142,7 +148,7 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
     name = resolve_table(name_or_number, ablations_dir)
     number = {v: k for k, v in table_numbers(ablations_dir).items()}[name]
     path = ablations_dir / f"{name}.toml"
-    d = _read_toml(path)
+    d = read_table_file(path)
 
     def need(key: str, typ: type | tuple[type, ...]) -> Any:
         if key not in d:
@@ -234,6 +240,20 @@ def _field(path: Path, d: dict, key: str, where: str) -> Any:
     if key not in d:
         raise TableError(f"{path}: {where} is missing field {key!r}")
     return d[key]
+
+
+def read_table_file(path: Path) -> dict[str, Any]:
+    """A table file's fields after its ``include``: the included file's, each replaced whole by the table's own."""
+    d = _read_toml(path)
+    if "include" not in d:
+        return d
+    include = d.pop("include")
+    if not isinstance(include, str) or not include:
+        raise TableError(f"{path}: field 'include' must be a file name beside it, got {include!r}")
+    shared = _read_toml(path.parent / include)
+    if "include" in shared:
+        raise TableError(f"{path.parent / include}: an included file cannot include another (field 'include')")
+    return {**shared, **d}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
