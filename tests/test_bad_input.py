@@ -397,9 +397,7 @@ def test_a_nan_loss_fails_that_run_with_its_step_and_the_grid_goes_on(tmp_path, 
 # ---- corrupt results files: detected, named by file and line, redone or rebuilt ------------------
 
 def _fake_grid(tmp_path, monkeypatch, table="main_msa", **kwargs):
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset",
-                        lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
+    isolate_harness(tmp_path, monkeypatch)
     calls = []
 
     def counting(cfg, *, progress=None):

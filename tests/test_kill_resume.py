@@ -22,6 +22,7 @@ from benchmarks import profiles, runner, store
 from benchmarks.grid import expand
 from benchmarks.tables import load_table
 from egmf_core.outcome import RunOutcome
+from tests.conftest import isolate_harness
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = "smoke"
@@ -360,8 +361,7 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_corrupts_nothing(tmp_pat
 
 
 def test_a_checkpoint_and_lock_left_by_a_kill_after_the_run_file_are_cleaned_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset", lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
+    isolate_harness(tmp_path, monkeypatch)
 
     def fake(cfg, *, progress=None):
         return RunOutcome(status="ok", metrics={"valid": {"wf1": 0.5}, "test": {"wf1": 0.5}})
