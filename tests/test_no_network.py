@@ -10,9 +10,8 @@ import pytest
 
 from benchmarks import cli, runner, store
 from benchmarks.cli import main
-from egmf_core.config import config_hash
-from egmf_core.outcome import RunOutcome
 from tests.conftest import isolate_harness
+from tests.fakes import hashed_run
 from tests.test_kill_resume import PROFILE, write_tiny_ablations
 from tests.test_kill_resume import tiny_repo  # noqa: F401 (a fixture used by name)
 
@@ -62,15 +61,9 @@ def test_a_tiny_smoke_grid_runs_end_to_end_without_any_socket(tmp_path, no_inter
 
 # ---- trust_remote_code -----------------------------------------------------------------------------
 
-def _fake_run(cfg, *, progress=None):
-    v = (int(config_hash(cfg), 16) % 1000) / 1000
-    return RunOutcome(status="ok", metrics={"valid": {"mae": v}, "test": {"mae": v}},
-                      trust_remote_code=cfg.model.trust_remote_code)
-
-
 @pytest.mark.parametrize("flag", [False, True])
 def test_trust_remote_code_is_off_unless_the_flag_is_given_and_every_record_says_which(tmp_path, monkeypatch, flag):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: _fake_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
     argv = ["reproduce", "3", "--seeds", "1111", "--datasets", "mosei", "--no-report",
             "--results-root", str(tmp_path / "results")] + (["--trust-remote-code"] if flag else [])
@@ -87,7 +80,7 @@ def test_the_report_says_when_remote_code_was_on(tmp_path, monkeypatch):
     from benchmarks import report
     from benchmarks.tables import load_table
 
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: _fake_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
     runner.reproduce("main_msa", PROFILE, seeds=[1111], datasets=["mosei"], trust_remote_code=True,
                      results_root=tmp_path / "results", reports_root=tmp_path / "reports", render=False)
