@@ -25,6 +25,8 @@ DATASETS = ("mosei", "sims_v2", "meld", "cherma")
 PROMPT_FORMATS = ("raw", "chat")  # egmf_core/prompts.py
 ACTIVATIONS = ("mish", "gelu", "swish", "relu", "tanh")  # egmf_core/experts.py builds each
 AV_ENCODER_KINDS = ("attn_pool", "mean_pool", "gru")  # egmf_core/encoders.py
+BETA_MODES = ("learned", "fixed")  # egmf_core/gating.py
+INVALID_FALLBACKS = ("majority", "mean", "wrong")  # egmf_core/answers.py
 FUSION_DIRECTIONS = ("text_queries", "bidirectional")
 
 
@@ -194,7 +196,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(set(m.expert_activation) == set(EXPERTS), "model.expert_activation", m.expert_activation, f"must name an activation for each of {EXPERTS}")
     need(all(a in ACTIVATIONS for a in m.expert_activation.values()), "model.expert_activation", m.expert_activation, f"activations must be in {ACTIVATIONS}")
     need(m.gating in GATING_MODES, "model.gating", m.gating, f"must be one of {GATING_MODES}")
-    need(m.beta_mode in ("learned", "fixed"), "model.beta_mode", m.beta_mode, "must be 'learned' or 'fixed'")
+    need(m.beta_mode in BETA_MODES, "model.beta_mode", m.beta_mode, f"must be one of {BETA_MODES}")
     need(m.text_proj in ("linear", "mlp"), "model.text_proj", m.text_proj, "must be 'linear' or 'mlp'")
     need(m.av_encoder in AV_ENCODER_KINDS, "model.av_encoder", m.av_encoder, f"must be one of {AV_ENCODER_KINDS}")
     need(isinstance(m.n_tokens, int) and m.n_tokens > 0, "model.n_tokens", m.n_tokens, "must be a positive integer")
@@ -227,7 +229,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(isinstance(t.log_every, int) and t.log_every > 0, "train.log_every", t.log_every, "must be a positive integer")
     need(t.patience is None or t.patience > 0, "train.patience", t.patience, "must be positive or unset")
     need(t.select_on == "valid", "train.select_on", t.select_on, "model selection uses the validation split only")
-    need(t.invalid_fallback in ("majority", "mean", "wrong"), "train.invalid_fallback", t.invalid_fallback, "must be majority, mean or wrong")
+    need(t.invalid_fallback in INVALID_FALLBACKS, "train.invalid_fallback", t.invalid_fallback, f"must be one of {INVALID_FALLBACKS}")
     need(t.mixed_precision in ("auto", "no", "bf16"), "train.mixed_precision", t.mixed_precision, "must be auto, no or bf16")
     return cfg
 

@@ -27,10 +27,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from egmf_core.config import GATING_MODES
+from egmf_core.config import BETA_MODES, GATING_MODES
 from egmf_core.data.dataset import SPECS
 
-BETA_MODES = ("learned", "fixed")
 
 # Collapse thresholds for GatingStats (the paper's failure signature: "all alpha_i converge to
 # a uniform distribution"; the opposite failure, one expert always winning, is checked too).
