@@ -167,43 +167,10 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
     for ds in datasets:
         if ds not in metrics_raw:
             raise TableError(f"{path}: metrics has no entry for dataset {ds!r}")
-    rows = tuple(
-        Row(
-            name=str(_field(path, r, "name", f"rows[{i}]")),
-            overrides=dict(r.get("overrides", {})),
-            datasets=tuple(r["datasets"]) if "datasets" in r else None,
-            note=str(r.get("note", "")),
-        )
-        for i, r in enumerate(need("rows", list))
-    )
-    names = [r.name for r in rows]
-    if len(set(names)) != len(names):
-        raise TableError(f"{path}: duplicate row names in rows")
+    rows = _rows(path, need("rows", list))
     reference = d.get("reference_row")
-    if reference is not None and reference not in names:
+    if reference is not None and reference not in [r.name for r in rows]:
         raise TableError(f"{path}: reference_row {reference!r} is not a row")
-    paper_values = tuple(
-        PaperValue(
-            row=str(_field(path, p, "row", f"paper_values[{i}]")),
-            dataset=str(_field(path, p, "dataset", f"paper_values[{i}]")),
-            metric=str(_field(path, p, "metric", f"paper_values[{i}]")),
-            value=float(_field(path, p, "value", f"paper_values[{i}]")),
-            source=str(_field(path, p, "source", f"paper_values[{i}]")),
-            note=str(p.get("note", "")),
-        )
-        for i, p in enumerate(d.get("paper_values", []))
-    )
-    claims = tuple(
-        Claim(
-            id=str(_field(path, c, "id", f"claims[{i}]")),
-            kind=str(_field(path, c, "kind", f"claims[{i}]")),
-            text=str(_field(path, c, "text", f"claims[{i}]")),
-            source=str(c.get("source", "seed")),
-            params={k: v for k, v in c.items() if k not in ("id", "kind", "text", "source", "planted")},
-            planted=bool(c.get("planted", False)),
-        )
-        for i, c in enumerate(d.get("claims", []))
-    )
     seeds = {str(k): tuple(int(s) for s in v) for k, v in need("seeds", dict).items()}
     return TableSpec(
         name=name,
@@ -215,11 +182,55 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
         base=dict(d.get("base", {})),
         rows=rows,
         reference_row=reference,
-        paper_values=paper_values,
-        claims=claims,
+        paper_values=_paper_values(path, d.get("paper_values", [])),
+        claims=_claims(path, d.get("claims", [])),
         trains=bool(d.get("trains", True)),
         path=str(path),
         report=_report_config(path, d.get("report", {})),
+    )
+
+
+def _rows(path: Path, raw: list) -> tuple[Row, ...]:
+    rows = tuple(
+        Row(
+            name=str(_field(path, r, "name", f"rows[{i}]")),
+            overrides=dict(r.get("overrides", {})),
+            datasets=tuple(r["datasets"]) if "datasets" in r else None,
+            note=str(r.get("note", "")),
+        )
+        for i, r in enumerate(raw)
+    )
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise TableError(f"{path}: duplicate row names in rows")
+    return rows
+
+
+def _paper_values(path: Path, raw: list) -> tuple[PaperValue, ...]:
+    return tuple(
+        PaperValue(
+            row=str(_field(path, p, "row", f"paper_values[{i}]")),
+            dataset=str(_field(path, p, "dataset", f"paper_values[{i}]")),
+            metric=str(_field(path, p, "metric", f"paper_values[{i}]")),
+            value=float(_field(path, p, "value", f"paper_values[{i}]")),
+            source=str(_field(path, p, "source", f"paper_values[{i}]")),
+            note=str(p.get("note", "")),
+        )
+        for i, p in enumerate(raw)
+    )
+
+
+def _claims(path: Path, raw: list) -> tuple[Claim, ...]:
+    return tuple(
+        Claim(
+            id=str(_field(path, c, "id", f"claims[{i}]")),
+            kind=str(_field(path, c, "kind", f"claims[{i}]")),
+            text=str(_field(path, c, "text", f"claims[{i}]")),
+            source=str(c.get("source", "seed")),
+            params={k: v for k, v in c.items() if k not in ("id", "kind", "text", "source", "planted")},
+            planted=bool(c.get("planted", False)),
+        )
+        for i, c in enumerate(raw)
     )
 
 

@@ -179,8 +179,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not ok:
             raise ConfigError(f"config field {name}={value!r}: {what}")
 
-    # The profile is the harness's label (benchmarks/profiles.py checks its names); the core only records it.
-    need(isinstance(cfg.profile, str) and cfg.profile != "", "profile", cfg.profile, "must be a non-empty name")
+    need(isinstance(cfg.profile, str) and cfg.profile, "profile", cfg.profile, "must be a harness profile's name")
     need(m.backbone in BACKBONES, "model.backbone", m.backbone, f"must be one of {BACKBONES}")
     need(dc.name in DATASETS, "data.name", dc.name, f"must be one of {DATASETS}")
     need(len(m.modalities) > 0, "model.modalities", m.modalities, "must name at least one modality")
