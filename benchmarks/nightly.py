@@ -253,12 +253,7 @@ def run_nightly(
     baseline_file = Path(baseline) if baseline is not None else baselines.baseline_path(profile, results_root)
     missing_baseline = not update_baseline and not baseline_file.is_file()
     if not update_baseline and not missing_baseline:
-        base = baselines.read_baseline(baseline_file)  # before training: a malformed baseline is bad input
-        base = base[base["table"].isin(tables)]
-        lacking = [t for t in tables if t not in set(base["table"])]
-        if lacking:
-            raise baselines.BaselineError(f"{baseline_file}: no rows for table {lacking[0]!r} (add them with "
-                                          f"--update-baseline --tables {lacking[0]})")
+        base = _baseline_of(baseline_file, tables)  # before training: a malformed baseline is bad input
     summaries = []
     if reproduce:
         summaries = reproduce_tables(profile, tables, data_root=data_root, model_root=model_root,
@@ -268,11 +263,7 @@ def run_nightly(
     failures = [f for s in summaries for f in s.failures]
     results = of_grid(compared_results(profile, tables, results_root), grid)
     if missing_baseline:
-        report = write_report(no_baseline_report(profile, baseline_file, lines + failures),
-                              reports_root / profile / "regression.md")
-        lines += [f"no baseline at {baseline_file}: results stored; create it with "
-                  f"`nox -s nightly -- --profile {profile} --update-baseline` and commit it", f"report: {report}"]
-        return NightlyResult(NO_BASELINE_EXIT, None, report, baseline_file, lines)
+        return _without_baseline(profile, baseline_file, reports_root, lines, failures)
     if update_baseline:
         others = spread_results(profile, tables, variants, Path(spread_root), data_root=data_root,
                                 model_root=model_root, train=train_variant or train_under_setting)
@@ -280,7 +271,33 @@ def run_nightly(
             lines.append(f"numerics spread over {len(variants) + 1} trainings: {numerics.mode()} (these results), "
                          + ", ".join(name for name, _ in variants) + f" (under {spread_root})")
         return _update(profile, tables, results, baseline_file, k, failures, lines, others)
+    return _compare(profile, results, base, baseline_file, k, reports_root, lines, failures)
 
+
+def _baseline_of(baseline_file: Path, tables: list[str]) -> pd.DataFrame:
+    """The baseline's rows of ``tables``; a one-line error when a table has none."""
+    base = baselines.read_baseline(baseline_file)
+    base = base[base["table"].isin(tables)]
+    lacking = [t for t in tables if t not in set(base["table"])]
+    if lacking:
+        raise baselines.BaselineError(f"{baseline_file}: no rows for table {lacking[0]!r} (add them with "
+                                      f"--update-baseline --tables {lacking[0]})")
+    return base
+
+
+def _without_baseline(profile: str, baseline_file: Path, reports_root: Path, lines: list[str],
+                      failures: list[str]) -> NightlyResult:
+    """No baseline yet: the results stay stored, and the report says how to create one."""
+    report = write_report(no_baseline_report(profile, baseline_file, lines + failures),
+                          reports_root / profile / "regression.md")
+    lines = [*lines, f"no baseline at {baseline_file}: results stored; create it with "
+             f"`nox -s nightly -- --profile {profile} --update-baseline` and commit it", f"report: {report}"]
+    return NightlyResult(NO_BASELINE_EXIT, None, report, baseline_file, lines)
+
+
+def _compare(profile: str, results: pd.DataFrame, base: pd.DataFrame, baseline_file: Path, k: float,
+             reports_root: Path, lines: list[str], failures: list[str]) -> NightlyResult:
+    """Compare the results with the baseline, write the regression report; exit code 1 on a regression."""
     comparison = baselines.compare(results, base, k=k)
     notes = lines + failures
     if (reports_root / profile / "cost.md").is_file():
