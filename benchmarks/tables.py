@@ -206,32 +206,28 @@ def _rows(path: Path, raw: list) -> tuple[Row, ...]:
     return rows
 
 
+def _required(path: Path, d: dict, keys: tuple[str, ...], where: str) -> dict[str, str]:
+    """The entry's required fields, as strings; a TableError names the first one missing."""
+    return {key: str(_field(path, d, key, where)) for key in keys}
+
+
 def _paper_values(path: Path, raw: list) -> tuple[PaperValue, ...]:
-    return tuple(
-        PaperValue(
-            row=str(_field(path, p, "row", f"paper_values[{i}]")),
-            dataset=str(_field(path, p, "dataset", f"paper_values[{i}]")),
-            metric=str(_field(path, p, "metric", f"paper_values[{i}]")),
-            value=float(_field(path, p, "value", f"paper_values[{i}]")),
-            source=str(_field(path, p, "source", f"paper_values[{i}]")),
-            note=str(p.get("note", "")),
-        )
-        for i, p in enumerate(raw)
-    )
+    values = []
+    for i, p in enumerate(raw):
+        f = _required(path, p, ("row", "dataset", "metric", "value", "source"), f"paper_values[{i}]")
+        values.append(PaperValue(row=f["row"], dataset=f["dataset"], metric=f["metric"], value=float(p["value"]),
+                                 source=f["source"], note=str(p.get("note", ""))))
+    return tuple(values)
 
 
 def _claims(path: Path, raw: list) -> tuple[Claim, ...]:
-    return tuple(
-        Claim(
-            id=str(_field(path, c, "id", f"claims[{i}]")),
-            kind=str(_field(path, c, "kind", f"claims[{i}]")),
-            text=str(_field(path, c, "text", f"claims[{i}]")),
-            source=str(c.get("source", "seed")),
-            params={k: v for k, v in c.items() if k not in ("id", "kind", "text", "source", "planted")},
-            planted=bool(c.get("planted", False)),
-        )
-        for i, c in enumerate(raw)
-    )
+    claims = []
+    for i, c in enumerate(raw):
+        f = _required(path, c, ("id", "kind", "text"), f"claims[{i}]")
+        params = {k: v for k, v in c.items() if k not in ("id", "kind", "text", "source", "planted")}
+        claims.append(Claim(id=f["id"], kind=f["kind"], text=f["text"], source=str(c.get("source", "seed")),
+                            params=params, planted=bool(c.get("planted", False))))
+    return tuple(claims)
 
 
 def _report_config(path: Path, raw: Any) -> ReportConfig:
