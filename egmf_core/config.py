@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODALITIES = ("text", "audio", "visual")
-EXPERTS = ("E1", "E2", "E3")
+EXPERTS = ("E1", "E2", "E3")  # canonical order: ExpertBank's K axis (and so alpha's columns) follows it
 GATING_MODES = ("hierarchical", "single_stage", "uniform")
 BACKBONES = ("glm3", "glm4", "llama3", "glm3-tiny", "glm4-tiny", "llama3-tiny", "glm3-full", "glm4-full", "llama3-full")
 DATASETS = ("mosei", "sims_v2", "meld", "cherma")

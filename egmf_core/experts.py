@@ -19,7 +19,6 @@ import torch.nn as nn
 
 from egmf_core.config import ACTIVATIONS, EXPERTS
 
-EXPERT_ORDER = EXPERTS  # canonical order: the K axis of alpha follows it
 # The layer for each activation name of config.ACTIVATIONS (same order).
 ACTIVATION_LAYERS = dict(zip(ACTIVATIONS, (nn.Mish, nn.GELU, nn.SiLU, nn.ReLU, nn.Tanh), strict=True))
 
@@ -67,12 +66,12 @@ class ExpertBank(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        unknown = [n for n in names if n not in EXPERT_ORDER]
+        unknown = [n for n in names if n not in EXPERTS]
         if unknown or not names:
             raise ExpertConfigError(
-                f"egmf_core/experts.py: model.experts={list(names)!r} must be a non-empty subset of {EXPERT_ORDER}"
+                f"egmf_core/experts.py: model.experts={list(names)!r} must be a non-empty subset of {EXPERTS}"
             )
-        self.names = [n for n in EXPERT_ORDER if n in names]  # K axis order, whatever order was given
+        self.names = [n for n in EXPERTS if n in names]  # K axis order, whatever order was given
         self.experts = nn.ModuleDict(
             {n: Expert(d_h, ratios[n], activations[n], dropout) for n in self.names}
         )
