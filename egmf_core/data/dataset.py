@@ -26,8 +26,9 @@ class DatasetSpec:
     key_metric_higher_is_better: bool = True
     # Regression: |y| <= band is "neutral" when gating statistics bin labels by sign. MOSEI 0.5
     # follows Acc-3's round(clip(y, -1, 1)) == 0; SIMS-V2 0.1 follows the 3-class edges
-    # (-1, -0.1, 0.1, 1) used by the field's evaluators.
-    neutral_band: float | None = None
+    # (-1, -0.1, 0.1, 1) used by the field's evaluators. Out of the repr: synth.fingerprint hashes
+    # repr(SPECS), and the band changes no generated sample (the smoke data stamps stay valid).
+    neutral_band: float | None = field(default=None, repr=False)
 
 
 # MELD's official order (datasets.md). CHERMA's order follows the proxy's label list.
