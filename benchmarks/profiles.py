@@ -28,14 +28,13 @@ from typing import Any
 
 from egmf_core.config import DATASETS, ConfigError, RunConfig, apply_overrides, validate
 from egmf_core.data import find_dataset_folder
+from egmf_core.data.dataset import SPECS
+from egmf_core.paths import FAMILY_DIRS, REPO_MARKER, REPO_ROOT
 
 PROFILES = ("smoke", "scale", "paper")
 SYNTHETIC_PROFILES = ("smoke", "scale")  # synthetic data and random weights: never the paper's numbers
 GPU_PROFILES = ("scale", "paper")  # a run fills (a share of) one GPU
 SEEDS_FROM = {"scale": "paper"}  # a profile without seeds of its own in a table file runs these
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-REPO_MARKER = "<repo>"
 DATA_ROOT_MARKER = "<data-root>"
 MODEL_ROOT_MARKER = "<model-root>"
 SMOKE_DATA_VERSION = 5  # = egmf_core.data.synth.SYNTH_VERSION (checked by a test; no import: keeps this light)
@@ -45,11 +44,7 @@ DATA_ROOT_ENV = "EGMF_DATA_ROOT"
 MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"
 
 # Paper profile: backbone -> directory under the model root holding the HF checkpoint.
-MODEL_DIRS: dict[str, str] = {
-    "glm3": "chatglm3-6b",  # THUDM/chatglm3-6b (converted to the native Glm layout on load)
-    "glm4": "glm-4-9b-hf",  # THUDM/glm-4-9b-hf (GlmForCausalLM)
-    "llama3": "Meta-Llama-3-8B-Instruct",  # meta-llama/Meta-Llama-3-8B-Instruct
-}
+MODEL_DIRS: dict[str, str] = {family: names[0] for family, names in FAMILY_DIRS.items()}
 
 # Smoke profile: each paper backbone maps to its randomly initialised tiny twin.
 SMOKE_BACKBONES: dict[str, str] = {"glm3": "glm3-tiny", "glm4": "glm4-tiny", "llama3": "llama3-tiny"}
@@ -95,21 +90,6 @@ PAPER_TRAIN: dict[str, Any] = {
 }
 PAPER_PATIENCE: dict[str, int] = {"classification": 8, "regression": 10}
 
-DESCRIPTIONS: dict[str, str] = {
-    "smoke": (
-        "smoke: randomly initialised tiny twins of the backbones (glm3-tiny, glm4-tiny, llama3-tiny; "
-        "d_h 64) trained for a few hundred steps on synthetic data in the real on-disk formats. "
-        "Checks that the pipeline runs and that effects can show; its numbers are not comparable "
-        "to the paper's."
-    ),
-    "paper": (
-        "paper: GLM3-6B / GLM4-9B / Llama3-8B from local weights (--model-root), the real datasets "
-        "(--data-root), lr 5e-5, batch 8, AdamW eps 1e-4, cosine schedule with 10% warmup, early "
-        "stopping after 8 (ERC) / 10 (MSA) evaluations, five seeds (1111-1115)."
-    ),
-}
-
-
 class ProfileError(ValueError):
     """A profile is unknown or cannot run (a missing data or model root); the message says how to fix it."""
 
@@ -120,17 +100,6 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def profile_description(profile: str) -> str:
-    """One paragraph for report headers: what the profile runs and how far to trust it."""
-    return DESCRIPTIONS[check_profile(profile)]
-
-
-def _task(dataset: str) -> str:
-    from egmf_core.data.dataset import SPECS
-
-    return SPECS[dataset].task
-
-
 def profile_base(profile: str, dataset: str) -> RunConfig:
     """The profile's starting config for a dataset, before any table or row override."""
     check_profile(profile)
@@ -138,7 +107,7 @@ def profile_base(profile: str, dataset: str) -> RunConfig:
         raise ProfileError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     cfg = validate(RunConfig(profile=profile, data=dataclasses.replace(RunConfig().data, name=dataset)))
     if profile in GPU_PROFILES:
-        cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": PAPER_PATIENCE[_task(dataset)]})
+        cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": PAPER_PATIENCE[SPECS[dataset].task]})
     return cfg
 
 
@@ -270,7 +239,7 @@ def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None, full
     """
     import fcntl
 
-    from egmf_core.checkpoint import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
     from egmf_core.data.synth import fingerprint
 
     root = smoke_data_root(full)

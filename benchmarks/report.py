@@ -40,6 +40,7 @@ from benchmarks.claims import (
 from benchmarks.dataset_stats import non_finite_summary
 from benchmarks.profiles import SYNTHETIC_PROFILES
 from benchmarks.schema import RESULT_COLUMNS
+from benchmarks.store import table_csv_path
 from benchmarks.stats import (
     MIN_PAIRS,
     MIN_PAIRS_BOOTSTRAP,
@@ -62,6 +63,7 @@ from benchmarks.stats import (
 )
 from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from benchmarks.training_curves import training_section
+from egmf_core.atomic import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 
 SMOKE_BANNER = (
@@ -78,13 +80,9 @@ CLAIM_WORDS = ("held", "did not hold", INCONCLUSIVE, RECOVERED, NOT_RECOVERED, N
 
 # ---- reading results -----------------------------------------------------------------------------
 
-def results_path(profile: str, table: str, results_root: Path = Path("results")) -> Path:
-    return Path(results_root) / profile / f"{table}.csv"
-
-
 def load_results(profile: str, table: str, results_root: Path = Path("results")) -> pd.DataFrame:
     """The tidy rows of one table and profile (an empty frame when the file does not exist)."""
-    path = results_path(profile, table, results_root)
+    path = table_csv_path(results_root, profile, table)
     if not path.is_file():
         return normalise_results(pd.DataFrame(columns=list(RESULT_COLUMNS)))
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -781,7 +779,7 @@ def render_table(profile: str, table: str, *, results_root: Path = Path("results
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(spec, df, profile, out_dir)
     path = out_dir / f"{spec.name}.md"
-    plots.write_file_atomically(path, build_table_report(spec, df, profile, figures).encode("utf-8"))
+    atomic_write_bytes(path, build_table_report(spec, df, profile, figures).encode("utf-8"))
     return path
 
 
@@ -827,5 +825,5 @@ def render_index(profile: str, *, results_root: Path = Path("results"), reports_
                          ablations_dir=ablations_dir)
         entries.append((spec, df))
     path = Path(reports_root) / profile / "README.md"
-    plots.write_file_atomically(path, build_index(profile, entries).encode("utf-8"))
+    atomic_write_bytes(path, build_index(profile, entries).encode("utf-8"))
     return path

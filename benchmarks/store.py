@@ -15,7 +15,7 @@ detected, named by file and line, and its run redone. A table CSV is checked aga
 files before it is rebuilt (:func:`csv_problem`), so an edited CSV is reported too, and never
 read by a report: reports are rendered from freshly rebuilt CSVs.
 
-Every write goes through :func:`egmf_core.checkpoint.atomic_write_bytes` (temp file, fsync,
+Every write goes through :func:`egmf_core.atomic.atomic_write_bytes` (temp file, fsync,
 rename): a kill at any moment leaves the old file or the new one, plus at worst a ``.*.tmp``
 file that no reader looks at (:func:`sweep_temp_files` removes old ones). Shards write
 different files; two writes of the same run replace each other atomically (last writer wins),
@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from benchmarks.schema import RESULT_COLUMNS
-from egmf_core.checkpoint import AtomicWriteError, atomic_write_bytes, remove_checkpoint  # noqa: F401 (re-exported)
+from egmf_core.atomic import AtomicWriteError, atomic_write_bytes, missing_parents
+from egmf_core.checkpoint import remove_checkpoint  # noqa: F401 (runner.py calls store.remove_checkpoint)
 from egmf_core.config import config_hash
 
 RECORD_KEYS = ("run_id", "config", "outcome", "provenance")
@@ -123,10 +124,7 @@ class RunLock:
 
     def acquire(self) -> bool:
         for _ in range(10):
-            folder, missing = self.path.parent, []
-            while not folder.exists() and folder != folder.parent:
-                missing.append(folder)
-                folder = folder.parent
+            missing = missing_parents(self.path.parent)
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

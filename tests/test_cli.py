@@ -9,21 +9,16 @@ import pytest
 
 from benchmarks import launchers, runner
 from benchmarks.cli import main
-from egmf_core.config import ConfigError, config_hash
+from egmf_core.config import ConfigError
 from egmf_core.outcome import RunOutcome
 from tests.conftest import isolate_harness
-
-
-def fake_run(cfg, *, progress=None):
-    v = (int(config_hash(cfg), 16) % 1000) / 1000
-    return RunOutcome(status="ok", metrics={"valid": {"wf1": v, "mae": v}, "test": {"wf1": v, "mae": v}},
-                      invalid_rate={"valid": 0.0, "test": 0.0})
+from tests.fakes import hashed_run
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Fake runs and fake synthetic data; no real training, nothing written in the repo."""
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: fake_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
 
 
@@ -194,7 +189,7 @@ def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, t
         redo = [a.split("=", 1)[1] for a in worker_argv if a.startswith("--redo-before=")][0]
         for _ in range(jobs):
             runner.reproduce("3", "smoke", seeds=[1111, 1112], redo_before=redo, results_root=tmp_path / "results",
-                             render=False, run_fn=fake_run)
+                             render=False, run_fn=hashed_run)
         return 0
 
     monkeypatch.setattr(launchers, "run_local_jobs", fake_jobs)

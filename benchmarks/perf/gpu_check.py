@@ -489,7 +489,7 @@ def run_gpu_check(opts: CheckOptions) -> dict[str, Any]:
 
 def write_outputs(result: dict[str, Any], opts: CheckOptions) -> None:
     from benchmarks.perf.gpu_check_report import render_gpu_check
-    from egmf_core.checkpoint import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
 
     if opts.json_path is not None:
         atomic_write_bytes(opts.json_path, (json.dumps(result, indent=1, default=float) + "\n").encode())
