@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from benchmarks import numerics
+from benchmarks.usage import OneLineParser, UsageError, one_line  # noqa: F401 (UsageError: the CLI's error type)
 from benchmarks.grid import GridError, parse_names, parse_seeds, parse_sets, parse_shard
 from benchmarks.tables import ABLATIONS_DIR
 
@@ -29,18 +30,9 @@ QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 VALUE_FLAGS = ("--rows", "--datasets", "--seeds", "--shard")  # values may start with "-" ("-T,-A")
 
 
-class UsageError(ValueError):
-    """Bad command-line usage (argparse's complaints, in one line)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m benchmarks", description="Reproduce the EGMF paper's tables.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="python -m benchmarks", description="Reproduce the EGMF paper's tables.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     def common(p, *, reports: bool = True):
         p.add_argument("--profile", default="smoke", help="smoke (tiny twins, synthetic data) or paper")
@@ -167,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in str(e):
         return f"{e.filename}: {e.strerror or e}"
-    return " ".join(str(e).split()) or type(e).__name__
+    return one_line(e, limit=10_000) or type(e).__name__
 
 
 # ---- commands -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import runner
+from benchmarks.usage import one_line
 from benchmarks.grid import expand, unique_runs
 from benchmarks.tables import ABLATIONS_DIR, load_table
 
@@ -290,7 +291,7 @@ def _collect(jobs: list, summary: runner.Summary) -> None:
             result = job.result()  # blocks until the task ends; submitit polls the scheduler
         except Exception as e:  # a task that died for good (out of memory): its finished runs are kept
             job_id = getattr(job, "job_id", "?")
-            summary.failures.append(f"slurm task {job_id} failed: {runner.store._one_line(str(e))}")
+            summary.failures.append(f"slurm task {job_id} failed: {one_line(e)}")
             runner.log(summary.failures[-1])
             continue
         summary.trained += result["trained"]

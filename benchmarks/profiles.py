@@ -26,10 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from egmf_core.config import DATASETS, ConfigError, RunConfig, apply_overrides, validate
+from egmf_core.config import DATASETS, DEFAULT_PATIENCE, ConfigError, RunConfig, apply_overrides, validate
 from egmf_core.data import find_dataset_folder
 from egmf_core.data.dataset import SPECS
-from egmf_core.paths import FAMILY_DIRS, REPO_MARKER, REPO_ROOT
+from egmf_core.paths import FAMILY_DIRS, REPO_MARKER, REPO_ROOT, expand_repo_marker
 
 PROFILES = ("smoke", "scale", "paper")
 SYNTHETIC_PROFILES = ("smoke", "scale")  # synthetic data and random weights: never the paper's numbers
@@ -51,6 +51,10 @@ SMOKE_BACKBONES: dict[str, str] = {"glm3": "glm3-tiny", "glm4": "glm4-tiny", "ll
 # Scale profile: the published architectures with random weights, on full-size synthetic data,
 # with the paper profile's training settings: every CUDA path of a paper run, without the weights.
 SCALE_BACKBONES: dict[str, str] = {"glm3": "glm3-full", "glm4": "glm4-full", "llama3": "llama3-full"}
+# Intra-op threads of one run: 1 for the smoke profile (tiny matrices: a second thread buys nothing,
+# and on a busy 2-core machine OpenMP's spin-waiting made a step 20x slower, 77 ms vs 1.8 s);
+# torch's default elsewhere. $EGMF_TORCH_THREADS overrides it (run_threads).
+RUN_THREADS: dict[str, int | None] = {"smoke": 1, "scale": None, "paper": None}
 # Resumable checkpoints every this many minutes (and at every validation pass) for GPU runs.
 CHECKPOINT_MINUTES: dict[str, float | None] = {"smoke": None, "scale": 30.0, "paper": 30.0}
 
@@ -88,7 +92,6 @@ PAPER_TRAIN: dict[str, Any] = {
     "train.warmup_ratio": 0.1,
     "train.mixed_precision": "auto",
 }
-PAPER_PATIENCE: dict[str, int] = {"classification": 8, "regression": 10}
 
 class ProfileError(ValueError):
     """A profile is unknown or cannot run (a missing data or model root); the message says how to fix it."""
@@ -100,6 +103,12 @@ def check_profile(profile: str) -> str:
     return profile
 
 
+def run_threads(profile: str) -> int | None:
+    """The intra-op threads a run of ``profile`` uses: ``$EGMF_TORCH_THREADS``, else RUN_THREADS."""
+    n = os.environ.get("EGMF_TORCH_THREADS")
+    return int(n) if n else RUN_THREADS.get(profile)
+
+
 def profile_base(profile: str, dataset: str) -> RunConfig:
     """The profile's starting config for a dataset, before any table or row override."""
     check_profile(profile)
@@ -107,7 +116,7 @@ def profile_base(profile: str, dataset: str) -> RunConfig:
         raise ProfileError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     cfg = validate(RunConfig(profile=profile, data=dataclasses.replace(RunConfig().data, name=dataset)))
     if profile in GPU_PROFILES:
-        cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": PAPER_PATIENCE[SPECS[dataset].task]})
+        cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": DEFAULT_PATIENCE[SPECS[dataset].task]})
     return cfg
 
 
@@ -274,7 +283,7 @@ def resolve_path(value: str | None, *, data_root=None, model_root=None) -> str |
     if value is None:
         return None
     if value.startswith(REPO_MARKER):
-        return str(REPO_ROOT / value[len(REPO_MARKER):].lstrip("/"))
+        return str(expand_repo_marker(value, REPO_ROOT))
     if value.startswith(DATA_ROOT_MARKER):
         return str(data_root_from(data_root) / value[len(DATA_ROOT_MARKER):].lstrip("/"))
     if value.startswith(MODEL_ROOT_MARKER):

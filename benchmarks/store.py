@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from benchmarks.usage import one_line
 from benchmarks.schema import RESULT_COLUMNS
 from egmf_core.atomic import AtomicWriteError, atomic_write_bytes, missing_parents
 from egmf_core.checkpoint import remove_checkpoint  # noqa: F401 (runner.py calls store.remove_checkpoint)
@@ -351,7 +352,7 @@ def _cell_rows(table, cell, run: dict[str, Any]) -> list[dict[str, Any]]:
         "seed": int(cell.seed),
         "profile": cell.profile,
         "status": "ok" if ok else "failed",
-        "error": "" if ok else _one_line(outcome.get("error") or "failed"),
+        "error": "" if ok else one_line(outcome.get("error") or "failed"),
         "run_id": run["run_id"],
         "config_json": canonical_json(config),
         "backbone": model_cfg.get("backbone", ""),
@@ -401,10 +402,6 @@ def _float(v: Any) -> float:
         return math.nan if v is None else float(v)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:500]
 
 
 def table_csv_text(df: pd.DataFrame) -> str:

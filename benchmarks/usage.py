@@ -14,3 +14,9 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(message)
+
+
+def one_line(text: object, limit: int = 500) -> str:
+    """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters: how errors
+    reach stderr, run files and reports."""
+    return " ".join(str(text).split())[:limit]

@@ -31,14 +31,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from egmf_core.config import ModelConfig
+from egmf_core.paths import FAMILY_DIRS
 from egmf_core.lfs import folder_lfs_pointer, lfs_pointer_message, load_failure_message
 from egmf_core.twins import TWIN_SPECS, load_twin
 
-FAMILY_DIRS: dict[str, tuple[str, ...]] = {
-    "glm3": ("chatglm3-6b",),
-    "glm4": ("glm-4-9b-hf", "glm-4-9b-chat-hf"),  # first = benchmarks.profiles.MODEL_DIRS
-    "llama3": ("Meta-Llama-3-8B-Instruct",),
-}
 # config.json model_type accepted for each family ("glm" for glm3 = a directory already converted).
 FAMILY_MODEL_TYPES: dict[str, tuple[str, ...]] = {
     "glm3": ("chatglm", "glm"),

@@ -30,6 +30,10 @@ INVALID_FALLBACKS = ("majority", "mean", "wrong")  # egmf_core/answers.py
 FUSION_DIRECTIONS = ("text_queries", "bidirectional")
 
 
+# [P] early stopping after 8 (classification) / 10 (regression) validation passes without improvement
+DEFAULT_PATIENCE: dict[str, int] = {"classification": 8, "regression": 10}
+
+
 @dataclass
 class ModelConfig:
     """The EGMF model: fusion, experts, gating, pseudo tokens and the LLM backbone."""

@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 
 from egmf_core.config import BETA_MODES, GATING_MODES
-from egmf_core.data.dataset import SPECS
 
 
 # Collapse thresholds for GatingStats (the paper's failure signature: "all alpha_i converge to
@@ -48,8 +47,6 @@ STATIC_ALPHA_STD = 0.01
 # Regression labels are binned by sign for per-bin alpha means: negative / neutral / positive,
 # neutral when |y| <= the dataset spec's ``neutral_band`` (egmf_core/data/dataset.py).
 SENTIMENT_BIN_NAMES = ("negative", "neutral", "positive")
-# Read from the specs for train.py's import until it reads ``spec.neutral_band`` itself.
-SENTIMENT_NEUTRAL_BAND = {name: s.neutral_band for name, s in SPECS.items() if s.neutral_band is not None}
 
 
 class GatingConfigError(ValueError):

@@ -12,6 +12,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_MARKER = "<repo>"
 
+def expand_repo_marker(path: str, root: Path = REPO_ROOT) -> Path:
+    """``<repo>/x`` -> ``x`` under ``root`` (this clone); any other path as given (``~`` expanded)."""
+    if path.startswith(REPO_MARKER):
+        return root / path[len(REPO_MARKER):].lstrip("/")
+    return Path(path).expanduser()
+
+
 # Backbone family -> the folder names its HF checkpoint may have under $EGMF_MODEL_ROOT, the
 # first being where the paper profile expects it (benchmarks.profiles.MODEL_DIRS).
 FAMILY_DIRS: dict[str, tuple[str, ...]] = {

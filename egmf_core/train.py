@@ -24,7 +24,8 @@ from egmf_core.checkpoint import Checkpointer
 from egmf_core.config import TrainConfig
 from egmf_core.data.dataset import DatasetSpec
 from egmf_core.decoding import generate_answers, score_labels
-from egmf_core.gating import SENTIMENT_BIN_NAMES, SENTIMENT_NEUTRAL_BAND, GatingStats, sentiment_bin
+from egmf_core.config import DEFAULT_PATIENCE
+from egmf_core.gating import SENTIMENT_BIN_NAMES, GatingStats, sentiment_bin
 from egmf_core.metrics import compute_metrics
 from egmf_core.model import EGMF
 
@@ -108,7 +109,7 @@ def evaluate(
             else:
                 answers.update(zip(idx, generate_answers(model, batch, tokenizer, max_new, t_pseudo)))
         labels = enc.labels[idx]
-        stats.update(gate, labels if is_cls else sentiment_bin(labels, SENTIMENT_NEUTRAL_BAND[spec.name]))
+        stats.update(gate, labels if is_cls else sentiment_bin(labels, spec.neutral_band))
     texts = [answers[i] for i in range(len(enc))] if mode != "score" else []
     if mode == "score":
         values, valid, invalid_rate = chosen, np.ones(len(chosen), dtype=bool), 0.0
@@ -277,7 +278,7 @@ def fit(
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     trainer = Trainer.build(model, cfg, total)
     eval_every = cfg.eval_every or steps_per_epoch
-    patience = cfg.patience if cfg.patience is not None else (8 if spec.task == "classification" else 10)
+    patience = cfg.patience if cfg.patience is not None else DEFAULT_PATIENCE[spec.task]
     valid_mode = cfg.valid_eval_mode or cfg.eval_mode  # one mode for validation and test unless set
     gen = torch.Generator().manual_seed(seed)
 

@@ -32,7 +32,7 @@ def _roots(tmp_path):
     (["reproduce", "4", "--rows", "-T,-X"], "unknown name '-X' in --rows"),
     (["reproduce", "main_erc", "--datasets", "mosei"],
      "unknown name 'mosei' in --datasets (the datasets of table main_erc: meld, cherma)"),
-    (["reproduce", "3", "--profile", "huge"], "unknown profile 'huge' (known: smoke, paper)"),
+    (["reproduce", "3", "--profile", "huge"], "unknown profile 'huge' (known: smoke, scale, paper)"),
     (["reproduce", "3", "--shard", "2/2"], "bad --shard '2/2'"),
     (["reproduce", "3", "--shard", "half"], "bad --shard 'half'"),
     (["reproduce", "3", "--seeds", "1111,abc"], "bad --seeds '1111,abc'"),

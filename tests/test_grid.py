@@ -60,7 +60,7 @@ def test_unknown_filter_names_the_flag_and_the_known_values():
         expand(spec, "smoke", rows=["-T", "-X"])
     with pytest.raises(GridError, match=r"'imdb' in --datasets .*mosei, sims_v2, meld, cherma"):
         expand(spec, "smoke", datasets=["imdb"])
-    with pytest.raises(ProfileError, match="unknown profile 'big'.*smoke, paper"):
+    with pytest.raises(ProfileError, match="unknown profile 'big'.*smoke, scale, paper"):
         expand(spec, "big")
     with pytest.raises(GridError, match="bad seed -1"):
         expand(spec, "smoke", seeds=[-1])
