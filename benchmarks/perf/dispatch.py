@@ -74,8 +74,27 @@ def _fit_counts(twin: str, steps: int) -> tuple[int, int]:
     return sum(e.name.startswith("aten::") for e in prof.events()), reads[0]
 
 
+def render_comparison(before: dict, after: dict, before_rev: str, after_rev: str) -> str:
+    """The before/after table of two ``--json`` outputs (a pure function of them)."""
+    lines = [f"# Dispatch per training step (smoke twins, CPU): {before_rev} -> {after_rev}", "",
+             "Made by `benchmarks/perf/dispatch.py` on each revision (one thread, MELD twin, batch 16, the "
+             f"difference of a {2 * STEPS}- and a {STEPS}-step fit). Host reads: `Tensor.item` / `__bool__` "
+             "calls by egmf_core's own code, each a host-device synchronisation on a GPU.", "",
+             "| twin | aten ops/step before | after | host reads/step before | after |", "|---|---|---|---|---|"]
+    for twin in after:
+        b, a = before[twin], after[twin]
+        lines.append(f"| {twin} | {b['aten_ops_per_step']:,.0f} | {a['aten_ops_per_step']:,.0f} | "
+                     f"{b['host_reads_per_step']:.2f} | {a['host_reads_per_step']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``--json OUT``: measure this checkout; ``--compare BEFORE AFTER BEFORE_REV AFTER_REV``: the table."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--compare"]:
+        before, after = (json.loads(Path(p).read_text()) for p in argv[1:3])
+        print(render_comparison(before, after, argv[3], argv[4]), end="")
+        return 0
     result = {twin: measure(twin) for twin in TWINS}
     text = json.dumps(result, indent=1)
     if argv[:1] == ["--json"]:
