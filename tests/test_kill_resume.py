@@ -281,7 +281,8 @@ def test_a_grid_interrupted_mid_run_resumes_from_its_checkpoint_to_the_same_resu
 
     with pytest.raises(KeyboardInterrupt):
         go(tmp_path / "resumed", interrupted)
-    assert calls == [["latest.json", "step-000004.pt", "step-000004.safetensors"]]
+    # the best weights so far (none selected yet: step 0) have their own file, not a copy in the .pt
+    assert calls == [["best-000000.safetensors", "latest.json", "step-000004.pt", "step-000004.safetensors"]]
     assert check_store(tmp_path / "resumed") == (0, 0)  # nothing stored for the unfinished run
     capsys.readouterr()
     resumed = go(tmp_path / "resumed")
