@@ -80,18 +80,18 @@ def report(session: nox.Session) -> None:
     _harness(session, "report", "all")
 
 
-def _smoke_jobs(session: nox.Session) -> list[str]:
-    """``--jobs <CPU cores>`` for the smoke profile (one torch thread per run), unless given.
-    The paper profile trains one run at a time: one run fills a GPU."""
-    paper = "paper" in session.posargs or any(a.startswith("--profile=paper") for a in session.posargs)
-    given = any(a.startswith(("--jobs", "--shard", "--launcher")) for a in session.posargs)
-    return [] if paper or given else ["--jobs", str(os.cpu_count() or 1)]
+def _jobs(session: nox.Session) -> list[str]:
+    """``--jobs auto`` unless given: one worker per CPU core for the smoke profile (one torch thread
+    per run); for the GPU profiles ``--jobs-per-gpu`` (default 1) workers per visible GPU, each
+    pinned to its GPU."""
+    given = any(a.startswith(("--jobs=", "--shard", "--launcher")) or a == "--jobs" for a in session.posargs)
+    return [] if given else ["--jobs", "auto"]
 
 
 @nox.session
 def reproduce_all(session: nox.Session) -> None:
     """Reproduce every paper table (smoke profile unless -- --profile paper; smoke trains one run per CPU core)."""
-    _harness(session, "reproduce", "all", *_smoke_jobs(session))
+    _harness(session, "reproduce", "all", *_jobs(session))
 
 
 @nox.session
@@ -125,7 +125,7 @@ def _register_table_sessions() -> None:
         caption = tomllib.loads((ROOT / "ablations" / f"{name}.toml").read_text("utf-8")).get("caption", name)
 
         def session_fn(session: nox.Session, _name: str = name) -> None:
-            _harness(session, "reproduce", _name, *_smoke_jobs(session))
+            _harness(session, "reproduce", _name, *_jobs(session))
 
         session_fn.__doc__ = f"Table {number} ({name}): {caption}"
         nox.session(name=f"reproduce_table{number}")(session_fn)

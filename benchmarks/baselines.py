@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.stats import display_name, format_delta, format_value, higher_is_better, metric_scale, summarise
-from benchmarks.store import atomic_write_bytes
+from egmf_core.atomic import atomic_write_bytes
 
 CELL_KEYS = ("table", "row", "dataset", "split", "metric")
 BASELINE_COLUMNS = (*CELL_KEYS, "mean", "std", "n_seeds", "numerics_std", "numerics_n", "tolerance")

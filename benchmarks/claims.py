@@ -181,7 +181,9 @@ def reading(verdict: ClaimVerdict, claim: Claim, profile: str) -> str:
     """The verdict as a report prints it: on the smoke profile's synthetic data, a claim about
     planted structure reads "planted signal recovered / not recovered", and a claim about what
     the data do not plant reads "not applicable to synthetic data"."""
-    if profile != "smoke":
+    from benchmarks.profiles import SYNTHETIC_PROFILES
+
+    if profile not in SYNTHETIC_PROFILES:
         return verdict.verdict
     if not claim.planted:
         return NOT_APPLICABLE

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from benchmarks import numerics
+from benchmarks.usage import OneLineParser, UsageError, one_line  # noqa: F401 (UsageError: the CLI's error type)
 from benchmarks.grid import GridError, parse_names, parse_seeds, parse_sets, parse_shard
 from benchmarks.tables import ABLATIONS_DIR
 
@@ -29,18 +30,9 @@ QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 VALUE_FLAGS = ("--rows", "--datasets", "--seeds", "--shard")  # values may start with "-" ("-T,-A")
 
 
-class UsageError(ValueError):
-    """Bad command-line usage (argparse's complaints, in one line)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m benchmarks", description="Reproduce the EGMF paper's tables.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="python -m benchmarks", description="Reproduce the EGMF paper's tables.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     def common(p, *, reports: bool = True):
         p.add_argument("--profile", default="smoke", help="smoke (tiny twins, synthetic data) or paper")
@@ -66,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--redo-before", metavar="TIME",
                    help="retrain runs stored before TIME (ISO 8601 with a UTC offset); keep newer ones")
     r.add_argument("--shard", help="run shard i of n only, e.g. 0/4 (numbered from 0)")
-    r.add_argument("--jobs", type=int, default=1,
+    r.add_argument("--jobs-per-gpu", type=int, default=1,
+                   help="GPU profiles: runs sharing one GPU (--jobs auto = this x visible GPUs; gpu-check says which is best)")
+    r.add_argument("--jobs", default="1",
                    help="local: N worker processes sharing the grid, one run each at a time (smoke: one per CPU core)")
     r.add_argument("--launcher", default="local", help="local (default) or slurm (needs submitit)")
     r.add_argument("--shards", type=int, help="slurm: array tasks (default: one per run)")
@@ -109,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--jobs-per-gpu", type=int, help="runs sharing one GPU (default: gpu-check's best, else 1)")
     pl.add_argument("--from", dest="measured", type=Path, metavar="GPU_CHECK_JSON",
                     help="use the step and evaluation times a gpu-check measured instead of the FLOP count")
+    pl.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                    help="price the grid with this override, as reproduce --set (e.g. train.compile=true)")
     pl.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
     pl.add_argument("--debug", action="store_true")
 
@@ -163,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in str(e):
         return f"{e.filename}: {e.strerror or e}"
-    return " ".join(str(e).split()) or type(e).__name__
+    return one_line(e, limit=10_000) or type(e).__name__
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -212,22 +208,11 @@ def cmd_reproduce(args) -> int:
     else:
         if args.shards is not None or args.slurm_partition is not None:
             raise GridError("--shards and --slurm-partition need --launcher slurm (locally use --shard i/n)")
-        if args.jobs < 1:
-            raise GridError(f"--jobs {args.jobs}: must be at least 1")
-        if args.jobs > 1:
+        if resolve_jobs(args) > 1:
             if shard is not None:
                 raise GridError("--jobs shares the whole grid between its workers; drop --shard")
-            pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
-                                          **{k: kwargs[k] for k in ("seeds", "datasets", "force", "redo_before", "data_root",
-                                                                    "model_root", "trust_remote_code", "ablations_dir",
-                                                                    "overrides")})
-            from benchmarks.provenance import utc_timestamp
-
-            redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
-            if pending:  # else every run is stored: nothing for workers to do
-                rc = launchers.run_local_jobs(_worker_argv(args, redo), min(args.jobs, pending), total=pending)
-                if rc == 2:
-                    return 2  # the workers printed the error
+            if _run_jobs(args, rows, kwargs) == 2:
+                return 2  # the workers printed the error
             kwargs.update(force=False, redo_before=None)  # the workers trained what was asked; collect and render
         kwargs.update(shard=shard, raise_render_errors=args.debug)
         if args.table == "all":
@@ -239,6 +224,52 @@ def cmd_reproduce(args) -> int:
     return 0 if all(s.ok for s in summaries) else 1
 
 
+def resolve_jobs(args) -> int:
+    """``--jobs``: a number, or "auto": one per CPU core for the smoke profile (one thread per run),
+    ``--jobs-per-gpu`` per visible GPU for the GPU profiles (1 without a GPU)."""
+    from benchmarks.launchers import visible_gpus
+    from benchmarks.profiles import GPU_PROFILES
+
+    if args.jobs_per_gpu < 1:
+        raise GridError(f"--jobs-per-gpu {args.jobs_per_gpu}: must be at least 1")
+    if args.jobs == "auto":
+        if args.profile in GPU_PROFILES:
+            return max(1, len(visible_gpus()) * args.jobs_per_gpu)
+        return os.cpu_count() or 1
+    try:
+        jobs = int(args.jobs)
+    except ValueError:
+        raise GridError(f"--jobs {args.jobs!r}: a number of worker processes, or auto") from None
+    if jobs < 1:
+        raise GridError(f"--jobs {jobs}: must be at least 1")
+    return jobs
+
+
+def _run_jobs(args, rows, kwargs) -> int:
+    """Train the grid's pending runs in ``--jobs`` local workers (GPU profiles: each pinned to one
+    visible GPU, round-robin); their highest exit status, 0 when nothing was pending."""
+    from benchmarks import launchers, runner
+    from benchmarks.profiles import GPU_PROFILES
+    from benchmarks.provenance import utc_timestamp
+
+    keys = ("seeds", "datasets", "force", "redo_before", "data_root", "model_root", "trust_remote_code",
+            "ablations_dir", "overrides")
+    pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
+                                  **{k: kwargs[k] for k in keys})
+    if not pending:  # every run is stored: nothing for workers to do
+        return 0
+    redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
+    gpus = launchers.visible_gpus() if args.profile in GPU_PROFILES else None
+    return launchers.run_local_jobs(_worker_argv(args, redo), min(resolve_jobs(args), pending), total=pending,
+                                    gpus=gpus)
+
+
+def _gpu_count() -> int:
+    from benchmarks.launchers import visible_gpus
+
+    return max(1, len(visible_gpus()))
+
+
 def _print_estimate(args, rows, kwargs) -> None:
     """The planner's one-line estimate before a paper grid starts (never stops it). On stdout:
     stderr stays one ``error:`` line when the grid then fails on bad input."""
@@ -248,7 +279,7 @@ def _print_estimate(args, rows, kwargs) -> None:
         estimate = plan.grid_plan(args.table, args.profile, seeds=kwargs["seeds"], rows=rows,
                                   datasets=kwargs["datasets"], overrides=kwargs["overrides"],
                                   ablations_dir=kwargs["ablations_dir"], gpu=plan.detect_gpu(),
-                                  gpus=args.shards or args.jobs, check_roots=True,
+                                  gpus=args.shards or _gpu_count(), check_roots=True,
                                   **{k: kwargs[k] for k in ("data_root", "model_root", "trust_remote_code")})
     except ValueError:  # a bad filter or a missing root: reproduce itself says so in one line
         return
@@ -265,7 +296,8 @@ def cmd_plan(args) -> int:
 
         args.table = resolve_table(args.table, _ablations_dir(args))
     result = plan.make_plan(args.table, args.profile, gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu,
-                            measured_path=args.measured, ablations_dir=_ablations_dir(args))
+                            measured_path=args.measured, ablations_dir=_ablations_dir(args),
+                            overrides=parse_sets(args.sets))
     print(plan.render_plan(result), end="")
     return 0
 

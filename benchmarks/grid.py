@@ -53,6 +53,13 @@ def run_identity(cfg: RunConfig, trains: bool = True, overrides: dict[str, Any] 
     return {"kind": "dataset_stats", "profile": cfg.profile, "data": cfg.to_dict()["data"]}
 
 
+def table_seeds(table, profile: str):
+    """The seeds a table plans for a profile; the scale profile runs the paper's unless it names its own."""
+    from benchmarks.profiles import SEEDS_FROM
+
+    return table.seeds.get(profile, table.seeds.get(SEEDS_FROM.get(profile, profile)))
+
+
 def expand(
     table,
     profile: str,
@@ -75,9 +82,10 @@ def expand(
     false``) always uses its own placeholder seeds: statistics do not depend on a seed.
     """
     check_profile(profile)
-    if profile not in table.seeds:
+    planned = table_seeds(table, profile)
+    if planned is None:
         raise GridError(f"{table.path}: no seeds for profile {profile!r} (has: {', '.join(table.seeds)})")
-    seed_list = list(table.seeds[profile]) if (seeds is None or not table.trains) else _check_seeds(seeds)
+    seed_list = list(planned) if (seeds is None or not table.trains) else _check_seeds(seeds)
     row_names = [r.name for r in table.rows]
     chosen_rows = set(_check_names(rows, row_names, "--rows", f"rows of table {table.name}"))
     chosen_datasets = set(_check_names(datasets, list(table.datasets), "--datasets", f"datasets of table {table.name}"))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import runner
+from benchmarks.usage import one_line
 from benchmarks.grid import expand, unique_runs
 from benchmarks.tables import ABLATIONS_DIR, load_table
 
@@ -45,8 +46,30 @@ SLURM_DEFAULTS: dict[str, Any] = {
 RUN_DONE = re.compile(r": (ok|failed) in \d+h?\d*m\d+s$")  # a worker's line for a finished run
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``$CUDA_VISIBLE_DEVICES`` when set, else every GPU torch sees."""
+    import os
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_gpus(jobs: int, gpus: list[str] | None) -> list[str | None]:
+    """The GPU each of ``jobs`` workers is pinned to, round-robin (worker i -> gpus[i % n]); so
+    ``--jobs n*K`` puts K runs on each of n GPUs. None: no pinning (no GPUs, or CPU runs)."""
+    if not gpus:
+        return [None] * jobs
+    return [gpus[i % len(gpus)] for i in range(jobs)]
+
+
 def run_local_jobs(worker_argv: list[str], jobs: int, *, total: int | None = None,
-                   command: list[str] | None = None) -> int:
+                   command: list[str] | None = None, gpus: list[str] | None = None) -> int:
     """Run ``python -m benchmarks <worker_argv>`` ``jobs`` times at once, on one grid; wait for all.
 
     ``total`` (the runs to train, ``runner.pending_runs``) gives a progress bar over all workers,
@@ -63,6 +86,9 @@ def run_local_jobs(worker_argv: list[str], jobs: int, *, total: int | None = Non
     warnings and summary lines. The caller then collects every run file into the table CSV and
     renders the report. Returns the highest worker exit status (0 all fine, 1 some runs failed,
     2 a bad input, 130 interrupted).
+
+    ``gpus``: worker i sees only ``gpus[i % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``), so each run
+    has one GPU to itself, or shares it with the other workers pinned there (``--jobs-per-gpu``).
     """
     import os
     import subprocess
@@ -71,9 +97,11 @@ def run_local_jobs(worker_argv: list[str], jobs: int, *, total: int | None = Non
 
     env = {**os.environ, "EGMF_NO_PROGRESS": "1", "EGMF_LOG_RUNS": "1"}
     command = command or [sys.executable, "-m", "benchmarks"]
+    pinned = worker_gpus(jobs, gpus)
     procs = [subprocess.Popen([*command, *worker_argv],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-             for i in range(jobs)]
+                              env={**env, **({"CUDA_VISIBLE_DEVICES": g} if g is not None else {})},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+             for g in pinned]
 
     from tqdm import tqdm
 
@@ -263,7 +291,7 @@ def _collect(jobs: list, summary: runner.Summary) -> None:
             result = job.result()  # blocks until the task ends; submitit polls the scheduler
         except Exception as e:  # a task that died for good (out of memory): its finished runs are kept
             job_id = getattr(job, "job_id", "?")
-            summary.failures.append(f"slurm task {job_id} failed: {runner.store._one_line(str(e))}")
+            summary.failures.append(f"slurm task {job_id} failed: {one_line(e)}")
             runner.log(summary.failures[-1])
             continue
         summary.trained += result["trained"]

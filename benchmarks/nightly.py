@@ -37,6 +37,7 @@ from typing import Callable
 import pandas as pd
 
 from benchmarks import baselines, numerics
+from benchmarks.usage import OneLineParser
 
 NIGHTLY_FILE = Path(__file__).resolve().parent.parent / "ablations" / "nightly.toml"
 COMPARED_SPLIT = "test"
@@ -83,11 +84,6 @@ def nightly_grid(profile: str, path: Path = NIGHTLY_FILE) -> NightlyGrid:
     return NightlyGrid([str(t) for t in block["tables"]], seeds, overrides)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise NightlyInputError(message)
-
-
 @dataclass
 class NightlyResult:
     """What one nightly call did: its exit code, the comparison and where the report went."""
@@ -100,7 +96,7 @@ class NightlyResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m benchmarks.nightly", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m benchmarks.nightly", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="smoke", help="smoke (default) or paper")
     p.add_argument("--tables", help="comma-separated table names or numbers (default: the profile's in "
                                     "ablations/nightly.toml)")
@@ -169,7 +165,7 @@ def compared_results(profile: str, tables: list[str], results_root: Path) -> pd.
 
 def write_report(markdown: str, path: Path) -> Path:
     """Replace the report atomically, and append it to the GitHub job summary when there is one."""
-    from benchmarks.store import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), markdown.encode("utf-8"))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -257,12 +253,7 @@ def run_nightly(
     baseline_file = Path(baseline) if baseline is not None else baselines.baseline_path(profile, results_root)
     missing_baseline = not update_baseline and not baseline_file.is_file()
     if not update_baseline and not missing_baseline:
-        base = baselines.read_baseline(baseline_file)  # before training: a malformed baseline is bad input
-        base = base[base["table"].isin(tables)]
-        lacking = [t for t in tables if t not in set(base["table"])]
-        if lacking:
-            raise baselines.BaselineError(f"{baseline_file}: no rows for table {lacking[0]!r} (add them with "
-                                          f"--update-baseline --tables {lacking[0]})")
+        base = _baseline_of(baseline_file, tables)  # before training: a malformed baseline is bad input
     summaries = []
     if reproduce:
         summaries = reproduce_tables(profile, tables, data_root=data_root, model_root=model_root,
@@ -272,11 +263,7 @@ def run_nightly(
     failures = [f for s in summaries for f in s.failures]
     results = of_grid(compared_results(profile, tables, results_root), grid)
     if missing_baseline:
-        report = write_report(no_baseline_report(profile, baseline_file, lines + failures),
-                              reports_root / profile / "regression.md")
-        lines += [f"no baseline at {baseline_file}: results stored; create it with "
-                  f"`nox -s nightly -- --profile {profile} --update-baseline` and commit it", f"report: {report}"]
-        return NightlyResult(NO_BASELINE_EXIT, None, report, baseline_file, lines)
+        return _without_baseline(profile, baseline_file, reports_root, lines, failures)
     if update_baseline:
         others = spread_results(profile, tables, variants, Path(spread_root), data_root=data_root,
                                 model_root=model_root, train=train_variant or train_under_setting)
@@ -284,7 +271,33 @@ def run_nightly(
             lines.append(f"numerics spread over {len(variants) + 1} trainings: {numerics.mode()} (these results), "
                          + ", ".join(name for name, _ in variants) + f" (under {spread_root})")
         return _update(profile, tables, results, baseline_file, k, failures, lines, others)
+    return _compare(profile, results, base, baseline_file, k, reports_root, lines, failures)
 
+
+def _baseline_of(baseline_file: Path, tables: list[str]) -> pd.DataFrame:
+    """The baseline's rows of ``tables``; a one-line error when a table has none."""
+    base = baselines.read_baseline(baseline_file)
+    base = base[base["table"].isin(tables)]
+    lacking = [t for t in tables if t not in set(base["table"])]
+    if lacking:
+        raise baselines.BaselineError(f"{baseline_file}: no rows for table {lacking[0]!r} (add them with "
+                                      f"--update-baseline --tables {lacking[0]})")
+    return base
+
+
+def _without_baseline(profile: str, baseline_file: Path, reports_root: Path, lines: list[str],
+                      failures: list[str]) -> NightlyResult:
+    """No baseline yet: the results stay stored, and the report says how to create one."""
+    report = write_report(no_baseline_report(profile, baseline_file, lines + failures),
+                          reports_root / profile / "regression.md")
+    lines = [*lines, f"no baseline at {baseline_file}: results stored; create it with "
+             f"`nox -s nightly -- --profile {profile} --update-baseline` and commit it", f"report: {report}"]
+    return NightlyResult(NO_BASELINE_EXIT, None, report, baseline_file, lines)
+
+
+def _compare(profile: str, results: pd.DataFrame, base: pd.DataFrame, baseline_file: Path, k: float,
+             reports_root: Path, lines: list[str], failures: list[str]) -> NightlyResult:
+    """Compare the results with the baseline, write the regression report; exit code 1 on a regression."""
     comparison = baselines.compare(results, base, k=k)
     notes = lines + failures
     if (reports_root / profile / "cost.md").is_file():

@@ -178,8 +178,10 @@ def run_cost(cell: Cell, gpu: str = DEFAULT_GPU, measured: dict[str, Any] | None
     tokens = tokens_per_sample(cell)
     m = (measured or {}).get(family)
     if m:
-        step_s = float(m["step_time_s"]) * (t.batch_size * tokens) / float(m["tokens_per_step"])
-        step_s *= _sharing_factor(m, jobs_per_gpu)
+        compiled = bool(t.compile and m.get("jobs_per_gpu_compiled") and "step_time_s" in m.get("compile", {}))
+        base = float(m["compile"]["step_time_s"] if compiled else m["step_time_s"])  # train.compile: its own timing
+        step_s = base * (t.batch_size * tokens) / float(m["tokens_per_step"])
+        step_s *= _sharing_factor(m, jobs_per_gpu, "jobs_per_gpu_compiled" if compiled else "jobs_per_gpu")
         key = "eval_score_s_per_batch" if t.eval_mode == "score" else "eval_generate_s_per_batch"
         eval_s = eval_samples / float(m.get("eval_batch_size", t.eval_batch_size)) * float(m[key])
     else:
@@ -218,9 +220,10 @@ def _flops(gpu: str) -> float:
     return GPUS[gpu].bf16_tflops * 1e12 * MFU
 
 
-def _sharing_factor(m: dict[str, Any], k: int) -> float:
-    """GPU seconds per run-step with k runs on one GPU, relative to one: tokens/s(1) / tokens/s(k)."""
-    table = {str(key): float(v) for key, v in (m.get("jobs_per_gpu") or {}).items()}
+def _sharing_factor(m: dict[str, Any], k: int, key: str = "jobs_per_gpu") -> float:
+    """GPU seconds per run-step with k runs on one GPU, relative to one: tokens/s(1) / tokens/s(k)
+    (``key``: the uncompiled measurements, or ``jobs_per_gpu_compiled`` for ``train.compile``)."""
+    table = {str(k_): float(v) for k_, v in (m.get(key) or {}).items() if isinstance(v, (int, float))}
     if k == 1 or "1" not in table or str(k) not in table:
         return 1.0
     return table["1"] / table[str(k)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from benchmarks.stats import (
     to_display,
 )
 from benchmarks.training_curves import curve_frame
-from egmf_core.checkpoint import atomic_write_bytes
+from egmf_core.atomic import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 
 REFERENCE_COLOR = "#c0392b"
@@ -41,16 +41,11 @@ _STYLE = {"font.size": 9, "axes.titlesize": 10}
 LABEL_WIDTH = 14  # characters per tick-label line
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (the suite's one writer: temp, fsync, rename, fsync dir)."""
-    atomic_write_bytes(path, data)
-
-
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    write_file_atomically(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -122,22 +117,37 @@ def ablation_bars(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequence
     """Bars of each row's key metric (mean; error bar = std over the n seeds shown under each bar),
     one panel per dataset; the reference row is highlighted. ``not_comparable`` maps (row, dataset)
     to its unparseable share: those rows get no bar. Writes ``<table>_bars.png``."""
-    panels = [d for d in _datasets(df, datasets) if _cell_stats(df, rows, d, dataset_key_metric(d))[0]]
+    panels = _key_metric_panels(df, rows, datasets)
     if not panels:
         return []
-    skip = not_comparable or {}
+
+    def style(names, ds):
+        return [REFERENCE_COLOR if n == reference else ROW_COLOR for n in names], names
+
     with rc_context(_STYLE), sns.axes_style("whitegrid"):
-        fig, axes = _figure(len(panels), width=_panel_width(len(rows)), height=3.8)
-        for ax, ds in zip(axes, panels):
-            metric = dataset_key_metric(ds)
-            names, means, stds, ns = _cell_stats(df, rows, ds, metric)
-            colors = [REFERENCE_COLOR if n == reference else ROW_COLOR for n in names]
-            _bar_panel(ax, names, means, stds, ns, colors, names, {r: v for (r, d), v in skip.items() if d == ds})
-            ax.set_title(ds)
-            ax.set_ylabel(display_name(metric))
+        fig = _key_metric_figure(df, rows, panels, not_comparable or {}, style)
         ref = f" (red = reference {reference})" if reference else ""
         _suptitle(fig, f"{table}: key metric per row{ref}; error bars = std over n seeds")
         return [_save(fig, Path(out_dir) / f"{table}_bars.png")]
+
+
+def _key_metric_panels(df: pd.DataFrame, rows: Sequence[str], datasets: Sequence[str] | None) -> list[str]:
+    """The datasets with at least one row's key metric in the results: one panel each."""
+    return [d for d in _datasets(df, datasets) if _cell_stats(df, rows, d, dataset_key_metric(d))[0]]
+
+
+def _key_metric_figure(df: pd.DataFrame, rows: Sequence[str], panels: list[str],
+                       skip: dict[tuple[str, str], float], style: Callable) -> Figure:
+    """One bar panel per dataset of each row's key metric; ``style(names, dataset)`` gives (colors, labels)."""
+    fig, axes = _figure(len(panels), width=_panel_width(len(rows)), height=3.8)
+    for ax, ds in zip(axes, panels):
+        metric = dataset_key_metric(ds)
+        names, means, stds, ns = _cell_stats(df, rows, ds, metric)
+        colors, labels = style(names, ds)
+        _bar_panel(ax, names, means, stds, ns, colors, labels, {r: v for (r, d), v in skip.items() if d == ds})
+        ax.set_title(ds)
+        ax.set_ylabel(display_name(metric))
+    return fig
 
 
 def _format_params(n: float) -> str:
@@ -154,7 +164,7 @@ def backbone_bars(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequence
     """Backbones side by side on each dataset's key metric, each labelled with its total parameters
     on that dataset (from the results; the count depends on the dataset's labels and features).
     Writes ``<table>_backbones.png``."""
-    panels = [d for d in _datasets(df, datasets) if _cell_stats(df, rows, d, dataset_key_metric(d))[0]]
+    panels = _key_metric_panels(df, rows, datasets)
     if not panels:
         return []
     params: dict[tuple[str, str], float] = {}
@@ -164,17 +174,13 @@ def backbone_bars(df: pd.DataFrame, out_dir: Path, *, table: str, rows: Sequence
             if np.isfinite(v):
                 params[(r, d)] = float(v)
     palette = sns.color_palette("colorblind", n_colors=max(len(rows), 1))
-    skip = not_comparable or {}
+
+    def style(names, ds):
+        colors = [palette[list(rows).index(n)] for n in names]
+        return colors, [f"{n}\n{_format_params(params[(n, ds)])} params" if (n, ds) in params else n for n in names]
+
     with rc_context(_STYLE), sns.axes_style("whitegrid"):
-        fig, axes = _figure(len(panels), width=_panel_width(len(rows)), height=3.8)
-        for ax, ds in zip(axes, panels):
-            metric = dataset_key_metric(ds)
-            names, means, stds, ns = _cell_stats(df, rows, ds, metric)
-            colors = [palette[list(rows).index(n)] for n in names]
-            labels = [f"{n}\n{_format_params(params[(n, ds)])} params" if (n, ds) in params else n for n in names]
-            _bar_panel(ax, names, means, stds, ns, colors, labels, {r: v for (r, d), v in skip.items() if d == ds})
-            ax.set_title(ds)
-            ax.set_ylabel(display_name(metric))
+        fig = _key_metric_figure(df, rows, panels, not_comparable or {}, style)
         _suptitle(fig, f"{table}: backbones on each dataset's key metric; error bars = std over n seeds")
         return [_save(fig, Path(out_dir) / f"{table}_backbones.png")]
 

@@ -26,29 +26,37 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from egmf_core.config import DATASETS, ConfigError, RunConfig, apply_overrides, validate
+from egmf_core.config import DATASETS, DEFAULT_PATIENCE, ConfigError, RunConfig, apply_overrides, validate
 from egmf_core.data import find_dataset_folder
+from egmf_core.data.dataset import SPECS
+from egmf_core.paths import FAMILY_DIRS, REPO_MARKER, REPO_ROOT, expand_repo_marker
 
-PROFILES = ("smoke", "paper")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-REPO_MARKER = "<repo>"
+PROFILES = ("smoke", "scale", "paper")
+SYNTHETIC_PROFILES = ("smoke", "scale")  # synthetic data and random weights: never the paper's numbers
+GPU_PROFILES = ("scale", "paper")  # a run fills (a share of) one GPU
+SEEDS_FROM = {"scale": "paper"}  # a profile without seeds of its own in a table file runs these
 DATA_ROOT_MARKER = "<data-root>"
 MODEL_ROOT_MARKER = "<model-root>"
 SMOKE_DATA_VERSION = 5  # = egmf_core.data.synth.SYNTH_VERSION (checked by a test; no import: keeps this light)
 SMOKE_DATA_MARKER = f"{REPO_MARKER}/.cache/smoke-data/v{SMOKE_DATA_VERSION}"
+SCALE_DATA_MARKER = f"{REPO_MARKER}/.cache/scale-data/v{SMOKE_DATA_VERSION}"  # synth --full shapes
 DATA_ROOT_ENV = "EGMF_DATA_ROOT"
 MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"
 
 # Paper profile: backbone -> directory under the model root holding the HF checkpoint.
-MODEL_DIRS: dict[str, str] = {
-    "glm3": "chatglm3-6b",  # THUDM/chatglm3-6b (converted to the native Glm layout on load)
-    "glm4": "glm-4-9b-hf",  # THUDM/glm-4-9b-hf (GlmForCausalLM)
-    "llama3": "Meta-Llama-3-8B-Instruct",  # meta-llama/Meta-Llama-3-8B-Instruct
-}
+MODEL_DIRS: dict[str, str] = {family: names[0] for family, names in FAMILY_DIRS.items()}
 
 # Smoke profile: each paper backbone maps to its randomly initialised tiny twin.
 SMOKE_BACKBONES: dict[str, str] = {"glm3": "glm3-tiny", "glm4": "glm4-tiny", "llama3": "llama3-tiny"}
+# Scale profile: the published architectures with random weights, on full-size synthetic data,
+# with the paper profile's training settings: every CUDA path of a paper run, without the weights.
+SCALE_BACKBONES: dict[str, str] = {"glm3": "glm3-full", "glm4": "glm4-full", "llama3": "llama3-full"}
+# Intra-op threads of one run: 1 for the smoke profile (tiny matrices: a second thread buys nothing,
+# and on a busy 2-core machine OpenMP's spin-waiting made a step 20x slower, 77 ms vs 1.8 s);
+# torch's default elsewhere. $EGMF_TORCH_THREADS overrides it (run_threads).
+RUN_THREADS: dict[str, int | None] = {"smoke": 1, "scale": None, "paper": None}
+# Resumable checkpoints every this many minutes (and at every validation pass) for GPU runs.
+CHECKPOINT_MINUTES: dict[str, float | None] = {"smoke": None, "scale": 30.0, "paper": 30.0}
 
 # Smoke profile model size: small enough for a laptop CPU, same code path as the paper model.
 SMOKE_MODEL: dict[str, Any] = {"model.d_h": 64, "model.fusion_heads": 4}
@@ -83,24 +91,7 @@ PAPER_TRAIN: dict[str, Any] = {
     "train.adam_eps": 1e-4,
     "train.warmup_ratio": 0.1,
     "train.mixed_precision": "auto",
-    "train.checkpoint_every": 200,  # resumable mid-run on shared GPUs (egmf_core/checkpoint.py)
 }
-PAPER_PATIENCE: dict[str, int] = {"classification": 8, "regression": 10}
-
-DESCRIPTIONS: dict[str, str] = {
-    "smoke": (
-        "smoke: randomly initialised tiny twins of the backbones (glm3-tiny, glm4-tiny, llama3-tiny; "
-        "d_h 64) trained for a few hundred steps on synthetic data in the real on-disk formats. "
-        "Checks that the pipeline runs and that effects can show; its numbers are not comparable "
-        "to the paper's."
-    ),
-    "paper": (
-        "paper: GLM3-6B / GLM4-9B / Llama3-8B from local weights (--model-root), the real datasets "
-        "(--data-root), lr 5e-5, batch 8, AdamW eps 1e-4, cosine schedule with 10% warmup, early "
-        "stopping after 8 (ERC) / 10 (MSA) evaluations, five seeds (1111-1115)."
-    ),
-}
-
 
 class ProfileError(ValueError):
     """A profile is unknown or cannot run (a missing data or model root); the message says how to fix it."""
@@ -112,15 +103,10 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def profile_description(profile: str) -> str:
-    """One paragraph for report headers: what the profile runs and how far to trust it."""
-    return DESCRIPTIONS[check_profile(profile)]
-
-
-def _task(dataset: str) -> str:
-    from egmf_core.data.dataset import SPECS
-
-    return SPECS[dataset].task
+def run_threads(profile: str) -> int | None:
+    """The intra-op threads a run of ``profile`` uses: ``$EGMF_TORCH_THREADS``, else RUN_THREADS."""
+    n = os.environ.get("EGMF_TORCH_THREADS")
+    return int(n) if n else RUN_THREADS.get(profile)
 
 
 def profile_base(profile: str, dataset: str) -> RunConfig:
@@ -129,8 +115,8 @@ def profile_base(profile: str, dataset: str) -> RunConfig:
     if dataset not in DATASETS:
         raise ProfileError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
     cfg = validate(RunConfig(profile=profile, data=dataclasses.replace(RunConfig().data, name=dataset)))
-    if profile == "paper":
-        cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": PAPER_PATIENCE[_task(dataset)]})
+    if profile in GPU_PROFILES:
+        cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": DEFAULT_PATIENCE[SPECS[dataset].task]})
     return cfg
 
 
@@ -173,6 +159,10 @@ def build_run_config(
         mapping["model.model_path"] = None
         mapping["data.root"] = SMOKE_DATA_MARKER
         mapping.update({k: v for k, v in {**SMOKE_MODEL, **SMOKE_TRAIN}.items() if k not in explicit})
+    elif profile == "scale":
+        mapping["model.backbone"] = SCALE_BACKBONES.get(backbone, backbone)
+        mapping["model.model_path"] = None
+        mapping["data.root"] = SCALE_DATA_MARKER
     elif not table.trains:  # the statistics table reads data only: no weights needed
         mapping["model.model_path"] = None
         mapping["data.root"] = DATA_ROOT_MARKER
@@ -234,20 +224,21 @@ def check_paper_roots(data_root, model_root, *, datasets, backbones) -> None:
 
 # ---- markers -> paths ---------------------------------------------------------------------------
 
-def smoke_data_root() -> Path:
-    """Where the smoke profile's synthetic datasets live: <repo>/.cache/smoke-data/v<version>."""
-    return REPO_ROOT / ".cache" / "smoke-data" / f"v{SMOKE_DATA_VERSION}"
+def smoke_data_root(full: bool = False) -> Path:
+    """Where the synthetic datasets live: <repo>/.cache/smoke-data/v<version> (scale-data: full shapes)."""
+    return REPO_ROOT / ".cache" / ("scale-data" if full else "smoke-data") / f"v{SMOKE_DATA_VERSION}"
 
 
-def write_synthetic_dataset(name: str, out_dir: Path, *, seed: int, size: int | None) -> Path:
+def write_synthetic_dataset(name: str, out_dir: Path, *, seed: int, size: int | None, full: bool = False) -> Path:
     """Write one synthetic twin under out_dir/<name> (tests swap this for a fake)."""
     from egmf_core.data.synth import write_synthetic
 
-    return write_synthetic(name, out_dir, seed=seed, size=size)
+    return write_synthetic(name, out_dir, seed=seed, size=size, **({"full": True} if full else {}))
 
 
-def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> Path:
-    """The smoke data root, with dataset ``name`` generated there on first use.
+def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None, full: bool = False) -> Path:
+    """The smoke data root (``full``: the scale profile's, at the real shapes and sizes), with
+    dataset ``name`` generated there on first use.
 
     A stamp beside the dataset (``.<name>-<seed>-<size>.stamp``) holds ``synth.fingerprint``:
     data written by other synth code (edited without a SYNTH_VERSION bump, as happened once while
@@ -257,13 +248,13 @@ def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> P
     """
     import fcntl
 
-    from egmf_core.checkpoint import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
     from egmf_core.data.synth import fingerprint
 
-    root = smoke_data_root()
+    root = smoke_data_root(full)
     target = root / name
     stamp = root / f".{name}-{seed}-{size}.stamp"
-    want = fingerprint(name, seed, size)
+    want = fingerprint(name, seed, size) + ("-full" if full else "")
 
     def current() -> bool:
         return target.is_dir() and any(target.iterdir()) and stamp.is_file() and stamp.read_text().strip() == want
@@ -277,7 +268,7 @@ def ensure_smoke_data(name: str, *, seed: int = 0, size: int | None = None) -> P
             return root
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
         try:
-            write_synthetic_dataset(name, tmp, seed=seed, size=size)
+            write_synthetic_dataset(name, tmp, seed=seed, size=size, **({"full": True} if full else {}))
             if target.exists():
                 os.replace(target, tmp / "stale")
             os.replace(tmp / name, target)
@@ -292,7 +283,7 @@ def resolve_path(value: str | None, *, data_root=None, model_root=None) -> str |
     if value is None:
         return None
     if value.startswith(REPO_MARKER):
-        return str(REPO_ROOT / value[len(REPO_MARKER):].lstrip("/"))
+        return str(expand_repo_marker(value, REPO_ROOT))
     if value.startswith(DATA_ROOT_MARKER):
         return str(data_root_from(data_root) / value[len(DATA_ROOT_MARKER):].lstrip("/"))
     if value.startswith(MODEL_ROOT_MARKER):
@@ -303,8 +294,9 @@ def resolve_path(value: str | None, *, data_root=None, model_root=None) -> str |
 def resolve_run_config(cfg: RunConfig, *, data_root=None, model_root=None, strict_data: bool = False) -> RunConfig:
     """The config a run actually receives: markers replaced by paths, smoke data generated if missing,
     ``data.strict`` set by ``--strict-data`` (a check on the input, like the roots: not in the run id)."""
-    if cfg.data.root == SMOKE_DATA_MARKER:
-        ensure_smoke_data(cfg.data.name, seed=cfg.data.synth_seed, size=cfg.data.synth_size)
+    if cfg.data.root in (SMOKE_DATA_MARKER, SCALE_DATA_MARKER):
+        ensure_smoke_data(cfg.data.name, seed=cfg.data.synth_seed, size=cfg.data.synth_size,
+                          full=cfg.data.root == SCALE_DATA_MARKER)
     data = dataclasses.replace(cfg.data, root=resolve_path(cfg.data.root, data_root=data_root, model_root=model_root),
                                strict=cfg.data.strict or strict_data)
     model = dataclasses.replace(

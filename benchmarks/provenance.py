@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from egmf_core.paths import REPO_ROOT
+
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "numpy", "pandas", "scikit-learn", "scipy")
 
 

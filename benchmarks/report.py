@@ -38,7 +38,9 @@ from benchmarks.claims import (
     reading,
 )
 from benchmarks.dataset_stats import non_finite_summary
+from benchmarks.profiles import SYNTHETIC_PROFILES
 from benchmarks.schema import RESULT_COLUMNS
+from benchmarks.store import table_csv_path
 from benchmarks.stats import (
     MIN_PAIRS,
     MIN_PAIRS_BOOTSTRAP,
@@ -61,6 +63,7 @@ from benchmarks.stats import (
 )
 from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from benchmarks.training_curves import training_section
+from egmf_core.atomic import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 
 SMOKE_BANNER = (
@@ -77,13 +80,9 @@ CLAIM_WORDS = ("held", "did not hold", INCONCLUSIVE, RECOVERED, NOT_RECOVERED, N
 
 # ---- reading results -----------------------------------------------------------------------------
 
-def results_path(profile: str, table: str, results_root: Path = Path("results")) -> Path:
-    return Path(results_root) / profile / f"{table}.csv"
-
-
 def load_results(profile: str, table: str, results_root: Path = Path("results")) -> pd.DataFrame:
     """The tidy rows of one table and profile (an empty frame when the file does not exist)."""
-    path = results_path(profile, table, results_root)
+    path = table_csv_path(results_root, profile, table)
     if not path.is_file():
         return normalise_results(pd.DataFrame(columns=list(RESULT_COLUMNS)))
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -150,6 +149,10 @@ def _fmt_num(v: float, fmt: str) -> str:
 def _banner(profile: str, df: pd.DataFrame) -> str:
     if profile == "smoke":
         return SMOKE_BANNER
+    if profile == "scale":
+        return ("> SCALE PROFILE: the published backbone architectures with RANDOM weights, on full-size "
+                "SYNTHETIC data: a test of the paper profile's GPU path, speed and memory. These numbers are "
+                "not the paper's and not comparable to them.")
     data = ", ".join(data_sources(df)) or "unknown (no results yet)"
     model = ", ".join(model_sources(df)) or "unknown (no results yet)"
     if profile == "paper":
@@ -415,7 +418,7 @@ def _paper_comparison(spec: TableSpec, ds: str, cells: dict, profile: str) -> li
     values = [p for p in spec.paper_values if p.dataset == ds]
     if not values:
         return []
-    comparable = profile != "smoke"
+    comparable = profile not in SYNTHETIC_PROFILES
     rows = []
     for p in values:
         mean, std, n = cells.get((p.row, ds, p.metric), (float("nan"), float("nan"), 0))
@@ -776,7 +779,7 @@ def render_table(profile: str, table: str, *, results_root: Path = Path("results
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(spec, df, profile, out_dir)
     path = out_dir / f"{spec.name}.md"
-    plots.write_file_atomically(path, build_table_report(spec, df, profile, figures).encode("utf-8"))
+    atomic_write_bytes(path, build_table_report(spec, df, profile, figures).encode("utf-8"))
     return path
 
 
@@ -822,5 +825,5 @@ def render_index(profile: str, *, results_root: Path = Path("results"), reports_
                          ablations_dir=ablations_dir)
         entries.append((spec, df))
     path = Path(reports_root) / profile / "README.md"
-    plots.write_file_atomically(path, build_index(profile, entries).encode("utf-8"))
+    atomic_write_bytes(path, build_index(profile, entries).encode("utf-8"))
     return path

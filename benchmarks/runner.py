@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from benchmarks import numerics, provenance, store
+from benchmarks.usage import one_line
+from egmf_core.atomic import atomic_write_bytes
+from egmf_core.checkpoint import remove_checkpoint
 from benchmarks.grid import Cell, GridError, expand, parse_shard, unique_runs
 from benchmarks.grid import shard as shard_cells
 from benchmarks.preflight import preflight
@@ -169,7 +172,7 @@ def reproduce(
                 if ckpt.exists() or lock_file.exists():  # left by a kill after the run file was written
                     with store.RunLock(lock_file) as lock:
                         if lock.acquired:  # (a --force elsewhere holds it while retraining)
-                            store.remove_checkpoint(ckpt)
+                            remove_checkpoint(ckpt)
                 grid_bar.update(1)
                 continue
             with store.RunLock(lock_file) as lock:
@@ -184,7 +187,7 @@ def reproduce(
                     grid_bar.update(1)
                     continue
                 if force or redo_before is not None:
-                    store.remove_checkpoint(ckpt)
+                    remove_checkpoint(ckpt)
                 prior = _ok_checksum(path)
                 t_run = time.monotonic()
                 outcome, resolved = _execute(cell, fn, context, bars, ckpt)
@@ -203,7 +206,7 @@ def reproduce(
                         line = f"run {run_id} ({cell.label}) failed: {outcome.error}"
                         summary.failures.append(line)
                         log(line)
-                store.remove_checkpoint(ckpt)
+                remove_checkpoint(ckpt)
             grid_bar.update(1)
 
     summary.csv = rebuild_table(spec, profile, results_root, ablations_dir=ablations_dir,
@@ -267,9 +270,11 @@ def _default_run_fn(spec: TableSpec) -> RunFn:
         return dataset_statistics
 
     def run(cfg, *, progress=None, checkpoint_dir=None):  # imported on first use: torch loads only to train
+        from benchmarks.profiles import CHECKPOINT_MINUTES, run_threads
         from egmf_core.run import run_experiment
 
-        return run_experiment(cfg, progress=progress, checkpoint_dir=checkpoint_dir)
+        return run_experiment(cfg, progress=progress, checkpoint_dir=checkpoint_dir,
+                              checkpoint_minutes=CHECKPOINT_MINUTES.get(cfg.profile), threads=run_threads(cfg.profile))
 
     return run
 
@@ -329,7 +334,7 @@ def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool, checkpoint
         except ValueError:
             raise  # bad config, data or model input: the CLI reports it in one line
         except Exception as e:  # a crash inside one run must not end the grid
-            outcome = RunOutcome(status="failed", error=store._one_line(f"{type(e).__name__}: {e}"))
+            outcome = RunOutcome(status="failed", error=one_line(f"{type(e).__name__}: {e}"))
     if not isinstance(outcome, RunOutcome):
         raise TypeError(f"run function returned {type(outcome).__name__}, expected RunOutcome")
     return outcome, resolved
@@ -389,7 +394,7 @@ def rebuild_table(spec: TableSpec, profile: str, results_root: Path, *, runs: di
         on_corrupt(problem)
     if path.exists() and path.read_bytes() == text.encode("utf-8"):
         return path  # unchanged: no write (and no lock-step rewrites between concurrent shards)
-    return store.atomic_write_bytes(path, text.encode("utf-8"))
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def refresh_tables(profile: str, results_root: Path, *, ablations_dir: Path = ABLATIONS_DIR,
@@ -412,15 +417,11 @@ def render_reports(profile: str, tables: list[str], *, results_root: Path, repor
                    strict: bool = False, ablations_dir: Path = ABLATIONS_DIR) -> tuple[list[Path], str | None]:
     """Render each table's report, then the index; (report paths, error line or None).
 
-    benchmarks.report is imported here, on use; a missing module or a rendering error is
+    benchmarks.report (matplotlib and all) is imported here, on use; a rendering error is
     returned as one line (results are safe on disk) unless ``strict``.
     """
-    try:
-        from benchmarks import report
-    except ImportError as e:
-        if strict:
-            raise
-        return [], f"report not rendered: {e}"
+    from benchmarks import report
+
     refresh_tables(profile, Path(results_root), ablations_dir=ablations_dir)
     # The contract is (profile, table, *, results_root, reports_root); a test's own ablations dir
     # is passed only when it is not the default.
@@ -434,7 +435,7 @@ def render_reports(profile: str, tables: list[str], *, results_root: Path, repor
     except Exception as e:
         if strict:
             raise
-        return paths, f"report failed: {type(e).__name__}: {store._one_line(str(e))}"
+        return paths, f"report failed: {type(e).__name__}: {one_line(str(e))}"
     return paths, None
 
 

@@ -47,10 +47,6 @@ def to_display(metric: str, value: float) -> float:
     return value * 100.0 if metric_scale(metric) == "fraction" else value
 
 
-def display_unit(metric: str) -> str:
-    return "points" if metric_scale(metric) == "fraction" else "raw units"
-
-
 def format_value(metric: str, value: float) -> str:
     """A stored value in printed units: fractions x100 with 2 decimals, raw with 3 decimals."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

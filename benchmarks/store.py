@@ -15,7 +15,7 @@ detected, named by file and line, and its run redone. A table CSV is checked aga
 files before it is rebuilt (:func:`csv_problem`), so an edited CSV is reported too, and never
 read by a report: reports are rendered from freshly rebuilt CSVs.
 
-Every write goes through :func:`egmf_core.checkpoint.atomic_write_bytes` (temp file, fsync,
+Every write goes through :func:`egmf_core.atomic.atomic_write_bytes` (temp file, fsync,
 rename): a kill at any moment leaves the old file or the new one, plus at worst a ``.*.tmp``
 file that no reader looks at (:func:`sweep_temp_files` removes old ones). Shards write
 different files; two writes of the same run replace each other atomically (last writer wins),
@@ -40,8 +40,10 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from benchmarks.usage import one_line
 from benchmarks.schema import RESULT_COLUMNS
-from egmf_core.checkpoint import AtomicWriteError, atomic_write_bytes, remove_checkpoint  # noqa: F401 (re-exported)
+from egmf_core.atomic import AtomicWriteError, atomic_write_bytes, missing_parents
+from egmf_core.checkpoint import remove_checkpoint  # noqa: F401 (runner.py calls store.remove_checkpoint)
 from egmf_core.config import config_hash
 
 RECORD_KEYS = ("run_id", "config", "outcome", "provenance")
@@ -123,10 +125,7 @@ class RunLock:
 
     def acquire(self) -> bool:
         for _ in range(10):
-            folder, missing = self.path.parent, []
-            while not folder.exists() and folder != folder.parent:
-                missing.append(folder)
-                folder = folder.parent
+            missing = missing_parents(self.path.parent)
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -353,7 +352,7 @@ def _cell_rows(table, cell, run: dict[str, Any]) -> list[dict[str, Any]]:
         "seed": int(cell.seed),
         "profile": cell.profile,
         "status": "ok" if ok else "failed",
-        "error": "" if ok else _one_line(outcome.get("error") or "failed"),
+        "error": "" if ok else one_line(outcome.get("error") or "failed"),
         "run_id": run["run_id"],
         "config_json": canonical_json(config),
         "backbone": model_cfg.get("backbone", ""),
@@ -403,10 +402,6 @@ def _float(v: Any) -> float:
         return math.nan if v is None else float(v)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:500]
 
 
 def table_csv_text(df: pd.DataFrame) -> str:

@@ -7,6 +7,7 @@ TOML shape (see ablations/*.toml)::
 
     name = "modality_ablation"
     caption = "Remove each modality, and each pair"
+    include = "_defaults.toml"        # start from the shared fields below; optional
     datasets = ["mosei", "sims_v2", "meld", "cherma"]
     metrics = { mosei = ["mae", "corr", "acc2_non0", "f1_non0"], meld = ["acc", "wf1"], ... }
     reference_row = "T+A+V"          # paired tests and deltas are against this row
@@ -26,6 +27,11 @@ TOML shape (see ablations/*.toml)::
     planted = true                    # the smoke data plant it (default false: "not applicable")
     [report]                          # optional: ReportConfig fields
     invalid_threshold = 0.20          # above this share of unparseable answers: "not comparable"
+
+Shared fields live in ``ablations/_defaults.toml`` (datasets, ``[metrics]``, ``[seeds]``,
+``[base]``). A table with ``include = "<file>"`` starts from that file's fields, and each
+top-level field it sets itself replaces the included one whole (lm-evaluation-harness's
+``include:``), so a table file states only what makes it different.
 
 Table numbers live in one place, ``ablations/table_numbers.toml``, marked as a best guess.
 """
@@ -142,7 +148,7 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
     name = resolve_table(name_or_number, ablations_dir)
     number = {v: k for k, v in table_numbers(ablations_dir).items()}[name]
     path = ablations_dir / f"{name}.toml"
-    d = _read_toml(path)
+    d = read_table_file(path)
 
     def need(key: str, typ: type | tuple[type, ...]) -> Any:
         if key not in d:
@@ -161,43 +167,10 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
     for ds in datasets:
         if ds not in metrics_raw:
             raise TableError(f"{path}: metrics has no entry for dataset {ds!r}")
-    rows = tuple(
-        Row(
-            name=str(_field(path, r, "name", f"rows[{i}]")),
-            overrides=dict(r.get("overrides", {})),
-            datasets=tuple(r["datasets"]) if "datasets" in r else None,
-            note=str(r.get("note", "")),
-        )
-        for i, r in enumerate(need("rows", list))
-    )
-    names = [r.name for r in rows]
-    if len(set(names)) != len(names):
-        raise TableError(f"{path}: duplicate row names in rows")
+    rows = _rows(path, need("rows", list))
     reference = d.get("reference_row")
-    if reference is not None and reference not in names:
+    if reference is not None and reference not in [r.name for r in rows]:
         raise TableError(f"{path}: reference_row {reference!r} is not a row")
-    paper_values = tuple(
-        PaperValue(
-            row=str(_field(path, p, "row", f"paper_values[{i}]")),
-            dataset=str(_field(path, p, "dataset", f"paper_values[{i}]")),
-            metric=str(_field(path, p, "metric", f"paper_values[{i}]")),
-            value=float(_field(path, p, "value", f"paper_values[{i}]")),
-            source=str(_field(path, p, "source", f"paper_values[{i}]")),
-            note=str(p.get("note", "")),
-        )
-        for i, p in enumerate(d.get("paper_values", []))
-    )
-    claims = tuple(
-        Claim(
-            id=str(_field(path, c, "id", f"claims[{i}]")),
-            kind=str(_field(path, c, "kind", f"claims[{i}]")),
-            text=str(_field(path, c, "text", f"claims[{i}]")),
-            source=str(c.get("source", "seed")),
-            params={k: v for k, v in c.items() if k not in ("id", "kind", "text", "source", "planted")},
-            planted=bool(c.get("planted", False)),
-        )
-        for i, c in enumerate(d.get("claims", []))
-    )
     seeds = {str(k): tuple(int(s) for s in v) for k, v in need("seeds", dict).items()}
     return TableSpec(
         name=name,
@@ -209,12 +182,52 @@ def load_table(name_or_number: str, ablations_dir: Path = ABLATIONS_DIR) -> Tabl
         base=dict(d.get("base", {})),
         rows=rows,
         reference_row=reference,
-        paper_values=paper_values,
-        claims=claims,
+        paper_values=_paper_values(path, d.get("paper_values", [])),
+        claims=_claims(path, d.get("claims", [])),
         trains=bool(d.get("trains", True)),
         path=str(path),
         report=_report_config(path, d.get("report", {})),
     )
+
+
+def _rows(path: Path, raw: list) -> tuple[Row, ...]:
+    rows = tuple(
+        Row(
+            name=str(_field(path, r, "name", f"rows[{i}]")),
+            overrides=dict(r.get("overrides", {})),
+            datasets=tuple(r["datasets"]) if "datasets" in r else None,
+            note=str(r.get("note", "")),
+        )
+        for i, r in enumerate(raw)
+    )
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise TableError(f"{path}: duplicate row names in rows")
+    return rows
+
+
+def _required(path: Path, d: dict, keys: tuple[str, ...], where: str) -> dict[str, str]:
+    """The entry's required fields, as strings; a TableError names the first one missing."""
+    return {key: str(_field(path, d, key, where)) for key in keys}
+
+
+def _paper_values(path: Path, raw: list) -> tuple[PaperValue, ...]:
+    values = []
+    for i, p in enumerate(raw):
+        f = _required(path, p, ("row", "dataset", "metric", "value", "source"), f"paper_values[{i}]")
+        values.append(PaperValue(row=f["row"], dataset=f["dataset"], metric=f["metric"], value=float(p["value"]),
+                                 source=f["source"], note=str(p.get("note", ""))))
+    return tuple(values)
+
+
+def _claims(path: Path, raw: list) -> tuple[Claim, ...]:
+    claims = []
+    for i, c in enumerate(raw):
+        f = _required(path, c, ("id", "kind", "text"), f"claims[{i}]")
+        params = {k: v for k, v in c.items() if k not in ("id", "kind", "text", "source", "planted")}
+        claims.append(Claim(id=f["id"], kind=f["kind"], text=f["text"], source=str(c.get("source", "seed")),
+                            params=params, planted=bool(c.get("planted", False))))
+    return tuple(claims)
 
 
 def _report_config(path: Path, raw: Any) -> ReportConfig:
@@ -234,6 +247,20 @@ def _field(path: Path, d: dict, key: str, where: str) -> Any:
     if key not in d:
         raise TableError(f"{path}: {where} is missing field {key!r}")
     return d[key]
+
+
+def read_table_file(path: Path) -> dict[str, Any]:
+    """A table file's fields after its ``include``: the included file's, each replaced whole by the table's own."""
+    d = _read_toml(path)
+    if "include" not in d:
+        return d
+    include = d.pop("include")
+    if not isinstance(include, str) or not include:
+        raise TableError(f"{path}: field 'include' must be a file name beside it, got {include!r}")
+    shared = _read_toml(path.parent / include)
+    if "include" in shared:
+        raise TableError(f"{path.parent / include}: an included file cannot include another (field 'include')")
+    return {**shared, **d}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

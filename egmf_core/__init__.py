@@ -1,31 +1,15 @@
 """EGMF core: the model, its backbones, data loaders, metrics and the one train/eval loop.
 
-The public functions are imported lazily so that light users (reports, metrics) never pay for
-torch: ``from egmf_core import load_dataset, build_model, fit, evaluate, compute_metrics,
-run_experiment``.
+The public API, which ``benchmarks/`` and the tests use, is imported from the module that owns
+each name, so that a light user (reports, configs, metrics) never pays for torch:
+
+* ``egmf_core.config``: ``RunConfig`` (``ModelConfig``, ``TrainConfig``, ``DataConfig``),
+  ``apply_overrides``, ``validate``, ``config_hash`` and the allowed names (``DATASETS`` ...)
+* ``egmf_core.data``: ``load_dataset``, ``find_dataset_folder``; ``egmf_core.data.dataset.SPECS``
+* ``egmf_core.run``: ``run_experiment`` (one config in, one ``RunOutcome`` out), ``build_model``
+* ``egmf_core.train``: ``fit``, ``evaluate``
+* ``egmf_core.metrics``: ``compute_metrics``, ``METRIC_INFO``, ``key_metric``
+* ``egmf_core.atomic``: ``atomic_write_bytes``; ``egmf_core.paths``: ``REPO_ROOT``, ``REPO_MARKER``
+
+Everything else is internal to the core. Nothing here imports ``benchmarks``.
 """
-
-from __future__ import annotations
-
-import importlib
-
-_PUBLIC = {
-    "load_dataset": "egmf_core.data",
-    "build_model": "egmf_core.run",
-    "run_experiment": "egmf_core.run",
-    "fit": "egmf_core.train",
-    "evaluate": "egmf_core.train",
-    "compute_metrics": "egmf_core.metrics",
-    "RunConfig": "egmf_core.config",
-    "ModelConfig": "egmf_core.config",
-    "TrainConfig": "egmf_core.config",
-    "DataConfig": "egmf_core.config",
-}
-
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'egmf_core' has no attribute {name!r}")

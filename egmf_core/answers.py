@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from egmf_core.config import INVALID_FALLBACKS as FALLBACKS
 from egmf_core.data.dataset import DatasetSpec
 from egmf_core.metrics import acc2_positive
 
@@ -156,9 +157,6 @@ def parse_answers(texts: Sequence[str], spec: DatasetSpec) -> ParsedAnswers:
     valid = np.array([v is not None for v in parsed], dtype=bool)
     invalid_rate = float((~valid).mean()) if len(valid) else 0.0
     return ParsedAnswers(values=values, valid=valid, invalid_rate=invalid_rate)
-
-
-FALLBACKS = ("majority", "mean", "wrong")
 
 
 def fill_invalid(values: np.ndarray, valid: np.ndarray, spec: DatasetSpec, fallback: str,

@@ -11,16 +11,17 @@ Where paper weights are found (first match wins):
      glm3 -> ``chatglm3-6b``, glm4 -> ``glm-4-9b-hf`` or ``glm-4-9b-chat-hf``,
      llama3 -> ``Meta-Llama-3-8B-Instruct``.
 
-A ChatGLM3 directory (``config.json`` model_type ``chatglm``) is converted in memory to the native
+A ChatGLM3 directory (``config.json`` model_type ``chatglm``) is converted once (a cache keyed by its checksum) to the native
 ``GlmForCausalLM`` (:mod:`egmf_core.convert_chatglm3`) unless ``trust_remote_code`` is set, in
 which case its own remote code is loaded (opt-in; it targets transformers 4.x).
-dtype: bfloat16 on CUDA, float32 on CPU; on GPU the weights are placed by accelerate's
-``device_map`` ("auto" across several GPUs).
+dtype: bfloat16 on CUDA, float32 on CPU; on GPU the whole model goes on one GPU (``--jobs`` pins
+each worker to one); accelerate's ``device_map="auto"`` splits it only when it does not fit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,14 +31,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from egmf_core.config import ModelConfig
+from egmf_core.paths import FAMILY_DIRS
 from egmf_core.lfs import folder_lfs_pointer, lfs_pointer_message, load_failure_message
 from egmf_core.twins import TWIN_SPECS, load_twin
 
-FAMILY_DIRS: dict[str, tuple[str, ...]] = {
-    "glm3": ("chatglm3-6b",),
-    "glm4": ("glm-4-9b-hf", "glm-4-9b-chat-hf"),  # first = benchmarks.profiles.MODEL_DIRS
-    "llama3": ("Meta-Llama-3-8B-Instruct",),
-}
 # config.json model_type accepted for each family ("glm" for glm3 = a directory already converted).
 FAMILY_MODEL_TYPES: dict[str, tuple[str, ...]] = {
     "glm3": ("chatglm", "glm"),
@@ -155,12 +152,37 @@ def backbone_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def _device_map(device: torch.device) -> Any:
+FIT_HEADROOM = 1.3  # weights x this must fit a GPU's free memory (activations, LoRA, optimizer state)
+
+
+def _device_map(device: torch.device, weight_bytes: int | None = None) -> Any:
+    """One GPU per run: the whole model on one GPU when its weights fit there with headroom;
+    accelerate's "auto" split over every visible GPU only when they do not (a naive pipeline in
+    which one GPU works at a time, so a last resort). Scale-out is more runs (``--jobs``)."""
     if device.type != "cuda":
         return None
-    if device.index is None and torch.cuda.device_count() > 1:
-        return "auto"  # accelerate spreads the layers over all visible GPUs
-    return {"": device.index if device.index is not None else 0}
+    index = device.index if device.index is not None else 0
+    if device.index is None and torch.cuda.device_count() > 1 and weight_bytes is not None:
+        free, _ = torch.cuda.mem_get_info(index)
+        if weight_bytes * FIT_HEADROOM > free:
+            return "auto"
+    return {"": index}
+
+
+def checkpoint_bytes(model_dir: Path, dtype: torch.dtype) -> int:
+    """The weights' size once loaded in ``dtype``, from the safetensors headers (no tensor is
+    read); else the files' size."""
+    import struct
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for key, meta in header.items():
+            if key != "__metadata__":
+                total += math.prod(meta["shape"]) * itemsize
+    return total or sum(p.stat().st_size for p in model_dir.glob("*.bin"))
 
 
 def ensure_pad_token(tokenizer, where: str) -> None:
@@ -200,8 +222,9 @@ def build_backbone(cfg: ModelConfig, *, device: str | torch.device | None = None
         model_dir = resolve_model_dir(cfg)
         model_type = read_model_type(model_dir)
         check_architecture(family, model_dir, model_type, cfg.trust_remote_code)
-        model, tokenizer = _load_local(model_dir, model_type, cfg.trust_remote_code, dtype, _device_map(dev))
-        if _device_map(dev) is None:
+        placement = _device_map(dev, checkpoint_bytes(model_dir, dtype))
+        model, tokenizer = _load_local(model_dir, model_type, cfg.trust_remote_code, dtype, placement)
+        if placement is None:
             model = model.to(dev)
         source, where = str(model_dir), str(model_dir)
         hf_class = type(model).__name__
@@ -255,12 +278,13 @@ def load_tokenizer(model_dir: Path, model_type: str, trust_remote_code: bool):
 
 
 def _load_local(model_dir: Path, model_type: str, trust_remote_code: bool, dtype: torch.dtype, device_map: Any):
-    """Model and tokenizer from a local directory (ChatGLM3 converted in memory unless remote code is opted in)."""
+    """Model and tokenizer from a local directory (ChatGLM3 through its cached native conversion
+    unless remote code is opted in)."""
     check_no_lfs_pointers(model_dir)
     if model_type == "chatglm" and not trust_remote_code:
-        from egmf_core.convert_chatglm3 import load_converted
+        from egmf_core.convert_chatglm3 import cached_conversion
 
-        return load_converted(model_dir, dtype=dtype, device_map=device_map)  # its errors name the file already
+        model_dir, model_type = cached_conversion(model_dir), "glm"  # converted once; its errors name the file
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=device_map,
                                                      local_files_only=True, trust_remote_code=trust_remote_code)

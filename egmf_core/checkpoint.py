@@ -3,10 +3,15 @@
 A run's checkpoint directory (the harness uses ``results/<profile>/checkpoints/<run_id>/``)::
 
     step-000012.safetensors  trainable weights at step 12: EGMF's modules and the LoRA adapters
-    step-000012.pt           optimizer, scheduler, RNG states, loop state (step, data order, best
-                             weights, early-stopping counters, history); torch.save, read back with
+    step-000012.pt           optimizer, scheduler, RNG states, loop state (step, data order,
+                             early-stopping counters, history); torch.save, read back with
                              torch.load(weights_only=True)
+    best-000009.safetensors  the best-so-far trainable weights (selected at step 9): written only
+                             when the best step changes, never a second copy inside the .pt
     latest.json              {"format", "tag", "step", "files": {name: sha256}}: written last
+
+When: every ``every`` steps, every ``minutes`` of wall time, and at every validation pass
+(``due(step, evaluated=True)``) once either is set; the harness uses minutes for GPU profiles.
 
 Every file is written with :func:`atomic_write_bytes` (same-folder temp file, fsync, rename,
 fsync of the folder), and ``latest.json`` only after both step files are complete, so a kill at
@@ -49,105 +54,28 @@ What is and is not deterministic on GPU
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
-import os
 import random
 import re
 import sys
-import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from egmf_core.atomic import AtomicWriteError, atomic_write_bytes, fsync_dir  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     import torch
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: best weights in their own file
 POINTER = "latest.json"
-_STEP_FILE = re.compile(r"^step-(\d{6,})\.(safetensors|pt)$")
-
-
-class AtomicWriteError(ValueError):
-    """A file could not be written (disk full, read-only, not a folder); names the file and why."""
-
-    def __init__(self, path: Path, err: OSError):
-        code = errno.errorcode.get(err.errno or 0, "")
-        why = f"{err.strerror or err}" + (f" ({code})" if code else "")
-        super().__init__(f"cannot write {path}: {why}")
-        self.path, self.errno = Path(path), err.errno
+_STEP_FILE = re.compile(r"^(step|best)-(\d{6,})\.(safetensors|pt)$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint setting is out of range (names the config field) or a checkpoint cannot be trusted."""
-
-
-# ---- atomic files -------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``path`` so that readers see the old file or the new one, never a part.
-
-    Same-folder temp file (``.<name>.<random>.tmp``), every byte written with ``os.write``, fsync,
-    rename, fsync of the folder. On failure the temp file and any folder this call created are
-    removed and :class:`AtomicWriteError` names the file (e.g. ENOSPC: disk full).
-    """
-    path = Path(path)
-    created = _missing_parents(path.parent)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        for folder in created:  # deepest first; only while still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        if isinstance(e, OSError):
-            raise AtomicWriteError(path, e) from None
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _missing_parents(folder: Path) -> list[Path]:
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (not every filesystem allows it: then a no-op)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -199,27 +127,40 @@ def _stderr(line: str) -> None:
 
 
 class Checkpointer:
-    """Saves a run's training state every ``every`` steps into ``directory`` and resumes from it.
+    """Saves a run's training state into ``directory`` and resumes from it.
 
-    ``tag`` identifies the configuration (the resolved config's hash): a checkpoint written
-    under another tag is ignored. ``every=None`` writes nothing but still resumes.
+    Saves every ``every`` steps, every ``minutes`` of wall time, and at validation passes when
+    either is set. ``tag`` identifies the configuration (the resolved config's hash): a checkpoint
+    written under another tag is ignored. With neither set it writes nothing but still resumes.
     """
 
-    def __init__(self, directory: str | Path, *, every: int | None, tag: str,
+    def __init__(self, directory: str | Path, *, every: int | None, tag: str, minutes: float | None = None,
                  log: Callable[[str], None] = _stderr):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every <= 0):
             raise CheckpointError(f"config field train.checkpoint_every={every!r}: must be a positive number of "
                                   "steps or None (off)")
+        if minutes is not None and not minutes > 0:
+            raise CheckpointError(f"checkpoint minutes={minutes!r}: must be positive or None (off)")
         self.directory, self.every, self.tag, self.log = Path(directory), every, str(tag), log
+        self.minutes = minutes
+        self._last_save = time.monotonic()
+        self._best_file: tuple[int, str, bytes] | None = None  # (best step, file name, sha256) last written
 
-    def due(self, step: int) -> bool:
-        return self.every is not None and step % self.every == 0
+    def due(self, step: int, *, evaluated: bool = False) -> bool:
+        """Whether to save after ``step``: its step cadence, its time interval, or a validation pass."""
+        if self.every is None and self.minutes is None:
+            return False
+        if evaluated or (self.every is not None and step % self.every == 0):
+            return True
+        return self.minutes is not None and time.monotonic() - self._last_save >= 60 * self.minutes
 
     # -- save --
 
     def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, generator: torch.Generator,
-             loop: dict[str, Any]) -> Path:
-        """Write step ``step`` (weights, then state, then the pointer) and drop older step files."""
+             loop: dict[str, Any], *, best_state: dict[str, torch.Tensor] | None = None,
+             best_step: int | None = None) -> Path:
+        """Write step ``step`` (weights, best weights if they changed, state, then the pointer); drop
+        older files."""
         from safetensors.torch import save as safetensors_bytes
 
         weights = {n: t.detach().to("cpu").contiguous() for n, t in trainable_tensors(model).items()}
@@ -236,14 +177,29 @@ class Checkpointer:
         }
         for name, data in blobs.items():
             atomic_write_bytes(self.directory / name, data)
-        pointer = {"format": CHECKPOINT_FORMAT, "tag": self.tag, "step": int(step),
-                   "files": {name: sha256_bytes(data) for name, data in blobs.items()}}
+        files = {name: sha256_bytes(data) for name, data in blobs.items()}
+        if best_state is not None:
+            files.update(self._save_best(best_state, int(best_step or 0)))
+        pointer = {"format": CHECKPOINT_FORMAT, "tag": self.tag, "step": int(step), "files": files}
         path = atomic_write_bytes(self.directory / POINTER, (json.dumps(pointer, indent=1) + "\n").encode())
         for old in self.directory.iterdir():
-            if _STEP_FILE.match(old.name) and old.name not in blobs:
+            if _STEP_FILE.match(old.name) and old.name not in files:
                 with contextlib.suppress(OSError):
                     old.unlink()
+        self._last_save = time.monotonic()
         return path
+
+    def _save_best(self, best_state: dict[str, torch.Tensor], best_step: int) -> dict[str, str]:
+        """The best weights' file: written when the best step changed since the last save."""
+        from safetensors.torch import save as safetensors_bytes
+
+        if self._best_file is None or self._best_file[0] != best_step:
+            name = f"best-{best_step:06d}.safetensors"
+            data = safetensors_bytes({n: t.detach().to("cpu").contiguous() for n, t in best_state.items()},
+                                     metadata={"step": str(best_step), "tag": self.tag})
+            atomic_write_bytes(self.directory / name, data)
+            self._best_file = (best_step, name, sha256_bytes(data))
+        return {self._best_file[1]: self._best_file[2]}
 
     # -- resume --
 
@@ -255,7 +211,7 @@ class Checkpointer:
         if not pointer_path.is_file():
             return None
         try:
-            weights, state = self._read(pointer_path)
+            weights, state, weights_extra = self._read(pointer_path)
             params = trainable_tensors(model)
             if set(weights) != set(params):
                 extra = sorted(set(weights) ^ set(params))[0]
@@ -276,7 +232,10 @@ class Checkpointer:
             self._apply(params, *backup, optimizer, scheduler, generator)
             return self._refuse(pointer_path, e)
         self.log(f"resuming from {self.directory} at step {state['step']}")
-        return state["loop"]
+        loop = state["loop"]
+        if "best" in weights_extra:
+            loop["best_state"] = weights_extra["best"]
+        return loop
 
     @staticmethod
     def _apply(params, weights, optimizer_state, scheduler_state, rng_state, optimizer, scheduler, generator) -> None:
@@ -294,7 +253,7 @@ class Checkpointer:
                  "starting the run from step 0")
         return None
 
-    def _read(self, pointer_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def _read(self, pointer_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
         import torch
         from safetensors.torch import load as safetensors_load
 
@@ -304,21 +263,24 @@ class Checkpointer:
             raise CheckpointError(f"unreadable pointer ({e})") from None
         if pointer.get("format") != CHECKPOINT_FORMAT or pointer.get("tag") != self.tag:
             raise CheckpointError(f"written for another configuration or format (tag {pointer.get('tag')!r})")
-        blobs = {}
+        blobs, extra = {}, {}
         for name, digest in (pointer.get("files") or {}).items():
             if not _STEP_FILE.match(name):
                 raise CheckpointError(f"unexpected file name {name!r}")
             data = (self.directory / name).read_bytes()
             if sha256_bytes(data) != digest:
                 raise CheckpointError(f"{name} does not match its sha256 (truncated or edited)")
-            blobs[name.rsplit(".", 1)[1]] = data
+            if name.startswith("best-"):
+                extra["best"] = data
+            else:
+                blobs[name.rsplit(".", 1)[1]] = data
         if set(blobs) != {"safetensors", "pt"}:
             raise CheckpointError("pointer does not name a weights file and a state file")
         weights = safetensors_load(blobs["safetensors"])
         state = torch.load(io.BytesIO(blobs["pt"]), map_location="cpu", weights_only=True)
         if state.get("tag") != self.tag or state.get("step") != pointer.get("step"):
             raise CheckpointError("state file does not belong to the pointer")
-        return weights, state
+        return weights, state, {k: safetensors_load(v) for k, v in extra.items()}
 
     def clear(self) -> None:
         """Delete the checkpoint directory (the run's result is safely stored)."""

@@ -18,14 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODALITIES = ("text", "audio", "visual")
-EXPERTS = ("E1", "E2", "E3")
+EXPERTS = ("E1", "E2", "E3")  # canonical order: ExpertBank's K axis (and so alpha's columns) follows it
 GATING_MODES = ("hierarchical", "single_stage", "uniform")
 BACKBONES = ("glm3", "glm4", "llama3", "glm3-tiny", "glm4-tiny", "llama3-tiny", "glm3-full", "glm4-full", "llama3-full")
 DATASETS = ("mosei", "sims_v2", "meld", "cherma")
-PROFILES = ("smoke", "scale", "paper")
 PROMPT_FORMATS = ("raw", "chat")  # egmf_core/prompts.py
-ACTIVATIONS = ("mish", "gelu", "swish", "relu", "tanh")
+ACTIVATIONS = ("mish", "gelu", "swish", "relu", "tanh")  # egmf_core/experts.py builds each
+AV_ENCODER_KINDS = ("attn_pool", "mean_pool", "gru")  # egmf_core/encoders.py
+BETA_MODES = ("learned", "fixed")  # egmf_core/gating.py
+INVALID_FALLBACKS = ("majority", "mean", "wrong")  # egmf_core/answers.py
 FUSION_DIRECTIONS = ("text_queries", "bidirectional")
+
+
+# [P] early stopping after 8 (classification) / 10 (regression) validation passes without improvement
+DEFAULT_PATIENCE: dict[str, int] = {"classification": 8, "regression": 10}
 
 
 @dataclass
@@ -161,6 +167,14 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return validate(RunConfig.from_dict(d))
 
 
+def _task(dataset: str) -> str:
+    """The dataset spec's task ("classification" | "regression"); imported here, not at the top,
+    so that importing the config stays free of numpy."""
+    from egmf_core.data.dataset import SPECS
+
+    return SPECS[dataset].task
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Check ranges and names once, at the boundary; raise ConfigError naming the field."""
     m, t, dc = cfg.model, cfg.train, cfg.data
@@ -169,7 +183,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not ok:
             raise ConfigError(f"config field {name}={value!r}: {what}")
 
-    need(cfg.profile in PROFILES, "profile", cfg.profile, f"must be one of {PROFILES}")
+    need(isinstance(cfg.profile, str) and cfg.profile, "profile", cfg.profile, "must be a harness profile's name")
     need(m.backbone in BACKBONES, "model.backbone", m.backbone, f"must be one of {BACKBONES}")
     need(dc.name in DATASETS, "data.name", dc.name, f"must be one of {DATASETS}")
     need(len(m.modalities) > 0, "model.modalities", m.modalities, "must name at least one modality")
@@ -185,9 +199,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(set(m.expert_activation) == set(EXPERTS), "model.expert_activation", m.expert_activation, f"must name an activation for each of {EXPERTS}")
     need(all(a in ACTIVATIONS for a in m.expert_activation.values()), "model.expert_activation", m.expert_activation, f"activations must be in {ACTIVATIONS}")
     need(m.gating in GATING_MODES, "model.gating", m.gating, f"must be one of {GATING_MODES}")
-    need(m.beta_mode in ("learned", "fixed"), "model.beta_mode", m.beta_mode, "must be 'learned' or 'fixed'")
+    need(m.beta_mode in BETA_MODES, "model.beta_mode", m.beta_mode, f"must be one of {BETA_MODES}")
     need(m.text_proj in ("linear", "mlp"), "model.text_proj", m.text_proj, "must be 'linear' or 'mlp'")
-    need(m.av_encoder in ("attn_pool", "mean_pool", "gru"), "model.av_encoder", m.av_encoder, "must be attn_pool, mean_pool or gru")
+    need(m.av_encoder in AV_ENCODER_KINDS, "model.av_encoder", m.av_encoder, f"must be one of {AV_ENCODER_KINDS}")
     need(isinstance(m.n_tokens, int) and m.n_tokens > 0, "model.n_tokens", m.n_tokens, "must be a positive integer")
     need(m.pseudo_token_mode in ("repeat", "distinct"), "model.pseudo_token_mode", m.pseudo_token_mode, "must be 'repeat' or 'distinct'")
     need(m.d_h > 0 and m.d_h % m.fusion_heads == 0, "model.d_h", m.d_h, f"must be positive and divisible by fusion_heads={m.fusion_heads}")
@@ -205,11 +219,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(t.eval_mode in ("generate", "score"), "train.eval_mode", t.eval_mode, "must be 'generate' or 'score'")
     need(t.valid_eval_mode in (None, "generate", "score"), "train.valid_eval_mode", t.valid_eval_mode,
          "must be 'generate', 'score' or unset")
-    need(not (t.valid_eval_mode == "score" and dc.name in ("mosei", "sims_v2")), "train.valid_eval_mode",
+    regression = _task(dc.name) == "regression"
+    need(not (t.valid_eval_mode == "score" and regression), "train.valid_eval_mode",
          t.valid_eval_mode, f"label scoring needs a classification dataset, and {dc.name} is regression")
     need(m.fusion_direction in FUSION_DIRECTIONS, "model.fusion_direction", m.fusion_direction,
          f"must be one of {FUSION_DIRECTIONS}")
-    need(not (t.eval_mode == "score" and dc.name in ("mosei", "sims_v2")), "train.eval_mode", t.eval_mode,
+    need(not (t.eval_mode == "score" and regression), "train.eval_mode", t.eval_mode,
          f"label scoring needs a classification dataset, and {dc.name} is regression")
     need(t.checkpoint_every is None or t.checkpoint_every > 0, "train.checkpoint_every", t.checkpoint_every,
          "must be a positive number of steps or unset")
@@ -217,7 +232,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(isinstance(t.log_every, int) and t.log_every > 0, "train.log_every", t.log_every, "must be a positive integer")
     need(t.patience is None or t.patience > 0, "train.patience", t.patience, "must be positive or unset")
     need(t.select_on == "valid", "train.select_on", t.select_on, "model selection uses the validation split only")
-    need(t.invalid_fallback in ("majority", "mean", "wrong"), "train.invalid_fallback", t.invalid_fallback, "must be majority, mean or wrong")
+    need(t.invalid_fallback in INVALID_FALLBACKS, "train.invalid_fallback", t.invalid_fallback, f"must be one of {INVALID_FALLBACKS}")
     need(t.mixed_precision in ("auto", "no", "bf16"), "train.mixed_precision", t.mixed_precision, "must be auto, no or bf16")
     return cfg
 

@@ -469,6 +469,65 @@ def convert_checkpoint(src_dir: str | Path, dst_dir: str | Path) -> Path:
     return dst
 
 
+CONVERTED_MARKER = "converted.json"
+SOURCE_FILES = ("config.json", "tokenizer.model", "*.safetensors", "*.bin", "*.index.json")
+
+
+def source_checksum(src_dir: str | Path, cache_dir: Path) -> str:
+    """sha256 over a ChatGLM3 release's defining files (names and bytes). A 12.5 GB release takes
+    about half a minute to hash, so each file's digest is remembered in ``cache_dir`` by its path,
+    size and modification time, and later runs hash nothing."""
+    import hashlib
+
+    from egmf_core.checkpoint import atomic_write_bytes
+
+    memo_path = cache_dir / "file-checksums.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    total = hashlib.sha256()
+    files = sorted({f for pattern in SOURCE_FILES for f in Path(src_dir).glob(pattern) if f.is_file()})
+    for f in files:
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in memo:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+            memo[key] = h.hexdigest()
+        total.update(f"{f.name}:{memo[key]}\n".encode())
+    atomic_write_bytes(memo_path, json.dumps(memo, indent=1).encode())
+    return total.hexdigest()
+
+
+def cached_conversion(src_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The native Glm directory converted from a ChatGLM3 release, written once into
+    ``<cache>/chatglm3-native/<checksum>/`` and reused by every later run (and worker: a lock file
+    makes one convert while the others wait). A changed release has another checksum."""
+    import fcntl
+    import shutil
+    import tempfile
+
+    from egmf_core.twins import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "chatglm3-native"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        target = root / source_checksum(src_dir, root)[:16]
+        if (target / CONVERTED_MARKER).is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+        try:
+            convert_checkpoint(src_dir, tmp)
+            (tmp / CONVERTED_MARKER).write_text(json.dumps({"source": Path(src_dir).name, "format": "glm"}))
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Convert a ChatGLM3 checkpoint to transformers' native Glm layout.")
     parser.add_argument("src", help="ChatGLM3 directory (config.json, weights, tokenizer.model)")

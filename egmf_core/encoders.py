@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-AV_ENCODER_KINDS = ("attn_pool", "mean_pool", "gru")
+from egmf_core.config import AV_ENCODER_KINDS
+
 
 
 class EncoderConfigError(ValueError):

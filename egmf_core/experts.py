@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-EXPERT_ORDER = ("E1", "E2", "E3")  # canonical order: the K axis of alpha follows it
-EXPERT_ROLES = {"E1": "fine-grained local", "E2": "semantic correlation", "E3": "global context"}
-ACTIVATIONS = {"mish": nn.Mish, "gelu": nn.GELU, "swish": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh}
+from egmf_core.config import ACTIVATIONS, EXPERTS
+
+# The layer for each activation name of config.ACTIVATIONS (same order).
+ACTIVATION_LAYERS = dict(zip(ACTIVATIONS, (nn.Mish, nn.GELU, nn.SiLU, nn.ReLU, nn.Tanh), strict=True))
 
 
 class ExpertConfigError(ValueError):
@@ -33,7 +34,7 @@ class Expert(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ExpertConfigError(
-                f"egmf_core/experts.py: model.expert_activation={activation!r} must be one of {tuple(ACTIVATIONS)}"
+                f"egmf_core/experts.py: model.expert_activation={activation!r} must be one of {ACTIVATIONS}"
             )
         if not (isinstance(ratio, int) and 1 <= ratio <= d_h):
             raise ExpertConfigError(
@@ -43,7 +44,7 @@ class Expert(nn.Module):
         self.activation = activation
         self.norm = nn.LayerNorm(d_h)
         self.down = nn.Linear(d_h, self.hidden)
-        self.act = ACTIVATIONS[activation]()
+        self.act = ACTIVATION_LAYERS[activation]()
         self.drop = nn.Dropout(dropout)
         self.up = nn.Linear(self.hidden, d_h)
 
@@ -65,12 +66,12 @@ class ExpertBank(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        unknown = [n for n in names if n not in EXPERT_ORDER]
+        unknown = [n for n in names if n not in EXPERTS]
         if unknown or not names:
             raise ExpertConfigError(
-                f"egmf_core/experts.py: model.experts={list(names)!r} must be a non-empty subset of {EXPERT_ORDER}"
+                f"egmf_core/experts.py: model.experts={list(names)!r} must be a non-empty subset of {EXPERTS}"
             )
-        self.names = [n for n in EXPERT_ORDER if n in names]  # K axis order, whatever order was given
+        self.names = [n for n in EXPERTS if n in names]  # K axis order, whatever order was given
         self.experts = nn.ModuleDict(
             {n: Expert(d_h, ratios[n], activations[n], dropout) for n in self.names}
         )

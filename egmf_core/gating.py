@@ -6,8 +6,8 @@
 
 Choices where the paper is silent ([C]):
 - GateNetwork = Linear(d_h, K) followed by a softmax, so w_i is a distribution over experts.
-- MLP = Linear(d_h + K, hidden) -> GELU -> Linear(hidden, K); ``hidden`` defaults to d_h
-  (ModelConfig has no field for it yet: pass ``hidden`` to change it).
+- MLP = Linear(d_h + K, hidden) -> GELU -> Linear(hidden, K); ``hidden`` is
+  ``ModelConfig.gate_hidden``, d_h when unset.
 - beta_i (``ModelConfig.beta_mode``): "learned" = sigmoid(Linear(Concat(f_fusion_i, w_i))), a
   per-sample residual weight in (0, 1); "fixed" = 1, a plain residual connection.
 - Modes (``ModelConfig.gating``): "hierarchical" (both stages), "single_stage" (alpha = w, the
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-GATING_MODES = ("hierarchical", "single_stage", "uniform")
-BETA_MODES = ("learned", "fixed")
+from egmf_core.config import BETA_MODES, GATING_MODES
+
 
 # Collapse thresholds for GatingStats (the paper's failure signature: "all alpha_i converge to
 # a uniform distribution"; the opposite failure, one expert always winning, is checked too).
@@ -45,10 +45,8 @@ COLLAPSE_SAMPLE_SHARE = 0.95
 STATIC_ALPHA_STD = 0.01
 
 # Regression labels are binned by sign for per-bin alpha means: negative / neutral / positive,
-# neutral when |y| <= band. MOSEI 0.5 follows Acc-3's round(clip(y, -1, 1)) == 0; SIMS-V2 0.1
-# follows the 3-class edges (-1, -0.1, 0.1, 1) used by the field's evaluators.
+# neutral when |y| <= the dataset spec's ``neutral_band`` (egmf_core/data/dataset.py).
 SENTIMENT_BIN_NAMES = ("negative", "neutral", "positive")
-SENTIMENT_NEUTRAL_BAND = {"mosei": 0.5, "sims_v2": 0.1}
 
 
 class GatingConfigError(ValueError):

@@ -7,7 +7,6 @@ training; a failure during training (a NaN loss) returns a RunOutcome with statu
 
 from __future__ import annotations
 
-import os
 import random
 import resource
 import time
@@ -19,18 +18,11 @@ import torch
 
 from egmf_core.config import RunConfig, validate
 from egmf_core.outcome import RunOutcome
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REPO_MARKER = "<repo>"
-
+from egmf_core.paths import expand_repo_marker
 
 def resolve_path(path: str | None) -> Path | None:
     """Expand the "<repo>" marker (used by the smoke profile so hashes ignore the clone's location)."""
-    if path is None:
-        return None
-    if path.startswith(REPO_MARKER):
-        return REPO_ROOT / path[len(REPO_MARKER) :].lstrip("/")
-    return Path(path).expanduser()
+    return None if path is None else expand_repo_marker(path)
 
 
 def seed_everything(seed: int) -> None:
@@ -101,12 +93,16 @@ def egmf_step_share(model, batch: dict[str, torch.Tensor], repeats: int = 3) -> 
 
 
 def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] | None = None,
-                   checkpoint_dir: str | Path | None = None) -> RunOutcome:
+                   checkpoint_dir: str | Path | None = None, checkpoint_minutes: float | None = None,
+                   threads: int | None = None) -> RunOutcome:
     """Train and evaluate one configuration; the test split is evaluated once, at the end.
 
     With ``checkpoint_dir`` the training state is saved there every ``train.checkpoint_every``
-    steps, and a checkpoint found there is resumed (egmf_core.checkpoint); the caller deletes the
-    directory once the outcome is stored.
+    steps, every ``checkpoint_minutes`` and at validation passes once either is set, and a
+    checkpoint found there is resumed (egmf_core.checkpoint); the caller deletes the directory once
+    the outcome is stored. ``checkpoint_minutes`` and ``threads`` (torch's intra-op threads;
+    None keeps torch's default) are execution settings, not part of the run's id: neither changes
+    a result.
     """
     from egmf_core.batching import PromptEncoder, collate
     from egmf_core.checkpoint import Checkpointer
@@ -118,9 +114,10 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
     from egmf_core.uncertainty import sampling_ci
 
     cfg = validate(cfg)
-    set_threads(cfg.profile)
+    if threads is not None:
+        torch.set_num_threads(threads)
     checkpoint = None if checkpoint_dir is None else Checkpointer(
-        checkpoint_dir, every=cfg.train.checkpoint_every, tag=config_hash(cfg))
+        checkpoint_dir, every=cfg.train.checkpoint_every, minutes=checkpoint_minutes, tag=config_hash(cfg))
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     root = resolve_path(cfg.data.root)
@@ -176,17 +173,3 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
         egmf_share=share,
     )
     return outcome
-
-
-def set_threads(profile: str) -> None:
-    """Intra-op threads: ``$EGMF_TORCH_THREADS`` if set, else 1 for the smoke profile.
-
-    The smoke profile's matrices are tiny (width 64): a second thread buys nothing and, on a
-    busy 2-core machine, OpenMP's spin-waiting made a training step 20x slower (77 ms with one
-    thread, 1.8 s with two, measured here). The paper profile keeps torch's default.
-    """
-    n = os.environ.get("EGMF_TORCH_THREADS")
-    if n:
-        torch.set_num_threads(int(n))
-    elif profile == "smoke":
-        torch.set_num_threads(1)

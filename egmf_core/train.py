@@ -24,7 +24,8 @@ from egmf_core.checkpoint import Checkpointer
 from egmf_core.config import TrainConfig
 from egmf_core.data.dataset import DatasetSpec
 from egmf_core.decoding import generate_answers, score_labels
-from egmf_core.gating import SENTIMENT_BIN_NAMES, SENTIMENT_NEUTRAL_BAND, GatingStats, sentiment_bin
+from egmf_core.config import DEFAULT_PATIENCE
+from egmf_core.gating import SENTIMENT_BIN_NAMES, GatingStats, sentiment_bin
 from egmf_core.metrics import compute_metrics
 from egmf_core.model import EGMF
 
@@ -108,7 +109,7 @@ def evaluate(
             else:
                 answers.update(zip(idx, generate_answers(model, batch, tokenizer, max_new, t_pseudo)))
         labels = enc.labels[idx]
-        stats.update(gate, labels if is_cls else sentiment_bin(labels, SENTIMENT_NEUTRAL_BAND[spec.name]))
+        stats.update(gate, labels if is_cls else sentiment_bin(labels, spec.neutral_band))
     texts = [answers[i] for i in range(len(enc))] if mode != "score" else []
     if mode == "score":
         values, valid, invalid_rate = chosen, np.ones(len(chosen), dtype=bool), 0.0
@@ -267,8 +268,8 @@ def fit(
 ) -> FitResult:
     """Train EGMF's modules (and LoRA) with early stopping on the validation split only.
 
-    With ``checkpoint``, the state is saved every ``checkpoint.every`` steps and a run that finds
-    a checkpoint continues from it, giving the same result as if it had never stopped. The
+    With ``checkpoint``, the state is saved when ``checkpoint.due`` says (steps, minutes, validation
+    passes) and a run that finds a checkpoint continues from it, giving the same result as if it had never stopped. The
     training loss is read back every ``train.log_every`` steps and at validation passes, not
     every step: the step itself never waits for the device.
     """
@@ -277,7 +278,7 @@ def fit(
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     trainer = Trainer.build(model, cfg, total)
     eval_every = cfg.eval_every or steps_per_epoch
-    patience = cfg.patience if cfg.patience is not None else (8 if spec.task == "classification" else 10)
+    patience = cfg.patience if cfg.patience is not None else DEFAULT_PATIENCE[spec.task]
     valid_mode = cfg.valid_eval_mode or cfg.eval_mode  # one mode for validation and test unless set
     gen = torch.Generator().manual_seed(seed)
 
@@ -290,7 +291,7 @@ def fit(
     if resumed is not None:  # continue exactly where the saved run stopped
         step, order, step_time = resumed["step"], resumed["order"], resumed["step_time"]
         best, best_step, bad_evals = resumed["best"], resumed["best_step"], resumed["bad_evals"]
-        best_state, history = resumed["best_state"], resumed["history"]
+        best_state, history = resumed.get("best_state", best_state), resumed["history"]
     losses = LossLog(device)
     losses.first_step = step + 1
     while step < total:
@@ -318,11 +319,11 @@ def fit(
                 bad_evals += 1
                 if bad_evals >= patience:
                     break
-        if checkpoint is not None and checkpoint.due(step):
+        if checkpoint is not None and checkpoint.due(step, evaluated=evaluating):
             losses.flush()
             checkpoint.save(step, model, trainer.opt, trainer.sched, gen, dict(
                 step=step, order=order, step_time=step_time, best=best, best_step=best_step,
-                bad_evals=bad_evals, best_state=best_state, history=history))
+                bad_evals=bad_evals, history=history), best_state=best_state, best_step=best_step)
     losses.flush()
     _load_trainable_state(model, best_state)
     return FitResult(

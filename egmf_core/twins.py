@@ -42,9 +42,9 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig, GlmForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from egmf_core import convert_chatglm3
+from egmf_core.paths import REPO_ROOT
 from egmf_core.tokenizer_twin import build_twin_tokenizer, default_corpus
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TWIN_FORMAT_VERSION = 1  # bump when the twin recipe changes in a way the spec below does not show
 _DONE_MARKER = "twin.json"
 

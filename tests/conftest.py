@@ -96,13 +96,22 @@ def no_network(monkeypatch):
     yield
 
 
-def isolate_harness(tmp_path, monkeypatch):
-    """Point the smoke profile's repo root at tmp, fake its data writer, clear the roots' env vars."""
+def isolate_harness(tmp_path, monkeypatch) -> list[str]:
+    """Point the smoke profile's repo root at tmp, fake its data writer, clear the roots' env vars,
+    work in tmp. Returns the names of the datasets the fake writer wrote, in order."""
     from benchmarks import profiles
 
+    written: list[str] = []
+
+    def fake_writer(name, out_dir, *, seed, size):
+        (out_dir / name).mkdir(parents=True)
+        (out_dir / name / "data.txt").write_text(f"{name} seed={seed}")
+        written.append(name)
+        return out_dir / name
+
     monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset",
-                        lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
+    monkeypatch.setattr(profiles, "write_synthetic_dataset", fake_writer)
     monkeypatch.delenv("EGMF_DATA_ROOT", raising=False)
     monkeypatch.delenv("EGMF_MODEL_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
+    return written

@@ -235,12 +235,12 @@ def test_llama3_without_pad_gets_eos_as_pad(tmp_path):
     assert tok.pad_token == "<|eot_id|>"
 
 
-def test_placement_bf16_on_cuda_float32_on_cpu_and_auto_map_across_gpus(monkeypatch):
+def test_placement_bf16_on_cuda_float32_on_cpu_and_one_gpu_per_run(monkeypatch):
     assert bb.backbone_dtype(torch.device("cpu")) == torch.float32
     assert bb.backbone_dtype(torch.device("cuda", 0)) == torch.bfloat16
     assert bb._device_map(torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert bb._device_map(torch.device("cuda")) == "auto"
+    assert bb._device_map(torch.device("cuda")) == {"": 0}  # whole on one GPU; split only if it does not fit
     assert bb._device_map(torch.device("cuda", 1)) == {"": 1}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert bb._device_map(torch.device("cuda")) == {"": 0}

@@ -22,17 +22,11 @@ import pytest
 
 from benchmarks import profiles, runner
 from benchmarks.cli import main
-from egmf_core.config import config_hash
-from egmf_core.outcome import RunOutcome
 from tests.conftest import isolate_harness
+from tests.fakes import hashed_run
 from tests.test_kill_resume import write_tiny_ablations
 
 LLAMA_DIR = profiles.MODEL_DIRS["llama3"]
-
-
-def _fake_run(cfg, *, progress=None):
-    v = (int(config_hash(cfg), 16) % 1000) / 1000
-    return RunOutcome(status="ok", metrics={"valid": {"mae": v, "acc": v}, "test": {"mae": v, "acc": v}})
 
 
 @pytest.fixture(scope="module")
@@ -192,14 +186,14 @@ def _disk_full(mp, under: Path | None = None) -> None:
 
 
 def _disk_full_on_run_file(env, mp):
-    mp.setattr(runner, "_default_run_fn", lambda spec: _fake_run)
+    mp.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
     _disk_full(mp, under=env.results)  # the results disk is full (the smoke data cache is elsewhere)
     return env.reproduce(env.smoke_table), [str(env.results / "smoke" / "runs"), ".json",
                                             "No space left on device (ENOSPC)"]
 
 
 def _disk_full_on_checkpoint(env, mp):
-    from egmf_core.checkpoint import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
 
     def run(cfg, *, progress=None, checkpoint_dir=None):
         _disk_full(mp)
@@ -212,7 +206,7 @@ def _disk_full_on_checkpoint(env, mp):
 
 
 def _results_root_is_a_file(env, mp):
-    mp.setattr(runner, "_default_run_fn", lambda spec: _fake_run)
+    mp.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
     target = env.results / "not-a-folder.txt"
     target.write_text("keep me\n")
     argv = env.reproduce(env.smoke_table)
@@ -305,7 +299,7 @@ def env(tmp_path, monkeypatch, request):
     results = tmp_path / "results"
     # A results tree with finished runs in it, so that "nothing added or changed" means something.
     runner.reproduce("main_msa", "smoke", seeds=[1111], results_root=results, reports_root=tmp_path / "reports",
-                     render=False, run_fn=_fake_run)
+                     render=False, run_fn=hashed_run)
     case = getattr(getattr(request.node, "callspec", None), "id", "")
     inputs = request.getfixturevalue("paper_inputs") if case.startswith(("data-", "model-")) else None
     if inputs is not None:  # in a fresh CLI process main() turns these bars off before transformers loads
@@ -397,14 +391,12 @@ def test_a_nan_loss_fails_that_run_with_its_step_and_the_grid_goes_on(tmp_path, 
 # ---- corrupt results files: detected, named by file and line, redone or rebuilt ------------------
 
 def _fake_grid(tmp_path, monkeypatch, table="main_msa", **kwargs):
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset",
-                        lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
+    isolate_harness(tmp_path, monkeypatch)
     calls = []
 
     def counting(cfg, *, progress=None):
         calls.append(cfg.seed)
-        return _fake_run(cfg)
+        return hashed_run(cfg)
 
     summary = runner.reproduce(table, "smoke", seeds=[1111, 1112], datasets=["mosei"], run_fn=counting,
                                results_root=tmp_path / "r", reports_root=tmp_path / "rep", **{"render": False, **kwargs})

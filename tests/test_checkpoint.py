@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from egmf_core import checkpoint as ck
-from egmf_core.checkpoint import AtomicWriteError, Checkpointer, CheckpointError, atomic_write_bytes
+from egmf_core.atomic import AtomicWriteError, atomic_write_bytes
+from egmf_core.checkpoint import Checkpointer, CheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
 

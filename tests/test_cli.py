@@ -9,21 +9,16 @@ import pytest
 
 from benchmarks import launchers, runner
 from benchmarks.cli import main
-from egmf_core.config import ConfigError, config_hash
+from egmf_core.config import ConfigError
 from egmf_core.outcome import RunOutcome
 from tests.conftest import isolate_harness
-
-
-def fake_run(cfg, *, progress=None):
-    v = (int(config_hash(cfg), 16) % 1000) / 1000
-    return RunOutcome(status="ok", metrics={"valid": {"wf1": v, "mae": v}, "test": {"wf1": v, "mae": v}},
-                      invalid_rate={"valid": 0.0, "test": 0.0})
+from tests.fakes import hashed_run
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Fake runs and fake synthetic data; no real training, nothing written in the repo."""
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: fake_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
 
 
@@ -37,7 +32,7 @@ def _roots(tmp_path):
     (["reproduce", "4", "--rows", "-T,-X"], "unknown name '-X' in --rows"),
     (["reproduce", "main_erc", "--datasets", "mosei"],
      "unknown name 'mosei' in --datasets (the datasets of table main_erc: meld, cherma)"),
-    (["reproduce", "3", "--profile", "huge"], "unknown profile 'huge' (known: smoke, paper)"),
+    (["reproduce", "3", "--profile", "huge"], "unknown profile 'huge' (known: smoke, scale, paper)"),
     (["reproduce", "3", "--shard", "2/2"], "bad --shard '2/2'"),
     (["reproduce", "3", "--shard", "half"], "bad --shard 'half'"),
     (["reproduce", "3", "--seeds", "1111,abc"], "bad --seeds '1111,abc'"),
@@ -189,12 +184,12 @@ def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_pat
 def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, tmp_path, capsys):
     started = []
 
-    def fake_jobs(worker_argv, jobs, total):  # the workers' part: train the runs here instead
+    def fake_jobs(worker_argv, jobs, total, gpus=None):  # the workers' part: train the runs here instead
         started.append((list(worker_argv), jobs, total))
         redo = [a.split("=", 1)[1] for a in worker_argv if a.startswith("--redo-before=")][0]
         for _ in range(jobs):
             runner.reproduce("3", "smoke", seeds=[1111, 1112], redo_before=redo, results_root=tmp_path / "results",
-                             render=False, run_fn=fake_run)
+                             render=False, run_fn=hashed_run)
         return 0
 
     monkeypatch.setattr(launchers, "run_local_jobs", fake_jobs)
@@ -222,7 +217,7 @@ def test_bad_jobs_arguments_are_one_line_errors(extra, message, tmp_path, capsys
 
 
 def test_a_worker_that_rejects_its_input_ends_the_command_with_exit_2(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total: 2)
+    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total, gpus=None: 2)
     assert main(["reproduce", "3", "--jobs", "2", *_roots(tmp_path)]) == 2
 
 
@@ -238,7 +233,7 @@ def test_the_jobs_progress_bar_counts_finished_run_lines_only(line, done):
 
 def test_jobs_start_no_worker_when_every_run_is_stored_and_no_more_than_runs(monkeypatch, tmp_path, capsys):
     started = []
-    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total: started.append((jobs, total)) or 0)
+    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total, gpus=None: started.append((jobs, total)) or 0)
     argv = ["reproduce", "3", "--seeds", "1111", "--datasets", "mosei", "--no-report", *_roots(tmp_path)]
     assert main([*argv, "--jobs", "4"]) == 0  # one run to train: one worker
     assert started == [(1, 1)]

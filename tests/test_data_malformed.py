@@ -146,24 +146,174 @@ def test_malformed_pickle(tmp_path, mmsa_splits, case, name, mutate, field, prob
     assert problem in str(excinfo.value)
 
 
-def test_missing_dataset_files(tmp_path):
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("mosei", tmp_path)
-    assert_one_line_error(excinfo, str(tmp_path), "unaligned_50.pkl")
+def _write_mosei(root: Path, splits) -> Path:
+    return write_mmsa_pickle(root / "unaligned_50.pkl", splits)
 
 
-def test_missing_root(tmp_path):
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("mosei", tmp_path / "nowhere")
-    assert_one_line_error(excinfo, str(tmp_path / "nowhere"), "root")
-
-
-def test_truncated_pickle(tmp_path, mmsa_splits):
-    path = write_mmsa_pickle(tmp_path / "unaligned_50.pkl", mmsa_splits["mosei"])
+def _truncate_pickle(root, splits):
+    path = _write_mosei(root, splits)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _builtin_callable_pickle(root, splits):
+    (root / "unaligned_50.pkl").write_bytes(b"cbuiltins\neval\n(V1+1\ntR.")  # protocol 0: eval("1+1")
+
+
+def _npz_without_vision(root, splits):
+    arrays = {f"{s}/{k}": np.asarray(v.tolist() if v.dtype == object else v)
+              for s, d in splits.items() for k, v in d.items() if k != "vision"}
+    write_npz(root / "unaligned_50.npz", arrays)
+
+
+def _bad_checksum(root, splits):
+    _write_mosei(root, splits)
+    (root / "SHA256SUMS").write_text(f"{'ab' * 32}  unaligned_50.pkl\n")
+
+
+# ---- MELD's CSV release (under root/meld) ------------------------------------------------------
+def _edit_csv(path: Path, old: bytes, new: bytes, count: int = 1):
+    data = path.read_bytes()
+    assert old in data
+    path.write_bytes(data.replace(old, new, count))
+
+
+def _edit_lines(path: Path, edit):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    edit(lines)
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _set_cell(lines, row: int, column: int, value: str):
+    cells = lines[row].split(",")  # no comma in the first utterances' text
+    cells[column] = value
+    lines[row] = ",".join(cells)
+
+
+def _meld_undecodable_byte(root, splits):
+    path = root / "meld" / "dev_sent_emo.csv"
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b",", b",\x81", 1)  # 0x81: undefined in cp1252, invalid in utf-8
+    path.write_bytes(b"\n".join(lines))
+
+
+def _meld_nan_feature(root, splits):
+    audio = np.ones((5, 64), np.float32)
+    audio[2, 7] = np.nan
+    write_npz(root / "meld" / "features" / "train" / "dia0_utt0.npz",
+              {"audio": audio, "visual": np.ones((4, 64), np.float32)})
+
+
+def _meld_empty_split(root, splits):
+    path = root / "meld" / "dev_sent_emo.csv"
+    path.write_bytes(path.read_bytes().split(b"\n")[0] + b"\n")
+
+
+# ---- CHERMA's json release (under root/cherma) -------------------------------------------------
+def _edit_json(path: Path, edit):
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    edit(entries)
+    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
+
+
+def _load(name: str, **kwargs):
+    return lambda root: load_dataset(name, root, **kwargs)
+
+
+M, C = "meld", "cherma"
+MELD_FEATURES = "meld/features"
+# (id, release copied under root first or None, edit(root, mosei_splits), file under root named by
+#  the error, field named by it, further words of the message, load(root)). The error must be a
+#  one-line DataError naming both.
+CASES = [
+    ("missing_dataset_files", None, lambda r, s: None, "", "unaligned_50.pkl", "", _load("mosei")),
+    ("missing_root", None, lambda r, s: None, "nowhere", "root", "",
+     lambda root: load_dataset("mosei", root / "nowhere")),
+    ("truncated_pickle", None, _truncate_pickle, "unaligned_50.pkl", "truncated pickle", "", _load("mosei")),
+    ("pickle_naming_a_builtin_callable", None, _builtin_callable_pickle, "unaligned_50.pkl",
+     "builtins.eval refused", "", _load("mosei")),
+    ("npz_missing_key", None, _npz_without_vision, "unaligned_50.npz", "train.vision", "", _load("mosei")),
+    ("meld_bytes_invalid_in_utf8_and_cp1252", M, _meld_undecodable_byte, "meld/dev_sent_emo.csv",
+     "row 4 column 'Utterance'", "neither utf-8 nor cp1252", _load(M)),
+    ("meld_missing_csv", M, lambda r, s: (r / "meld" / "test_sent_emo.csv").unlink(), "meld/test_sent_emo.csv",
+     "file does not exist", "", _load(M)),
+    ("meld_missing_column", M, lambda r, s: _edit_csv(r / "meld" / "test_sent_emo.csv", b"Sentiment,", b"Sentimental,"),
+     "meld/test_sent_emo.csv", "column 'Sentiment'", "", _load(M)),
+    ("meld_missing_feature_file", M, lambda r, s: (r / MELD_FEATURES / "train" / "dia0_utt1.npz").unlink(),
+     f"{MELD_FEATURES}/train/dia0_utt1.npz", "row 3 of train_sent_emo.csv", "", _load(M)),
+    ("meld_unknown_emotion", M,
+     lambda r, s: _edit_lines(r / "meld" / "train_sent_emo.csv", lambda lines: _set_cell(lines, 1, 3, "happy")),
+     "meld/train_sent_emo.csv", "row 2 column 'Emotion'", "'happy' is not one of neutral", _load(M)),
+    ("meld_duplicate_utterance", M,
+     lambda r, s: _edit_lines(r / "meld" / "test_sent_emo.csv", lambda lines: lines.insert(3, lines[2])),
+     "meld/test_sent_emo.csv", "row 4 Dialogue_ID/Utterance_ID", "duplicates row 3", _load(M)),
+    ("meld_feature_file_without_visual", M,
+     lambda r, s: write_npz(r / MELD_FEATURES / "test" / "dia0_utt0.npz", {"audio": np.ones((5, 64), np.float32)}),
+     f"{MELD_FEATURES}/test/dia0_utt0.npz", "visual missing", "", _load(M)),
+    ("meld_feature_dim_mismatch", M,
+     lambda r, s: write_npz(r / MELD_FEATURES / "dev" / "dia0_utt1.npz",
+                            {"audio": np.ones((5, 32), np.float32), "visual": np.ones((4, 64), np.float32)}),
+     f"{MELD_FEATURES}/dev/dia0_utt1.npz", "audio", "has dim 32, but", _load(M)),
+    ("meld_nan_in_feature_file_names_that_file", M, _meld_nan_feature, f"{MELD_FEATURES}/train/dia0_utt0.npz",
+     "audio[2,7] is NaN", "", _load(M, strict=True)),
+    ("meld_non_integer_dialogue_id", M,
+     lambda r, s: _edit_lines(r / "meld" / "train_sent_emo.csv", lambda lines: _set_cell(lines, 1, 5, "zero")),
+     "meld/train_sent_emo.csv", "row 2 column 'Dialogue_ID'='zero'", "", _load(M)),
+    ("meld_empty_split", M, _meld_empty_split, "meld/dev_sent_emo.csv", "rows is empty", "", _load(M)),
+    ("cherma_unknown_chinese_label", C,
+     lambda r, s: _edit_json(r / "cherma" / "train.json", lambda e: e[3].__setitem__("video_label", "快乐")),
+     "cherma/train.json", "[3].video_label='快乐'", "", _load(C)),
+    ("cherma_missing_npy", C, lambda r, s: (r / "cherma" / "audio" / "test" / "c00002.npy").unlink(),
+     "cherma/audio/test/c00002.npy", "entry [2] of test.json", "", _load(C)),
+    ("cherma_wrong_npy_shape", C,
+     lambda r, s: np.save(r / "cherma" / "visual" / "dev" / "c00001.mp4.npy", np.ones(2048, np.float32)),
+     "cherma/visual/dev/c00001.mp4.npy", "visual has shape (2048,)", "", _load(C)),
+    ("cherma_npy_dim_mismatch", C,
+     lambda r, s: np.save(r / "cherma" / "audio" / "train" / "c00004.npy", np.ones((30, 512), np.float32)),
+     "cherma/audio/train/c00004.npy", "audio has dim 512", "", _load(C)),
+    ("cherma_missing_valid_split", C, lambda r, s: (r / "cherma" / "dev.json").unlink(), "cherma/valid.json",
+     "split 'valid' not found", "", _load(C)),
+    ("cherma_entry_without_text", C, lambda r, s: _edit_json(r / "cherma" / "test.json", lambda e: e[0].pop("text")),
+     "cherma/test.json", "[0].text missing", "", _load(C)),
+    ("cherma_text_feature_folder_missing_a_file", C, lambda r, s: (r / "cherma" / "text" / "train").mkdir(parents=True),
+     "cherma/text/train/c00000.npy", "text feature file missing", "", _load(C)),
+    ("cherma_dev_and_valid_both_present", C,
+     lambda r, s: shutil.copy(r / "cherma" / "dev.json", r / "cherma" / "valid.json"), "cherma",
+     "both valid.json and dev.json", "", _load(C)),
+    ("cherma_duplicate_ids", C,
+     lambda r, s: _edit_json(r / "cherma" / "train.json", lambda e: e[5].__setitem__("audio_file", e[2]["audio_file"])),
+     "cherma/train.json", "[5].audio_file='c00002.wav'", "", _load(C)),
+    ("checksum_mismatch_names_the_file", None, _bad_checksum, "unaligned_50.pkl", "sha256 mismatch", "",
+     _load("mosei", verify_checksums=True)),
+    ("checksum_listed_file_missing", None, lambda r, s: None, "features/a.npz", "does not exist", "",
+     lambda root: verify_checksums(root, {"features/a.npz": "0" * 64})),
+    ("checksum_file_malformed_line", None, lambda r, s: (r / "SHA256SUMS").write_text("not a checksum line\n"),
+     "SHA256SUMS", "line 1", "", lambda root: verify_checksums(root)),
+]
+
+
+@pytest.mark.parametrize("case,release,edit,file,field,problem,load", CASES, ids=[c[0] for c in CASES])
+def test_malformed_input(tmp_path, mmsa_splits, release_dirs, case, release, edit, file, field, problem, load):
+    if release is not None:
+        shutil.copytree(release_dirs[release], tmp_path / release)
+    edit(tmp_path, copy.deepcopy(mmsa_splits["mosei"]))
     with pytest.raises(DataError) as excinfo:
-        load_dataset("mosei", tmp_path)
-    assert_one_line_error(excinfo, str(path), "truncated pickle")
+        load(tmp_path)
+    assert_one_line_error(excinfo, str(tmp_path / file) if file else str(tmp_path), field)
+    assert problem in str(excinfo.value)
+
+
+def test_a_feature_file_without_visual_is_not_called_unreadable(tmp_path, release_dirs):
+    folder = Path(shutil.copytree(release_dirs["meld"], tmp_path / "meld"))
+    write_npz(folder / "features" / "test" / "dia0_utt0.npz", {"audio": np.ones((5, 64), np.float32)})
+    with pytest.raises(DataError, match="visual missing") as excinfo:
+        load_dataset("meld", tmp_path)
+    assert "readable" not in str(excinfo.value)
+
+
+def test_nan_in_a_meld_feature_file_is_zeroed_and_counted_unless_strict(tmp_path, release_dirs):
+    shutil.copytree(release_dirs["meld"], tmp_path / "meld")
+    _meld_nan_feature(tmp_path, None)
+    assert load_dataset("meld", tmp_path).cleaning["audio_nan"] == 1  # strict: an error (CASES)
 
 
 class _RunsShell:
@@ -188,256 +338,3 @@ def test_hostile_pickle_runs_nothing(tmp_path, mmsa_splits):
     # the same payload through plain pickle does run: the marker proves the test can fail
     pickle.loads(pickle.dumps(_RunsShell(marker)))
     assert marker.exists()
-
-
-def test_pickle_naming_a_builtin_callable_is_refused(tmp_path):
-    path = tmp_path / "unaligned_50.pkl"
-    path.write_bytes(b"cbuiltins\neval\n(V1+1\ntR.")  # protocol 0: eval("1+1")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("mosei", tmp_path)
-    assert_one_line_error(excinfo, str(path), "builtins.eval refused")
-
-
-def test_npz_missing_key(tmp_path, mmsa_splits):
-    arrays = {f"{s}/{k}": np.asarray(v.tolist() if v.dtype == object else v)
-              for s, d in mmsa_splits["mosei"].items() for k, v in d.items() if k != "vision"}
-    path = write_npz(tmp_path / "unaligned_50.npz", arrays)
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("mosei", tmp_path)
-    assert_one_line_error(excinfo, str(path), "train.vision")
-
-
-# ---- MELD's CSV release ----------------------------------------------------------------------
-def _meld(tmp_path, release_dirs) -> Path:
-    return Path(shutil.copytree(release_dirs["meld"], tmp_path / "meld"))
-
-
-def _edit_csv(path: Path, old: bytes, new: bytes, count: int = 1):
-    data = path.read_bytes()
-    assert old in data
-    path.write_bytes(data.replace(old, new, count))
-
-
-def test_meld_bytes_invalid_in_utf8_and_cp1252(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    csv_path = folder / "dev_sent_emo.csv"
-    lines = csv_path.read_bytes().split(b"\n")
-    lines[3] = lines[3].replace(b",", b",\x81", 1)  # 0x81: undefined in cp1252, invalid in utf-8
-    csv_path.write_bytes(b"\n".join(lines))
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(csv_path), "row 4 column 'Utterance'")
-    assert "neither utf-8 nor cp1252" in str(excinfo.value)
-
-
-def test_meld_missing_csv(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    (folder / "test_sent_emo.csv").unlink()
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(folder / "test_sent_emo.csv"), "file does not exist")
-
-
-def test_meld_missing_column(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    _edit_csv(folder / "test_sent_emo.csv", b"Sentiment,", b"Sentimental,")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(folder / "test_sent_emo.csv"), "column 'Sentiment'")
-
-
-def test_meld_missing_feature_file(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    (folder / "features" / "train" / "dia0_utt1.npz").unlink()
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(folder / "features" / "train" / "dia0_utt1.npz"),
-                          "row 3 of train_sent_emo.csv")
-
-
-def test_meld_unknown_emotion(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    path = folder / "train_sent_emo.csv"
-    lines = path.read_text(encoding="utf-8").split("\n")
-    cells = lines[1].split(",")
-    cells[3] = "happy"  # Emotion of the first row (no comma in the first utterances' text)
-    lines[1] = ",".join(cells)
-    path.write_text("\n".join(lines), encoding="utf-8")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(path), "row 2 column 'Emotion'")
-    assert "'happy' is not one of neutral" in str(excinfo.value)
-
-
-def test_meld_duplicate_utterance(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    path = folder / "test_sent_emo.csv"
-    lines = path.read_text(encoding="utf-8").split("\n")
-    lines.insert(3, lines[2])
-    path.write_text("\n".join(lines), encoding="utf-8")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(path), "row 4 Dialogue_ID/Utterance_ID")
-    assert "duplicates row 3" in str(excinfo.value)
-
-
-def test_meld_feature_file_without_visual(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    feature = folder / "features" / "test" / "dia0_utt0.npz"
-    write_npz(feature, {"audio": np.ones((5, 64), np.float32)})
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(feature), "visual missing")
-    assert "readable" not in str(excinfo.value)
-
-
-def test_meld_feature_dim_mismatch(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    feature = folder / "features" / "dev" / "dia0_utt1.npz"
-    write_npz(feature, {"audio": np.ones((5, 32), np.float32), "visual": np.ones((4, 64), np.float32)})
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(feature), "audio")
-    assert "has dim 32, but" in str(excinfo.value)
-
-
-def test_meld_nan_in_feature_file_names_that_file(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    feature = folder / "features" / "train" / "dia0_utt0.npz"
-    audio = np.ones((5, 64), np.float32)
-    audio[2, 7] = np.nan
-    write_npz(feature, {"audio": audio, "visual": np.ones((4, 64), np.float32)})
-    assert load_dataset("meld", tmp_path).cleaning["audio_nan"] == 1  # by default: set to 0 and counted
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path, strict=True)
-    assert_one_line_error(excinfo, str(feature), "audio[2,7] is NaN")
-
-
-def test_meld_non_integer_dialogue_id(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    path = folder / "train_sent_emo.csv"
-    lines = path.read_text(encoding="utf-8").split("\n")
-    cells = lines[1].split(",")
-    cells[5] = "zero"
-    lines[1] = ",".join(cells)
-    path.write_text("\n".join(lines), encoding="utf-8")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(path), "row 2 column 'Dialogue_ID'='zero'")
-
-
-def test_meld_empty_split(tmp_path, release_dirs):
-    folder = _meld(tmp_path, release_dirs)
-    path = folder / "dev_sent_emo.csv"
-    path.write_bytes(path.read_bytes().split(b"\n")[0] + b"\n")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("meld", tmp_path)
-    assert_one_line_error(excinfo, str(path), "rows is empty")
-
-
-# ---- CHERMA's json release -------------------------------------------------------------------
-def _cherma(tmp_path, release_dirs) -> Path:
-    return Path(shutil.copytree(release_dirs["cherma"], tmp_path / "cherma"))
-
-
-def _edit_json(path: Path, edit):
-    entries = json.loads(path.read_text(encoding="utf-8"))
-    edit(entries)
-    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
-
-
-def test_cherma_unknown_chinese_label(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    _edit_json(folder / "train.json", lambda e: e[3].__setitem__("video_label", "快乐"))
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(folder / "train.json"), "[3].video_label='快乐'")
-
-
-def test_cherma_missing_npy(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    missing = folder / "audio" / "test" / "c00002.npy"
-    missing.unlink()
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(missing), "entry [2] of test.json")
-
-
-def test_cherma_wrong_npy_shape(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    bad = folder / "visual" / "dev" / "c00001.mp4.npy"
-    np.save(bad, np.ones(2048, np.float32))
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(bad), "visual has shape (2048,)")
-
-
-def test_cherma_npy_dim_mismatch(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    bad = folder / "audio" / "train" / "c00004.npy"
-    np.save(bad, np.ones((30, 512), np.float32))
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(bad), "audio has dim 512")
-
-
-def test_cherma_missing_valid_split(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    (folder / "dev.json").unlink()
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(folder / "valid.json"), "split 'valid' not found")
-
-
-def test_cherma_entry_without_text(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    _edit_json(folder / "test.json", lambda e: e[0].pop("text"))
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(folder / "test.json"), "[0].text missing")
-
-
-def test_cherma_text_feature_folder_missing_a_file(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    (folder / "text" / "train").mkdir(parents=True)
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(folder / "text" / "train" / "c00000.npy"), "text feature file missing")
-
-
-def test_cherma_dev_and_valid_both_present(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    shutil.copy(folder / "dev.json", folder / "valid.json")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(folder), "both valid.json and dev.json")
-
-
-def test_cherma_duplicate_ids(tmp_path, release_dirs):
-    folder = _cherma(tmp_path, release_dirs)
-    _edit_json(folder / "train.json", lambda e: e[5].__setitem__("audio_file", e[2]["audio_file"]))
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("cherma", tmp_path)
-    assert_one_line_error(excinfo, str(folder / "train.json"), "[5].audio_file='c00002.wav'")
-
-
-# ---- checksums -------------------------------------------------------------------------------
-def test_checksum_mismatch_names_the_file(tmp_path, mmsa_splits):
-    path = write_mmsa_pickle(tmp_path / "unaligned_50.pkl", mmsa_splits["mosei"])
-    (tmp_path / "SHA256SUMS").write_text(f"{'ab' * 32}  unaligned_50.pkl\n")
-    with pytest.raises(DataError) as excinfo:
-        load_dataset("mosei", tmp_path, verify_checksums=True)
-    assert_one_line_error(excinfo, str(path), "sha256 mismatch")
-
-
-def test_checksum_listed_file_missing(tmp_path):
-    with pytest.raises(DataError) as excinfo:
-        verify_checksums(tmp_path, {"features/a.npz": "0" * 64})
-    assert_one_line_error(excinfo, str(tmp_path / "features" / "a.npz"), "does not exist")
-
-
-def test_checksum_file_malformed_line(tmp_path):
-    (tmp_path / "SHA256SUMS").write_text("not a checksum line\n")
-    with pytest.raises(DataError) as excinfo:
-        verify_checksums(tmp_path)
-    assert_one_line_error(excinfo, str(tmp_path / "SHA256SUMS"), "line 1")

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from egmf_core.encoders import AV_ENCODER_KINDS, AudioVisualEncoder, EncoderConfigError, TextProjection
+from egmf_core.config import AV_ENCODER_KINDS
+from egmf_core.encoders import AudioVisualEncoder, EncoderConfigError, TextProjection
 
 D_IN, D_H, L = 6, 16, 7
 

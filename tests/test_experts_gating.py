@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from egmf_core.config import ModelConfig
-from egmf_core.experts import ACTIVATIONS, Expert, ExpertBank, ExpertConfigError
+from egmf_core.config import ACTIVATIONS
+from egmf_core.experts import Expert, ExpertBank, ExpertConfigError
 from egmf_core.gating import (
     GateOutput,
     GatingConfigError,

@@ -9,22 +9,13 @@ from benchmarks.grid import GridError, expand, parse_seeds, parse_shard, shard, 
 from benchmarks.profiles import ProfileError, build_run_config, resolve_run_config
 from benchmarks.tables import load_table
 from egmf_core.config import ConfigError, RunConfig, config_hash
+from tests.conftest import isolate_harness
 
 
 @pytest.fixture
 def smoke_repo(tmp_path, monkeypatch):
     """Point "<repo>" at a temporary dir and make synthetic data with a fake writer."""
-    calls = []
-
-    def fake_writer(name, out_dir, *, seed, size):
-        (out_dir / name).mkdir(parents=True)
-        (out_dir / name / "data.txt").write_text(f"{name} seed={seed}")
-        calls.append(name)
-        return out_dir / name
-
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset", fake_writer)
-    return calls
+    return isolate_harness(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -69,7 +60,7 @@ def test_unknown_filter_names_the_flag_and_the_known_values():
         expand(spec, "smoke", rows=["-T", "-X"])
     with pytest.raises(GridError, match=r"'imdb' in --datasets .*mosei, sims_v2, meld, cherma"):
         expand(spec, "smoke", datasets=["imdb"])
-    with pytest.raises(ProfileError, match="unknown profile 'big'.*smoke, paper"):
+    with pytest.raises(ProfileError, match="unknown profile 'big'.*smoke, scale, paper"):
         expand(spec, "big")
     with pytest.raises(GridError, match="bad seed -1"):
         expand(spec, "smoke", seeds=[-1])

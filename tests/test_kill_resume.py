@@ -22,6 +22,8 @@ from benchmarks import profiles, runner, store
 from benchmarks.grid import expand
 from benchmarks.tables import load_table
 from egmf_core.outcome import RunOutcome
+from tests.conftest import isolate_harness
+from tests.fakes import hashed_run
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = "smoke"
@@ -279,7 +281,8 @@ def test_a_grid_interrupted_mid_run_resumes_from_its_checkpoint_to_the_same_resu
 
     with pytest.raises(KeyboardInterrupt):
         go(tmp_path / "resumed", interrupted)
-    assert calls == [["latest.json", "step-000004.pt", "step-000004.safetensors"]]
+    # the best weights so far (none selected yet: step 0) have their own file, not a copy in the .pt
+    assert calls == [["best-000000.safetensors", "latest.json", "step-000004.pt", "step-000004.safetensors"]]
     assert check_store(tmp_path / "resumed") == (0, 0)  # nothing stored for the unfinished run
     capsys.readouterr()
     resumed = go(tmp_path / "resumed")
@@ -360,15 +363,11 @@ def test_sigkill_at_20_random_moments_loses_nothing_and_corrupts_nothing(tmp_pat
 
 
 def test_a_checkpoint_and_lock_left_by_a_kill_after_the_run_file_are_cleaned_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset", lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
-
-    def fake(cfg, *, progress=None):
-        return RunOutcome(status="ok", metrics={"valid": {"wf1": 0.5}, "test": {"wf1": 0.5}})
+    isolate_harness(tmp_path, monkeypatch)
 
     def go():
         return runner.reproduce("main_erc", PROFILE, seeds=[1111], results_root=tmp_path / "r",
-                                reports_root=tmp_path / "rep", render=False, run_fn=fake)
+                                reports_root=tmp_path / "rep", render=False, run_fn=hashed_run)
 
     first = go()
     run_id = next(store.runs_dir(tmp_path / "r", PROFILE).glob("*.json")).stem

@@ -7,9 +7,10 @@ import math
 import pandas as pd
 import pytest
 
-from benchmarks import baselines, nightly, profiles
+from benchmarks import baselines, nightly
 from benchmarks.baselines import BaselineError, compare, make_baseline, read_baseline, tolerance_for, write_baseline
 from egmf_core.outcome import RunOutcome
+from tests.conftest import isolate_harness
 
 SEEDS = (1111, 1112, 1113)
 # Per-seed test values of a small fake main_msa table (MOSEI only): mean, then spread by seed.
@@ -360,12 +361,7 @@ class FakeRun:
 
 @pytest.fixture
 def fake_smoke_data(tmp_path, monkeypatch):
-    def fake_writer(name, out_dir, *, seed, size):
-        (out_dir / name).mkdir(parents=True)
-        (out_dir / name / "x").write_text("x")
-
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset", fake_writer)
+    isolate_harness(tmp_path, monkeypatch)
 
 
 def go(tmp_path, **kwargs):

@@ -8,10 +8,10 @@ import socket
 import pandas as pd
 import pytest
 
-from benchmarks import cli, profiles, runner, store
+from benchmarks import cli, runner, store
 from benchmarks.cli import main
-from egmf_core.config import config_hash
-from egmf_core.outcome import RunOutcome
+from tests.conftest import isolate_harness
+from tests.fakes import hashed_run
 from tests.test_kill_resume import PROFILE, write_tiny_ablations
 from tests.test_kill_resume import tiny_repo  # noqa: F401 (a fixture used by name)
 
@@ -61,17 +61,10 @@ def test_a_tiny_smoke_grid_runs_end_to_end_without_any_socket(tmp_path, no_inter
 
 # ---- trust_remote_code -----------------------------------------------------------------------------
 
-def _fake_run(cfg, *, progress=None):
-    v = (int(config_hash(cfg), 16) % 1000) / 1000
-    return RunOutcome(status="ok", metrics={"valid": {"mae": v}, "test": {"mae": v}},
-                      trust_remote_code=cfg.model.trust_remote_code)
-
-
 @pytest.mark.parametrize("flag", [False, True])
 def test_trust_remote_code_is_off_unless_the_flag_is_given_and_every_record_says_which(tmp_path, monkeypatch, flag):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: _fake_run)
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset", lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
+    isolate_harness(tmp_path, monkeypatch)
     argv = ["reproduce", "3", "--seeds", "1111", "--datasets", "mosei", "--no-report",
             "--results-root", str(tmp_path / "results")] + (["--trust-remote-code"] if flag else [])
     assert main(argv) == 0
@@ -87,9 +80,8 @@ def test_the_report_says_when_remote_code_was_on(tmp_path, monkeypatch):
     from benchmarks import report
     from benchmarks.tables import load_table
 
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: _fake_run)
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset", lambda name, out, *, seed, size: (out / name).mkdir(parents=True))
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
+    isolate_harness(tmp_path, monkeypatch)
     runner.reproduce("main_msa", PROFILE, seeds=[1111], datasets=["mosei"], trust_remote_code=True,
                      results_root=tmp_path / "results", reports_root=tmp_path / "reports", render=False)
     df = report.load_results(PROFILE, "main_msa", tmp_path / "results")

@@ -17,6 +17,7 @@ from benchmarks.grid import GridError
 from egmf_core.config import ConfigError, config_hash
 from egmf_core.data.dataset import SPECS
 from egmf_core.outcome import RunOutcome
+from tests.conftest import isolate_harness
 
 
 def fake_metric(cfg, split: str, k: int) -> float:
@@ -51,12 +52,7 @@ class FakeRun:
 @pytest.fixture(autouse=True)
 def smoke_repo(tmp_path, monkeypatch):
     """Synthetic data under a temporary "<repo>", written by a fake (no egmf_core.data.synth)."""
-    def fake_writer(name, out_dir, *, seed, size):
-        (out_dir / name).mkdir(parents=True)
-        (out_dir / name / "x").write_text("x")
-
-    monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
-    monkeypatch.setattr(profiles, "write_synthetic_dataset", fake_writer)
+    isolate_harness(tmp_path, monkeypatch)
 
 
 def _go(tmp_path, table="main_msa", results="results", **kwargs):

@@ -14,12 +14,12 @@ from benchmarks.grid import GridError, expand, parse_sets
 from benchmarks.tables import load_table
 from egmf_core.config import ConfigError
 from tests.conftest import isolate_harness
-from tests.test_cli import fake_run
+from tests.fakes import hashed_run
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: fake_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
 
 

@@ -15,12 +15,12 @@ from benchmarks.profiles import MODEL_DIRS
 from egmf_core.config import DATASETS
 from egmf_core.outcome import RunOutcome
 from tests.conftest import isolate_harness
-from tests.test_cli import fake_run
+from tests.fakes import hashed_run
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: fake_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
 
 
@@ -123,7 +123,7 @@ def test_a_preempted_task_is_requeued_and_its_run_resumes_from_its_checkpoint(tm
             raise Preempted()
         if marker.exists():
             seen["resumed"].append(marker.read_text())
-        return fake_run(cfg)
+        return hashed_run(cfg)
 
     monkeypatch.setattr(runner, "_default_run_fn", lambda spec: run)
     summary = launchers.launch_slurm("3", "smoke", shards=1, seeds=[1111, 1112], datasets=["sims_v2"],

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.grid import expand
 from benchmarks.profiles import build_run_config, profile_base
-from benchmarks.tables import ABLATIONS_DIR, list_tables, load_table, table_numbers
+from benchmarks.tables import ABLATIONS_DIR, TableError, list_tables, load_table, table_numbers
 from egmf_core.config import RunConfig, apply_overrides
 from egmf_core.data.dataset import SPECS
 from egmf_core.metrics import METRIC_INFO
@@ -23,7 +23,7 @@ def test_table_numbers_map_every_file_and_nothing_else():
     assert numbers == {"1": "datasets", "2": "main_erc", "3": "main_msa", "4": "modality_ablation",
                        "5": "expert_ablation", "6": "backbone_swap", "7": "lora", "S1": "expert_design",
                        "S2": "pseudo_tokens"}
-    files = {p.stem for p in ABLATIONS_DIR.glob("*.toml")} - {"table_numbers", "nightly"}
+    files = {p.stem for p in ABLATIONS_DIR.glob("*.toml")} - {"table_numbers", "nightly", "_defaults"}
     assert files == set(numbers.values())
     assert "best guess" in (ABLATIONS_DIR / "table_numbers.toml").read_text().lower()
 
@@ -129,3 +129,54 @@ def test_statistics_table_trains_nothing():
     spec = load_table("datasets")
     assert spec.trains is False and [r.name for r in spec.rows] == ["statistics"]
     assert dataclasses.asdict(spec.rows[0])["overrides"] == {}
+
+
+def _write_tables(folder, table_text: str, defaults_text: str) -> None:
+    folder.mkdir()
+    (folder / "table_numbers.toml").write_text('[tables]\n"1" = "toy"\n')
+    (folder / "_defaults.toml").write_text(defaults_text)
+    (folder / "toy.toml").write_text(table_text)
+
+
+DEFAULTS = """datasets = ["mosei", "meld"]
+[metrics]
+mosei = ["mae"]
+meld = ["wf1"]
+[seeds]
+smoke = [1, 2]
+paper = [1, 2, 3]
+[base]
+"model.n_tokens" = 4
+"""
+
+
+def test_include_starts_from_the_shared_fields_and_a_table_field_replaces_one_whole(tmp_path):
+    table = ('name = "toy"\ncaption = "Toy"\ninclude = "_defaults.toml"\n'
+             '[seeds]\nsmoke = [7]\n[[rows]]\nname = "r"\n')
+    _write_tables(tmp_path / "abl", table, DEFAULTS)
+    spec = load_table("toy", tmp_path / "abl")
+    assert spec.datasets == ("mosei", "meld") and spec.metrics == {"mosei": ("mae",), "meld": ("wf1",)}
+    assert spec.base == {"model.n_tokens": 4}
+    assert spec.seeds == {"smoke": (7,)}  # replaced whole: no paper seeds inherited
+    assert spec.path == str(tmp_path / "abl" / "toy.toml")
+
+
+@pytest.mark.parametrize("include, defaults, message", [
+    ('"missing.toml"', DEFAULTS, r"missing\.toml: table file not found"),
+    ("3", DEFAULTS, r"toy\.toml: field 'include' must be a file name beside it, got 3"),
+    ('"_defaults.toml"', 'include = "other.toml"\n', r"_defaults\.toml: an included file cannot include another"),
+])
+def test_a_bad_include_is_a_one_line_error_naming_the_file(tmp_path, include, defaults, message):
+    _write_tables(tmp_path / "abl", f'name = "toy"\ncaption = "Toy"\ninclude = {include}\n[[rows]]\nname = "r"\n', defaults)
+    with pytest.raises(TableError, match=message):
+        load_table("toy", tmp_path / "abl")
+
+
+def test_table_files_state_only_what_differs_from_the_defaults():
+    import tomllib
+
+    shared = tomllib.loads((ABLATIONS_DIR / "_defaults.toml").read_text())
+    for name in TABLES:
+        own = tomllib.loads((ABLATIONS_DIR / f"{name}.toml").read_text())
+        assert ("include" in own) == (name != "datasets")  # the statistics table trains nothing: no base
+        assert not [k for k in shared if "include" in own and own.get(k) == shared[k]], name

@@ -123,15 +123,15 @@ def test_each_job_uploads_reports_and_results_even_after_a_failure(workflow, job
 @pytest.mark.parametrize("posargs, jobs", [
     ([], True),
     (["--force"], True),
-    (["--profile", "paper", "--data-root", "d"], False),
-    (["--profile=paper"], False),
+    (["--profile", "paper", "--data-root", "d"], True),  # auto: one worker per visible GPU (x --jobs-per-gpu)
+    (["--profile=paper"], True),
     (["--jobs", "3"], False),  # the user's own --jobs is passed through as given
+    (["--jobs=3"], False),
     (["--shard", "0/2"], False),
     (["--launcher", "slurm"], False),
 ])
-def test_smoke_sessions_train_one_run_per_core(noxfile, posargs, jobs):
-    import os
+def test_reproduce_sessions_pass_jobs_auto_unless_given(noxfile, posargs, jobs):
     import types
 
-    added = noxfile._smoke_jobs(types.SimpleNamespace(posargs=posargs))
-    assert added == (["--jobs", str(os.cpu_count() or 1)] if jobs else [])
+    added = noxfile._jobs(types.SimpleNamespace(posargs=posargs))
+    assert added == (["--jobs", "auto"] if jobs else [])

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("glm3", "glm4", "llama3")
-DATASHEET_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense, no sparsity (SXM)
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 CHECK_DATASET = "meld"  # classification: both generation and label scoring apply; 65-token utterances
@@ -425,7 +424,10 @@ def device_name(device) -> str:
 
 
 def datasheet_tflops(name: str) -> float | None:
-    return next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
+    """The bf16 dense peak of the planner's GPU table entry whose model this device is."""
+    from benchmarks.plan import GPUS
+
+    return next((g.bf16_tflops for key, g in GPUS.items() if key.split("-")[0].upper() in name.upper()), None)
 
 
 def torch_device(name: str):
@@ -487,7 +489,7 @@ def run_gpu_check(opts: CheckOptions) -> dict[str, Any]:
 
 def write_outputs(result: dict[str, Any], opts: CheckOptions) -> None:
     from benchmarks.perf.gpu_check_report import render_gpu_check
-    from egmf_core.checkpoint import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
 
     if opts.json_path is not None:
         atomic_write_bytes(opts.json_path, (json.dumps(result, indent=1, default=float) + "\n").encode())

@@ -287,29 +287,8 @@ def measure(backbones: list[str] | None = None, *, batch: int = STEP_BATCH, toke
     egmf_s = statistics.median(egmf_samples)
     log(f"EGMF modules (d_h {cfg.d_h}, batch {batch}, MOSEI lengths {MOSEI_LENGTHS}): {1000 * egmf_s:.1f} ms "
         f"forward+backward (median of {', '.join(f'{1000 * t:.0f}' for t in egmf_samples)} ms)")
-    rows = []
-    for name in names:
-        spec = PAPER_BACKBONES[name]
-        layer_s, layer_counted = layer_cache[spec.layer_key]
-        backbone_s = layer_s * spec.layers
-        lf = layer_flops(spec, batch, tokens)
-        backbone_flops = spec.layers * lf["total"] + lm_head_flops(spec, batch, tokens)
-        rows.append({
-            "backbone": name,
-            "layer_class": spec.layer_class,
-            "layers": spec.layers,
-            "layer_s": layer_s,
-            "backbone_step_s": backbone_s,
-            "egmf_s": egmf_s,
-            "egmf_share_timed": egmf_s / (egmf_s + backbone_s),
-            "layer_flops_analytic": lf["total"],
-            "layer_flops_analytic_no_lora": layer_flops(spec, batch, tokens, lora=False)["total"],
-            "layer_flops_counted": layer_counted,
-            "backbone_flops": backbone_flops,
-            "egmf_flops": egmf_analytic["total"],
-            "egmf_flops_counted": egmf_counted,
-            "egmf_share_flops": egmf_analytic["total"] / (egmf_analytic["total"] + backbone_flops),
-        })
+    egmf = {"s": egmf_s, "flops": egmf_analytic["total"], "flops_counted": egmf_counted}
+    rows = [_overhead_row(name, layer_cache[PAPER_BACKBONES[name].layer_key], egmf, batch, tokens) for name in names]
     return {
         "what": "EGMF's own modules vs the frozen backbone in one LoRA training step at paper scale",
         "device": str(device),
@@ -322,6 +301,31 @@ def measure(backbones: list[str] | None = None, *, batch: int = STEP_BATCH, toke
         "egmf_flops_by_module": egmf_analytic["by_module"],
         "backbones": {n: asdict(PAPER_BACKBONES[n]) for n in names},
         "rows": rows,
+    }
+
+
+def _overhead_row(name: str, layer: tuple[float, int | None], egmf: dict, batch: int, tokens: int) -> dict:
+    """One backbone's row: its step (one timed layer x layers, analytic FLOPs) against EGMF's."""
+    spec = PAPER_BACKBONES[name]
+    layer_s, layer_counted = layer
+    backbone_s = layer_s * spec.layers
+    lf = layer_flops(spec, batch, tokens)
+    backbone_flops = spec.layers * lf["total"] + lm_head_flops(spec, batch, tokens)
+    return {
+        "backbone": name,
+        "layer_class": spec.layer_class,
+        "layers": spec.layers,
+        "layer_s": layer_s,
+        "backbone_step_s": backbone_s,
+        "egmf_s": egmf["s"],
+        "egmf_share_timed": egmf["s"] / (egmf["s"] + backbone_s),
+        "layer_flops_analytic": lf["total"],
+        "layer_flops_analytic_no_lora": layer_flops(spec, batch, tokens, lora=False)["total"],
+        "layer_flops_counted": layer_counted,
+        "backbone_flops": backbone_flops,
+        "egmf_flops": egmf["flops"],
+        "egmf_flops_counted": egmf["flops_counted"],
+        "egmf_share_flops": egmf["flops"] / (egmf["flops"] + backbone_flops),
     }
 
 
@@ -354,7 +358,7 @@ def overhead_table(result: dict) -> str:
 
 def record_cost(section: str, data: dict, path: Path = DEFAULT_OUT) -> Path:
     """Store ``data`` under ``section`` in the cost JSON (other sections kept) and re-render cost.md."""
-    from benchmarks.store import atomic_write_bytes
+    from egmf_core.atomic import atomic_write_bytes
 
     path = Path(path)
     record = json.loads(path.read_text("utf-8")) if path.is_file() else {}

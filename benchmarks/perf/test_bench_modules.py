@@ -31,8 +31,8 @@ def inputs(*shape: int, grad: bool = False) -> torch.Tensor:
     return torch.randn(*shape, generator=g).requires_grad_(grad)
 
 
-def forward_backward(module: torch.nn.Module, *args) -> None:
-    """One training-mode forward and a backward from a scalar of the module's (first) output."""
+def forward_backward(module: torch.nn.Module, *args) -> torch.Tensor:
+    """One training-mode forward and a backward from a scalar of the module's (first) output; returns it."""
     module.zero_grad(set_to_none=True)
     for a in args:
         if isinstance(a, torch.Tensor) and a.requires_grad:
@@ -40,6 +40,14 @@ def forward_backward(module: torch.nn.Module, *args) -> None:
     out = module(*args)
     out = out[0] if isinstance(out, tuple) else out
     out.float().pow(2).mean().backward()
+    return out.detach()
+
+
+def assert_trained(module: torch.nn.Module, out: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """The measured step gave the expected output shape, finite values and a gradient for every weight."""
+    assert tuple(out.shape) == shape and torch.isfinite(out).all()
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient for {missing}"
 
 
 @pytest.fixture(autouse=True)
@@ -50,45 +58,55 @@ def _seed():
 def test_audio_encoder(benchmark):
     enc = AudioVisualEncoder(D_A, D_H, CFG.av_encoder, CFG.dropout).train()
     x, lengths = inputs(B, L_A, D_A), torch.full((B,), L_A)
-    benchmark(forward_backward, enc, x, lengths)  # H_a: (8, 256) from (8, 500, 74)
+    assert_trained(enc, benchmark(forward_backward, enc, x, lengths), (B, D_H))  # H_a: (8, 256) from (8, 500, 74)
 
 
 def test_visual_encoder(benchmark):
     enc = AudioVisualEncoder(D_V, D_H, CFG.av_encoder, CFG.dropout).train()
     x, lengths = inputs(B, L_V, D_V), torch.full((B,), L_V)
-    benchmark(forward_backward, enc, x, lengths)  # H_v: (8, 256) from (8, 375, 35)
+    assert_trained(enc, benchmark(forward_backward, enc, x, lengths), (B, D_H))  # H_v: (8, 256) from (8, 375, 35)
 
 
 def test_text_projection(benchmark):
     proj = TextProjection(D_LLM, D_H, CFG.dropout).train()
-    benchmark(forward_backward, proj, inputs(B, L_T, D_LLM))  # H_text: (8, 50, 256) from frozen embeddings
+    out = benchmark(forward_backward, proj, inputs(B, L_T, D_LLM))
+    assert_trained(proj, out, (B, L_T, D_H))  # H_text: (8, 50, 256) from frozen embeddings
 
 
 def test_text_centric_fusion(benchmark):
     fusion = TextCentricFusion(D_H, CFG.fusion_heads, CFG.dropout).train()
     h_text, mask, h_av = inputs(B, L_T, D_H, grad=True), torch.ones(B, L_T, dtype=torch.bool), inputs(B, 2, D_H, grad=True)
-    benchmark(forward_backward, fusion, h_text, mask, h_av)  # Eq. 1-2: f_fusion (8, 256)
+    assert_trained(fusion, benchmark(forward_backward, fusion, h_text, mask, h_av), (B, D_H))  # Eq. 1-2: f_fusion
+    assert h_text.grad is not None and h_av.grad is not None  # the gradient reaches both inputs
 
 
 def test_expert_bank(benchmark):
     experts = ExpertBank(D_H, list(CFG.experts), CFG.expert_ratio, CFG.expert_activation, CFG.dropout).train()
-    benchmark(forward_backward, experts, inputs(B, D_H, grad=True))  # E_k(f_fusion): (8, 3, 256)
+    assert_trained(experts, benchmark(forward_backward, experts, inputs(B, D_H, grad=True)), (B, K, D_H))  # E_k(f_fusion)
 
 
 def test_hierarchical_gating(benchmark):
     gating = HierarchicalGating(D_H, K, mode=CFG.gating, beta_mode=CFG.beta_mode).train()
-    benchmark(forward_backward, gating, inputs(B, D_H, grad=True), inputs(B, K, D_H, grad=True))  # Eq. 3
+    out = benchmark(forward_backward, gating, inputs(B, D_H, grad=True), inputs(B, K, D_H, grad=True))
+    assert_trained(gating, out, (B, D_H))  # Eq. 3: f_enhanced (8, 256)
 
 
 def test_pseudo_token_projector(benchmark):
     proj = PseudoTokenProjector(D_H, D_LLM, CFG.n_tokens, CFG.pseudo_token_mode).train()
-    benchmark(forward_backward, proj, inputs(B, D_H, grad=True))  # T_pseudo: (8, 4, 4096)
+    out = benchmark(forward_backward, proj, inputs(B, D_H, grad=True))
+    assert_trained(proj, out, (B, CFG.n_tokens, D_LLM))  # T_pseudo: (8, 4, 4096)
 
 
 def test_all_egmf_modules_fuse(benchmark):
     model = overhead.paper_egmf(CFG)
-    step = overhead.egmf_step_fn(model, overhead.mosei_paper_batch(B))
-    benchmark(step)  # text + audio + visual -> T_pseudo and back
+    batch = overhead.mosei_paper_batch(B)
+    benchmark(overhead.egmf_step_fn(model, batch))  # text + audio + visual -> T_pseudo and back
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert trainable and not missing, f"no gradient for {missing}"
+    with torch.no_grad():
+        t_pseudo, _ = model.fuse(batch)
+    assert tuple(t_pseudo.shape) == (B, CFG.n_tokens, D_LLM) and torch.isfinite(t_pseudo).all()
 
 
 def test_flop_formulas_agree_with_torch_flop_counter():

@@ -46,3 +46,16 @@ def test_training_steps(benchmark, twins, twin):
     assert result.steps == STEPS
     benchmark.extra_info.update(steps_per_round=STEPS, batch_size=cfg.batch_size,
                                 step_time_s=result.step_time_s, samples_per_s=result.samples_per_s)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_step_dispatch(benchmark, twin):
+    """aten operators and host reads (a GPU sync each) per training step: the step reads nothing
+    back; the loop reads the loss once per ``train.log_every`` steps (benchmarks/perf/dispatch.py;
+    before/after in reports/smoke/step_dispatch.md)."""
+    from benchmarks.perf.dispatch import measure
+
+    result = benchmark.pedantic(lambda: measure(twin, steps=5), rounds=1, iterations=1)
+    assert 0 < result["aten_ops_per_step"] < 20_000
+    assert result["host_reads_per_step"] < 1  # was 2 per step before the loss was read back in windows
+    benchmark.extra_info.update(result)

@@ -24,6 +24,11 @@ class DatasetSpec:
     label_range: tuple[float, float] | None = None  # clip range (regression)
     key_metric: str = "wf1"  # model selection metric on the validation split
     key_metric_higher_is_better: bool = True
+    # Regression: |y| <= band is "neutral" when gating statistics bin labels by sign. MOSEI 0.5
+    # follows Acc-3's round(clip(y, -1, 1)) == 0; SIMS-V2 0.1 follows the 3-class edges
+    # (-1, -0.1, 0.1, 1) used by the field's evaluators. Out of the repr: synth.fingerprint hashes
+    # repr(SPECS), and the band changes no generated sample (the smoke data stamps stay valid).
+    neutral_band: float | None = field(default=None, repr=False)
 
 
 # MELD's official order (datasets.md). CHERMA's order follows the proxy's label list.
@@ -33,9 +38,9 @@ CHERMA_LABELS_ZH = ("愤怒", "厌恶", "恐惧", "高兴", "平静", "悲伤", 
 
 SPECS: dict[str, DatasetSpec] = {
     "mosei": DatasetSpec("mosei", "regression", "en", label_range=(-3.0, 3.0),
-                         key_metric="mae", key_metric_higher_is_better=False),
+                         key_metric="mae", key_metric_higher_is_better=False, neutral_band=0.5),
     "sims_v2": DatasetSpec("sims_v2", "regression", "zh", label_range=(-1.0, 1.0),
-                           key_metric="mae", key_metric_higher_is_better=False),
+                           key_metric="mae", key_metric_higher_is_better=False, neutral_band=0.1),
     "meld": DatasetSpec("meld", "classification", "en", labels=MELD_LABELS, key_metric="wf1"),
     "cherma": DatasetSpec("cherma", "classification", "zh", labels=CHERMA_LABELS,
                           label_names_zh=CHERMA_LABELS_ZH, key_metric="wf1"),

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from . import dataset_folder
 from . import validate as v
 from .checksums import sha256_file

@@ -74,14 +74,20 @@ def as_features(value: Any, file: str | Path, field: str, n: int, rank: int = 3)
     return value if value.dtype == np.float32 else value.astype(np.float32)
 
 
-def as_int_array(value: Any, file: str | Path, field: str, n: int) -> np.ndarray:
-    """Integers (or integral floats) of shape (n,) or (n, 1), as int64."""
+def _vector(value: Any, file: str | Path, field: str, n: int) -> np.ndarray:
+    """``value`` as a 1-D array of n entries ((n, 1) is flattened); a DataError names the field otherwise."""
     arr = np.asarray(value)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
         raise DataError(file, field, f"has shape {arr.shape}, expected ({n},)")
     check_count(arr, n, file, field)
+    return arr
+
+
+def as_int_array(value: Any, file: str | Path, field: str, n: int) -> np.ndarray:
+    """Integers (or integral floats) of shape (n,) or (n, 1), as int64."""
+    arr = _vector(value, file, field, n)
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64)
     if arr.dtype.kind == "f":
@@ -151,12 +157,7 @@ def class_labels(value: Any, file: str | Path, field: str, n: int,
 def score_labels(value: Any, file: str | Path, field: str, n: int,
                  label_range: tuple[float, float]) -> np.ndarray:
     """Scores of shape (n,) (or (n, 1)) inside ``label_range``, as float32; NaN is an error."""
-    arr = np.asarray(value)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise DataError(file, field, f"has shape {arr.shape}, expected ({n},)")
-    check_count(arr, n, file, field)
+    arr = _vector(value, file, field, n)
     if arr.dtype.kind not in "fiu":
         raise DataError(file, field, f"has dtype {arr.dtype}, expected float scores")
     arr = arr.astype(np.float64)

@@ -1,0 +1,210 @@
+"""Paper scale without a GPU: worker pinning, model placement, host syncs per step, checkpoint
+timing, the ChatGLM3 conversion cache and the scale profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pytest
+import torch
+
+from benchmarks import launchers
+from benchmarks.cli import resolve_jobs
+
+
+# ---- --jobs on GPUs -----------------------------------------------------------------------------
+
+def test_workers_are_pinned_round_robin_so_each_gpu_gets_k_runs():
+    gpus = ["0", "1", "2", "3"]
+    pinned = launchers.worker_gpus(8, gpus)  # --jobs-per-gpu 2 on 4 GPUs
+    assert pinned == ["0", "1", "2", "3", "0", "1", "2", "3"]
+    assert all(pinned.count(g) == 2 for g in gpus)
+    assert launchers.worker_gpus(3, []) == [None, None, None]
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert launchers.visible_gpus() == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert launchers.visible_gpus() == []
+
+
+@pytest.mark.parametrize("profile, jobs, per_gpu, gpus, want", [
+    ("paper", "auto", 1, ["0", "1", "2", "3", "4", "5", "6", "7"], 8),
+    ("paper", "auto", 3, ["0", "1"], 6),
+    ("scale", "auto", 2, [], 1),  # no GPU: one run at a time
+    ("paper", "4", 1, ["0"], 4),
+])
+def test_jobs_auto_is_jobs_per_gpu_times_visible_gpus(monkeypatch, profile, jobs, per_gpu, gpus, want):
+    monkeypatch.setattr(launchers, "visible_gpus", lambda: gpus)
+    args = argparse.Namespace(profile=profile, jobs=jobs, jobs_per_gpu=per_gpu)
+    assert resolve_jobs(args) == want
+
+
+def test_each_worker_process_sees_only_its_gpu(tmp_path):
+    """Real worker processes (a driver prints what it sees) with a fake list of four GPUs."""
+    driver = "import os, sys; print('sees', os.environ.get('CUDA_VISIBLE_DEVICES'))"
+    lines = []
+    orig = launchers.runner.log
+    launchers.runner.log = lines.append
+    try:
+        rc = launchers.run_local_jobs([], 4, command=[sys.executable, "-c", driver], gpus=["0", "1", "2", "3"])
+    finally:
+        launchers.runner.log = orig
+    seen = sorted(line.rsplit(" ", 1)[1] for line in lines if "sees" in line)
+    assert rc == 0 and seen == ["0", "1", "2", "3"]
+
+
+# ---- placement ----------------------------------------------------------------------------------
+
+def test_a_model_that_fits_one_gpu_goes_whole_on_one_gpu(monkeypatch):
+    from egmf_core import backbones
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (140 * 2**30, 141 * 2**30))
+    assert backbones._device_map(torch.device("cuda"), 19 * 2**30) == {"": 0}  # GLM-4-9B in bf16
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (20 * 2**30, 80 * 2**30))
+    assert backbones._device_map(torch.device("cuda"), 19 * 2**30) == "auto"  # only then split
+    assert backbones._device_map(torch.device("cuda:3"), 19 * 2**30) == {"": 3}  # a device asked for
+    assert backbones._device_map(torch.device("cpu"), 19 * 2**30) is None
+
+
+def test_checkpoint_bytes_reads_safetensors_headers_in_the_load_dtype(tmp_path):
+    from safetensors.torch import save_file
+
+    from egmf_core.backbones import checkpoint_bytes
+
+    save_file({"a": torch.zeros(10, 4), "b": torch.zeros(6)}, str(tmp_path / "model.safetensors"))
+    assert checkpoint_bytes(tmp_path, torch.bfloat16) == 2 * 46
+    assert checkpoint_bytes(tmp_path, torch.float32) == 4 * 46
+
+
+# ---- host syncs in the training step ------------------------------------------------------------
+
+def test_fit_reads_the_loss_back_every_log_every_steps_not_every_step(monkeypatch):
+    """Every .item() / bool() that egmf_core's step code asks for during fit is counted (none), and
+    the losses are read back once per log_every steps: with 12 steps and log_every 4, 3-5 times,
+    not 12."""
+    import traceback
+
+    from egmf_core.batching import PromptEncoder
+    from egmf_core.config import RunConfig
+    from egmf_core.data.dataset import SPECS
+    from egmf_core.run import build_model
+    from egmf_core.train import fit
+    from tests.conftest import make_split, tiny_model_config, tiny_train_config
+
+    spec, split = SPECS["mosei"], make_split(24, "mosei", seed=1)
+    cfg = RunConfig(model=tiny_model_config(), train=tiny_train_config(
+        max_steps=12, eval_every=12, batch_size=4, log_every=4, eval_mode="generate"))
+    model, tok, _ = build_model(cfg, 6, 5, device=torch.device("cpu"))
+    enc_train = PromptEncoder(tok, spec, cfg.model)
+    enc = enc_train.encode(split)
+    reads: list[str] = []
+    real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
+
+    def where() -> str:  # the code that asked for the value: ours, or a library's
+        caller = traceback.extract_stack()[-3]
+        return f"{caller.filename.rsplit('/', 1)[-1]}:{caller.name}" if "egmf_core" in caller.filename else "library"
+
+    def item(self):
+        reads.append(where())
+        return real_item(self)
+
+    def as_bool(self):
+        reads.append(where())
+        return real_bool(self)
+
+    from egmf_core import train
+
+    flushes: list[int] = []
+    real_flush = train.LossLog.flush
+    monkeypatch.setattr(train.LossLog, "flush", lambda self: flushes.append(1) or real_flush(self))
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    monkeypatch.setattr(torch.Tensor, "__bool__", as_bool)
+    fit(model, enc, enc, enc_train, tok, spec, cfg.train, seed=1, train_labels=split.labels,
+        key_metric="mae", higher_is_better=False)
+    in_step = [r for r in reads if r.startswith(("train.py:step", "train.py:fit", "model.py", "pseudo_tokens.py", "fusion.py",
+                                                 "experts.py", "gating.py", "encoders.py"))]
+    assert in_step == []  # the step itself never reads a value back (transformers' mask checks aside)
+    assert 3 <= len(flushes) <= 12 // 4 + 2  # the loss is read back every log_every steps, and at the end
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+def _toy():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return model, opt, sched, torch.Generator().manual_seed(0)
+
+
+def test_checkpoints_follow_minutes_and_validation_passes(tmp_path, monkeypatch):
+    from egmf_core import checkpoint
+
+    clock = [1000.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    chk = checkpoint.Checkpointer(tmp_path, every=None, minutes=30, tag="t", log=lambda line: None)
+    assert not chk.due(5)
+    clock[0] += 29 * 60
+    assert not chk.due(6) and chk.due(6, evaluated=True)  # a validation pass saves
+    clock[0] += 2 * 60
+    assert chk.due(7)  # 31 minutes since the start
+    off = checkpoint.Checkpointer(tmp_path, every=None, tag="t")
+    assert not off.due(7, evaluated=True)  # neither set: no checkpoints at all (the smoke profile)
+
+
+def test_best_weights_are_written_once_per_best_step_not_in_every_state_file(tmp_path):
+    from egmf_core.checkpoint import Checkpointer
+
+    model, opt, sched, gen = _toy()
+    best = {n: p.detach().clone() for n, p in model.named_parameters()}
+    chk = Checkpointer(tmp_path, every=1, tag="t", log=lambda line: None)
+    chk.save(1, model, opt, sched, gen, {"step": 1}, best_state=best, best_step=1)
+    first = (tmp_path / "best-000001.safetensors").stat().st_mtime_ns
+    chk.save(2, model, opt, sched, gen, {"step": 2}, best_state=best, best_step=1)
+    assert (tmp_path / "best-000001.safetensors").stat().st_mtime_ns == first  # not rewritten
+    state = torch.load(tmp_path / "step-000002.pt", weights_only=True)
+    assert "best_state" not in state["loop"]  # no second copy inside the state file
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    loop = Checkpointer(tmp_path, every=1, tag="t", log=lambda line: None).resume(model, opt, sched, gen)
+    assert torch.equal(loop["best_state"]["weight"], best["weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best-000001.safetensors", "latest.json", "step-000002.pt", "step-000002.safetensors"]
+
+
+# ---- ChatGLM3 conversion cache ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_chatglm3_is_converted_once_into_a_cache_keyed_by_its_checksum(tmp_path, monkeypatch):
+    from egmf_core import convert_chatglm3
+    from egmf_core.twins import save_twin_real_layout
+
+    src = save_twin_real_layout("glm3-tiny", tmp_path / "chatglm3-6b")
+    calls = []
+    real = convert_chatglm3.convert_checkpoint
+    monkeypatch.setattr(convert_chatglm3, "convert_checkpoint", lambda s, d: calls.append(s) or real(s, d))
+    first = convert_chatglm3.cached_conversion(src, tmp_path / "cache")
+    again = convert_chatglm3.cached_conversion(src, tmp_path / "cache")
+    assert first == again and len(calls) == 1
+    assert json.loads((first / "config.json").read_text())["model_type"] == "glm"
+    with open(src / "config.json", "a") as f:  # a changed release is converted anew
+        f.write("\n")
+    assert convert_chatglm3.cached_conversion(src, tmp_path / "cache") != first and len(calls) == 2
+
+
+# ---- the scale profile --------------------------------------------------------------------------
+
+def test_the_scale_profile_is_the_paper_setting_on_full_size_twins_and_full_shape_data():
+    from benchmarks.grid import expand
+    from benchmarks.profiles import SCALE_DATA_MARKER
+    from benchmarks.tables import load_table
+
+    cells = expand(load_table("main_msa"), "scale", check_roots=False)
+    cfg = cells[0].config
+    assert cfg.model.backbone == "glm3-full" and cfg.data.root == SCALE_DATA_MARKER
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.model.d_h) == (5e-5, 8, 256)  # the paper profile's
+    assert cfg.model.model_path is None
