@@ -197,7 +197,7 @@ def reproduce(
                 if outcome.status != "ok" and _ok_checksum(path) not in (None, prior):
                     summary.cached += 1  # another process stored an ok result meanwhile: keep it
                 else:
-                    prov = context.provenance(outcome, resolved, cell.trains)
+                    prov = context.provenance(outcome, resolved, cell.trains, cell.config.data.root)
                     record = store.make_record(run_id, cell.identity(), outcome.to_dict(), prov)
                     store.write_run(results_root, profile, record)
                     summary.trained += 1
@@ -295,7 +295,9 @@ class _RunContext:
         self._git_rev: str | None = None
         self._versions: dict[str, str] | None = None
 
-    def provenance(self, outcome: RunOutcome, resolved, trains: bool = True) -> dict:
+    def provenance(self, outcome: RunOutcome, resolved, trains: bool = True, data_marker: str | None = None) -> dict:
+        """Where a number came from. ``data_marker``: the data root as the grid wrote it (``<repo>/...``,
+        ``<data-root>``), never this machine's path; the data files' own identity is in the outcome."""
         if self._git_rev is None:
             self._git_rev, self._versions = provenance.process_git_revision(), provenance.package_versions()
         source = getattr(outcome, "model_source", None) or (model_source(resolved) if trains else "none (no model)")
@@ -305,7 +307,7 @@ class _RunContext:
             model_source=source,
             trust_remote_code=resolved.model.trust_remote_code,
             device=outcome.device,
-            data_root=resolved.data.root,
+            data_root=data_marker if data_marker is not None else resolved.data.root,
             numerics=numerics.settings(),
         )
 

@@ -254,3 +254,12 @@ def test_redo_before_retrains_older_runs_once(tmp_path):
     second = FakeRun()
     s = _go(tmp_path, run_fn=second, seeds=[1111], redo_before=t)  # a second worker of the same --force
     assert (s.trained, s.cached, second.calls) == (0, 2, [])
+
+
+def test_run_files_record_the_data_root_as_its_marker_not_this_machines_path(tmp_path):
+    import json
+
+    _go(tmp_path)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "smoke" / "runs").glob("*.json")]
+    assert records and {r["provenance"]["data_root"] for r in records} == {"<repo>/.cache/smoke-data/v5"}
+    assert not any(str(tmp_path) in json.dumps(r["provenance"]) for r in records)
