@@ -389,6 +389,7 @@ def cmd_list(args) -> int:
 
 def cmd_gpu_check(args) -> int:
     from benchmarks.perf import gpu_check
+    from benchmarks.perf.gpu_check_report import params_text
 
     families = parse_names(args.backbones)
     unknown = [f for f in families if f not in gpu_check.FAMILIES]
@@ -403,7 +404,7 @@ def cmd_gpu_check(args) -> int:
     opts.report_path = args.report or Path("reports") / opts.profile / "gpu_check.md"
     result = gpu_check.run_gpu_check(opts)
     for family, r in result["backbones"].items():
-        print(f"{family}: " + (r["error"] if "error" in r else f"{r['params'] / 1e9:.3f}B params"
+        print(f"{family}: " + (r["error"] if "error" in r else f"{params_text(r['params'])} params"
               + (f", step {r['step_time_s'] * 1e3:.1f} ms" if "step_time_s" in r else "")))
     print(f"report: {opts.report_path}" + (f"; json: {args.json}" if args.json else ""))
     return 1 if gpu_check.failed_backbones(result) else 0

@@ -11,7 +11,7 @@ def _num(value: Any, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def _params(n: int) -> str:
+def params_text(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
@@ -29,7 +29,7 @@ def _row(family: str, r: dict[str, Any]) -> list[str]:
     comp_text = (f"{comp['step_time_s'] * 1e3:.1f} ms (compile {comp['compile_s']:.0f} s)"
                  if "step_time_s" in comp else comp.get("skipped", "off"))
     return [
-        family, _params(r["params"]), _num(r.get("weight_gib"), ".1f"), _num(r.get("build_s"), ".1f"),
+        family, params_text(r["params"]), _num(r.get("weight_gib"), ".1f"), _num(r.get("build_s"), ".1f"),
         _num(r.get("step_time_s", 0) * 1e3 if "step_time_s" in r else None, ".1f"),
         _num(r.get("tokens_per_s"), ",.0f"), _num(r.get("tflops"), ".1f"),
         _num(None if r.get("mfu") is None else 100 * r["mfu"], ".1f"),
