@@ -227,7 +227,7 @@ class LossLog:
     loss is still caught with the exact step it happened at (the first one in the window).
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self):
         self.losses: list[torch.Tensor] = []
         self.first_step = 1
         self.last = float("nan")
@@ -273,7 +273,6 @@ def fit(
     training loss is read back every ``train.log_every`` steps and at validation passes, not
     every step: the step itself never waits for the device.
     """
-    device = _device_of(model)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     trainer = Trainer.build(model, cfg, total)
@@ -292,7 +291,7 @@ def fit(
         step, order, step_time = resumed["step"], resumed["order"], resumed["step_time"]
         best, best_step, bad_evals = resumed["best"], resumed["best_step"], resumed["bad_evals"]
         best_state, history = resumed.get("best_state", best_state), resumed["history"]
-    losses = LossLog(device)
+    losses = LossLog()
     losses.first_step = step + 1
     while step < total:
         if not order:
