@@ -2,4 +2,5 @@
 
 from benchmarks.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a --jobs worker process (spawned) imports this module
+    raise SystemExit(main())

@@ -19,8 +19,9 @@ import warnings
 from pathlib import Path
 
 from benchmarks import numerics
-from benchmarks.usage import OneLineParser, UsageError, one_line  # noqa: F401 (UsageError: the CLI's error type)
-from benchmarks.grid import GridError, parse_names, parse_seeds, parse_sets, parse_shard
+from benchmarks.usage import OneLineParser, UsageError, error_line  # noqa: F401 (UsageError: the CLI's error type)
+from benchmarks.grid import Grid, GridArgs, GridError, parse_names, parse_seeds, parse_sets, parse_shard
+from benchmarks.runner import RunOptions
 from benchmarks.tables import ABLATIONS_DIR
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -33,19 +34,36 @@ VALUE_FLAGS = ("--rows", "--datasets", "--seeds", "--shard")  # values may start
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m benchmarks", description="Reproduce the EGMF paper's tables.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    _add_reproduce(sub)
+    p = sub.add_parser("report", help="rebuild table CSVs from stored runs and render reports (never trains)")
+    p.add_argument("table", nargs="?", default="all", help='a table name or number, or "all" (default)')
+    _add_common(p)
+    m = sub.add_parser("merge", help="copy run files from shard result dirs into results/<profile>/runs")
+    m.add_argument("sources", nargs="+", type=Path, metavar="DIR")
+    _add_common(m)
+    m.add_argument("--no-report", action="store_true", help="do not render reports after merging")
+    _add_gpu_check(sub)
+    _add_plan(sub)
+    ls = sub.add_parser("list", help="the tables: number, name, caption, grid size")
+    ls.add_argument("--profile", default="smoke")
+    ls.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
+    ls.add_argument("--debug", action="store_true")
+    return parser
 
-    def common(p, *, reports: bool = True):
-        p.add_argument("--profile", default="smoke", help="smoke (tiny twins, synthetic data) or paper")
-        p.add_argument("--results-root", type=Path, default=Path("results"), help="default: results")
-        if reports:
-            p.add_argument("--reports-root", type=Path, default=Path("reports"), help="default: reports")
-        p.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR,
-                       help="where the table files live (default: the repo's ablations/)")
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="smoke", help="smoke (tiny twins, synthetic data) or paper")
+    p.add_argument("--results-root", type=Path, default=Path("results"), help="default: results")
+    p.add_argument("--reports-root", type=Path, default=Path("reports"), help="default: reports")
+    p.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR,
+                   help="where the table files live (default: the repo's ablations/)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_reproduce(sub) -> None:
     r = sub.add_parser("reproduce", help="train (or reuse) the runs of a table and render its report")
     r.add_argument("table", help='a table name (main_msa), a paper number (3, S1) or "all"')
-    common(r)
+    _add_common(r)
     r.add_argument("--data-root", help="paper profile: datasets live in DIR/<name>/ (or $EGMF_DATA_ROOT)")
     r.add_argument("--model-root", help="paper profile: backbone weights under DIR (or $EGMF_MODEL_ROOT)")
     r.add_argument("--seeds", help="comma-separated seeds, e.g. 1111,1112 (default: the table's)")
@@ -73,15 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-estimate", action="store_true",
                    help="paper profile: do not print the planner's cost estimate before the grid starts")
 
-    p = sub.add_parser("report", help="rebuild table CSVs from stored runs and render reports (never trains)")
-    p.add_argument("table", nargs="?", default="all", help='a table name or number, or "all" (default)')
-    common(p)
 
-    m = sub.add_parser("merge", help="copy run files from shard result dirs into results/<profile>/runs")
-    m.add_argument("sources", nargs="+", type=Path, metavar="DIR")
-    common(m)
-    m.add_argument("--no-report", action="store_true", help="do not render reports after merging")
-
+def _add_gpu_check(sub) -> None:
     g = sub.add_parser("gpu-check", help="build, train, evaluate and checkpoint each backbone; measure speed and memory")
     g.add_argument("--size", choices=("full", "tiny"), default="tiny", help="full: published architectures; tiny: twins")
     g.add_argument("--device", choices=("cuda", "cpu", "meta"), default="cpu",
@@ -95,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", type=Path, help="write the measurements as JSON here")
     g.add_argument("--report", type=Path, help="markdown report (default: reports/<profile>/gpu_check.md)")
     g.add_argument("--debug", action="store_true")
+
+
+def _add_plan(sub) -> None:
     pl = sub.add_parser("plan", help="estimate a paper grid's GPU-hours and wall time (no GPU, data or weights)")
     pl.add_argument("table", help='a table name or number, "all", or "nightly" (ablations/nightly.toml)')
     pl.add_argument("--profile", default="paper", help="paper (the planner prices the full-size backbones)")
@@ -107,12 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="price the grid with this override, as reproduce --set (e.g. train.compile=true)")
     pl.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
     pl.add_argument("--debug", action="store_true")
-
-    ls = sub.add_parser("list", help="the tables: number, name, caption, grid size")
-    ls.add_argument("--profile", default="smoke")
-    ls.add_argument("--ablations-dir", type=Path, default=ABLATIONS_DIR)
-    ls.add_argument("--debug", action="store_true")
-    return parser
 
 
 def _join_dash_values(argv: list[str]) -> list[str]:
@@ -152,14 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # OSError: a file or folder named on the command line
         if debug:
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in str(e):
-        return f"{e.filename}: {e.strerror or e}"
-    return one_line(e, limit=10_000) or type(e).__name__
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -175,53 +177,35 @@ def _ablations_dir(args) -> Path:
 
 
 def cmd_reproduce(args) -> int:
-    from benchmarks import launchers, runner
+    from benchmarks import launchers
     from benchmarks.profiles import check_profile
 
     check_profile(args.profile)
-    launchers.check_launcher(args.launcher)
-    kwargs = dict(
-        seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
-        datasets=parse_names(args.datasets) if args.datasets is not None else None,
-        force=args.force,
+    grid = Grid(args.table, args.profile, grid_args(args), _ablations_dir(args))
+    options = RunOptions(
+        results_root=args.results_root, reports_root=args.reports_root, force=args.force,
         redo_before=_parse_time(args.redo_before) if args.redo_before is not None else None,
-        data_root=args.data_root,
-        model_root=args.model_root,
-        trust_remote_code=args.trust_remote_code,
-        strict_data=args.strict_data,
-        results_root=args.results_root,
-        reports_root=args.reports_root,
-        render=not args.no_report,
-        ablations_dir=_ablations_dir(args),
-        overrides=parse_sets(args.sets),
-    )
-    rows = parse_names(args.rows) if args.rows is not None else None
-    shard = parse_shard(args.shard) if args.shard is not None else None
+        shard=parse_shard(args.shard) if args.shard is not None else None, strict_data=args.strict_data,
+        render=not args.no_report, raise_render_errors=args.debug)
+    how = launchers.Launch(
+        launcher=launchers.check_launcher(args.launcher), jobs=resolve_jobs(args), gpus=_worker_gpus(args),
+        shards=args.shards, slurm={"slurm_partition": args.slurm_partition} if args.slurm_partition else None)
     if args.profile == "paper" and not args.no_estimate:
-        _print_estimate(args, rows, kwargs)
-    if args.launcher == "slurm":
-        if shard is not None:
-            raise GridError("--shard is for one worker; with --launcher slurm use --shards N")
-        slurm = {"slurm_partition": args.slurm_partition} if args.slurm_partition else {}
-        summaries = [launchers.launch_slurm(args.table, args.profile, shards=args.shards, slurm=slurm, rows=rows,
-                                            **kwargs)]
-    else:
-        if args.shards is not None or args.slurm_partition is not None:
-            raise GridError("--shards and --slurm-partition need --launcher slurm (locally use --shard i/n)")
-        if resolve_jobs(args) > 1:
-            if shard is not None:
-                raise GridError("--jobs shares the whole grid between its workers; drop --shard")
-            if _run_jobs(args, rows, kwargs) == 2:
-                return 2  # the workers printed the error
-            kwargs.update(force=False, redo_before=None)  # the workers trained what was asked; collect and render
-        kwargs.update(shard=shard, raise_render_errors=args.debug)
-        if args.table == "all":
-            summaries = runner.reproduce_all(args.profile, rows=rows, **kwargs)
-        else:
-            summaries = [runner.reproduce(args.table, args.profile, rows=rows, **kwargs)]
+        _print_estimate(grid, how)
+    summaries = launchers.launch(grid, options, how)
     for s in summaries:
         print(s.line())
     return 0 if all(s.ok for s in summaries) else 1
+
+
+def grid_args(args) -> GridArgs:
+    """The grid's filters, overrides and roots from the reproduce flags."""
+    return GridArgs(
+        seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
+        rows=parse_names(args.rows) if args.rows is not None else None,
+        datasets=parse_names(args.datasets) if args.datasets is not None else None,
+        overrides=parse_sets(args.sets), data_root=args.data_root, model_root=args.model_root,
+        trust_remote_code=args.trust_remote_code)
 
 
 def resolve_jobs(args) -> int:
@@ -245,42 +229,22 @@ def resolve_jobs(args) -> int:
     return jobs
 
 
-def _run_jobs(args, rows, kwargs) -> int:
-    """Train the grid's pending runs in ``--jobs`` local workers (GPU profiles: each pinned to one
-    visible GPU, round-robin); their highest exit status, 0 when nothing was pending."""
-    from benchmarks import launchers, runner
-    from benchmarks.profiles import GPU_PROFILES
-    from benchmarks.provenance import utc_timestamp
-
-    keys = ("seeds", "datasets", "force", "redo_before", "data_root", "model_root", "trust_remote_code",
-            "ablations_dir", "overrides")
-    pending = runner.pending_runs(args.table, args.profile, rows=rows, results_root=args.results_root,
-                                  **{k: kwargs[k] for k in keys})
-    if not pending:  # every run is stored: nothing for workers to do
-        return 0
-    redo = utc_timestamp() if args.force else kwargs["redo_before"]  # one time for all workers
-    gpus = launchers.visible_gpus() if args.profile in GPU_PROFILES else None
-    return launchers.run_local_jobs(_worker_argv(args, redo), min(resolve_jobs(args), pending), total=pending,
-                                    gpus=gpus)
-
-
-def _gpu_count() -> int:
+def _worker_gpus(args) -> tuple[str, ...] | None:
+    """The GPUs --jobs workers are pinned to: the visible ones for the GPU profiles, else none."""
     from benchmarks.launchers import visible_gpus
+    from benchmarks.profiles import GPU_PROFILES
 
-    return max(1, len(visible_gpus()))
+    return tuple(visible_gpus()) if args.profile in GPU_PROFILES else None
 
 
-def _print_estimate(args, rows, kwargs) -> None:
+def _print_estimate(grid: Grid, how) -> None:
     """The planner's one-line estimate before a paper grid starts (never stops it). On stdout:
     stderr stays one ``error:`` line when the grid then fails on bad input."""
     from benchmarks import plan
 
+    pricing = plan.Pricing(gpu=plan.detect_gpu(), gpus=how.shards or max(1, len(how.gpus or ())))
     try:
-        estimate = plan.grid_plan(args.table, args.profile, seeds=kwargs["seeds"], rows=rows,
-                                  datasets=kwargs["datasets"], overrides=kwargs["overrides"],
-                                  ablations_dir=kwargs["ablations_dir"], gpu=plan.detect_gpu(),
-                                  gpus=args.shards or _gpu_count(), check_roots=True,
-                                  **{k: kwargs[k] for k in ("data_root", "model_root", "trust_remote_code")})
+        estimate = plan.make_plan(grid, pricing, check_roots=True)
     except ValueError:  # a bad filter or a missing root: reproduce itself says so in one line
         return
     print(plan.summary_block(estimate), flush=True)
@@ -291,14 +255,14 @@ def cmd_plan(args) -> int:
 
     if args.profile != "paper":
         raise plan.PlanError(f"--profile {args.profile}: the planner prices the paper profile's GPU runs")
+    ablations_dir = _ablations_dir(args)
     if args.table not in plan.TARGETS:
         from benchmarks.tables import resolve_table
 
-        args.table = resolve_table(args.table, _ablations_dir(args))
-    result = plan.make_plan(args.table, args.profile, gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu,
-                            measured_path=args.measured, ablations_dir=_ablations_dir(args),
-                            overrides=parse_sets(args.sets))
-    print(plan.render_plan(result), end="")
+        args.table = resolve_table(args.table, ablations_dir)
+    grid = Grid(args.table, args.profile, GridArgs(overrides=parse_sets(args.sets)), ablations_dir)
+    pricing = plan.Pricing(gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, measured_path=args.measured)
+    print(plan.render_plan(plan.make_plan(grid, pricing)), end="")
     return 0
 
 
@@ -313,24 +277,6 @@ def _parse_time(text: str) -> str:
     if when.tzinfo is None:
         raise GridError(f"--redo-before {text!r}: give a UTC offset (e.g. +00:00)")
     return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _worker_argv(args, redo_before: str | None) -> list[str]:
-    """The ``reproduce`` command line of one --jobs worker (reports and estimate off; --force as --redo-before)."""
-    argv = ["reproduce", args.table, "--profile", args.profile, "--results-root", str(args.results_root),
-            "--ablations-dir", str(args.ablations_dir), "--no-report", "--no-estimate"]
-    for flag, value in (("--data-root", args.data_root), ("--model-root", args.model_root),
-                        ("--seeds", args.seeds), ("--rows", args.rows), ("--datasets", args.datasets)):
-        if value is not None:
-            argv += [f"{flag}={value}"]  # = keeps values that start with a dash ("-T,-A")
-    argv += [f"--set={item}" for item in args.sets or ()]
-    if redo_before is not None:
-        argv.append(f"--redo-before={redo_before}")
-    for flag, on in (("--trust-remote-code", args.trust_remote_code), ("--strict-data", args.strict_data),
-                     ("--debug", args.debug)):
-        if on:
-            argv.append(flag)
-    return argv
 
 
 def cmd_report(args) -> int:

@@ -51,7 +51,7 @@ def split_statistics(split, spec) -> dict[str, float]:
     return out
 
 
-def dataset_statistics(cfg: RunConfig, *, progress=None) -> RunOutcome:
+def dataset_statistics(cfg: RunConfig, *, progress=None, checkpoint_dir=None) -> RunOutcome:
     """Load ``cfg``'s dataset (root already resolved) and describe it; never trains.
 
     Bad data raise ValueError from the loader, like a training run would.

@@ -6,12 +6,13 @@ full model asked for by five tables is one run, trained once and shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from benchmarks.profiles import build_run_config, check_profile
-from egmf_core.config import RunConfig, config_hash
+from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
+from egmf_core.config import DATASETS, RunConfig, config_hash
 
 
 class GridError(ValueError):
@@ -60,22 +61,69 @@ def table_seeds(table, profile: str):
     return table.seeds.get(profile, table.seeds.get(SEEDS_FROM.get(profile, profile)))
 
 
-def expand(
-    table,
-    profile: str,
-    *,
-    seeds: Iterable[int] | None = None,
-    rows: Iterable[str] | None = None,
-    datasets: Iterable[str] | None = None,
-    data_root: str | Path | None = None,
-    model_root: str | Path | None = None,
-    trust_remote_code: bool = False,
-    check_roots: bool = True,
-    overrides: dict[str, Any] | None = None,
-) -> list[Cell]:
-    """Every cell of ``table`` (a TableSpec), in row, dataset, seed order, after the filters.
+@dataclass(frozen=True)
+class GridArgs:
+    """What narrows or feeds a table's grid beyond its profile: the filters (``--seeds``,
+    ``--rows``, ``--datasets``; None keeps all), the ``--set`` overrides (from ``parse_sets``),
+    and the paper profile's roots and ``--trust-remote-code``. Sequences are kept as tuples."""
 
-    ``overrides`` (``reproduce --set``, from ``parse_sets``) apply to every training cell; see
+    seeds: tuple[int, ...] | None = None
+    rows: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None
+    overrides: dict[str, Any] | None = None
+    data_root: str | Path | None = None
+    model_root: str | Path | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "rows", "datasets"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid to reproduce: a table (name, paper number or "all"), a profile, its args, and the
+    folder of table files."""
+
+    table: str
+    profile: str = "smoke"
+    args: GridArgs = GridArgs()
+    ablations_dir: Path = ABLATIONS_DIR
+
+    def spec(self) -> TableSpec:
+        return load_table(self.table, self.ablations_dir)
+
+    def cells(self, *, check_roots: bool = True) -> list[Cell]:
+        return expand(self.spec(), self.profile, self.args, check_roots=check_roots)
+
+    def tables(self) -> list["Grid"]:
+        """One grid per table: itself, or for "all" every table in paper-number order with the
+        datasets among ``--datasets`` (a table with none is left out; ``--rows`` differ per
+        table and cannot be combined with "all")."""
+        if self.table != "all":
+            return [self]
+        if self.args.rows is not None:
+            raise GridError("--rows cannot be combined with 'all': row names differ between tables")
+        wanted = self.args.datasets
+        if wanted is not None:
+            unknown = [d for d in wanted if d not in DATASETS]
+            if unknown:
+                raise GridError(f"unknown name {unknown[0]!r} in --datasets (known: {', '.join(DATASETS)})")
+        out = []
+        for name in list_tables(self.ablations_dir):
+            datasets = None if wanted is None else [d for d in load_table(name, self.ablations_dir).datasets
+                                                    if d in wanted]
+            if datasets != []:
+                out.append(replace(self, table=name, args=replace(self.args, datasets=datasets)))
+        return out
+
+
+def expand(table: TableSpec, profile: str, args: GridArgs = GridArgs(), *, check_roots: bool = True) -> list[Cell]:
+    """Every cell of ``table``, in row, dataset, seed order, after the filters of ``args``.
+
+    ``args.overrides`` (``reproduce --set``) apply to every training cell; see
     ``profiles.build_run_config`` for where they come in the order.
 
     A row with its own ``datasets`` only runs on those. The statistics table (``trains =
@@ -85,11 +133,12 @@ def expand(
     planned = table_seeds(table, profile)
     if planned is None:
         raise GridError(f"{table.path}: no seeds for profile {profile!r} (has: {', '.join(table.seeds)})")
-    seed_list = list(planned) if (seeds is None or not table.trains) else _check_seeds(seeds)
+    seed_list = list(planned) if (args.seeds is None or not table.trains) else _check_seeds(args.seeds)
     row_names = [r.name for r in table.rows]
-    chosen_rows = set(_check_names(rows, row_names, "--rows", f"rows of table {table.name}"))
-    chosen_datasets = set(_check_names(datasets, list(table.datasets), "--datasets", f"datasets of table {table.name}"))
-    sets = dict(overrides or {}) if table.trains else {}  # statistics read data only
+    chosen_rows = set(_check_names(args.rows, row_names, "--rows", f"rows of table {table.name}"))
+    chosen_datasets = set(_check_names(args.datasets, list(table.datasets), "--datasets",
+                                       f"datasets of table {table.name}"))
+    inputs = replace(args, overrides=dict(args.overrides or {}) if table.trains else {})  # statistics read data only
     cells: list[Cell] = []
     for row in table.rows:
         if row.name not in chosen_rows:
@@ -98,11 +147,10 @@ def expand(
             if dataset not in chosen_datasets or (row.datasets is not None and dataset not in row.datasets):
                 continue
             for seed in seed_list:
-                cfg = build_run_config(profile, table, row, dataset, seed, data_root=data_root,
-                                       model_root=model_root, trust_remote_code=trust_remote_code,
-                                       check_roots=check_roots, overrides=sets)
+                cfg = build_run_config(profile, table, row, dataset, seed, inputs=inputs, check_roots=check_roots)
                 cells.append(Cell(table.name, row.name, dataset, int(seed), profile, cfg,
-                                  config_hash(run_identity(cfg, table.trains, sets)), table.trains, sets))
+                                  config_hash(run_identity(cfg, table.trains, inputs.overrides)), table.trains,
+                                  inputs.overrides))
     return cells
 
 

@@ -1,7 +1,11 @@
 """Where a table's runs execute: here, one after another ("local"), or as a Slurm job array.
 
+``launch`` is what ``python -m benchmarks reproduce`` calls once it has parsed its flags.
+
 Parallelism: ``--jobs N`` (local) starts N worker processes on this machine that share one grid
-(each takes the next run nobody holds; ``runner.reproduce``'s run locks arbitrate), and
+(each takes the next run nobody holds; ``runner.reproduce``'s run locks arbitrate); they call
+``runner.reproduce_all`` and report each finished run back as a ``runner.RunEvent`` through a
+queue. ``--shard i/n`` or
 ``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split it. A local shard i of n
 holds the runs whose id hashes to i (see ``benchmarks.grid.shard``); Slurm shards are balanced
 by the planner's cost (``benchmarks.plan.balance_shards``: longest run first onto the
@@ -13,7 +17,7 @@ the backbone loader, ``egmf_core.backbones``), not here; ask Slurm for as many G
 one run needs (``gpus_per_task``).
 
 ``slurm`` needs submitit (``pip install 'egmf-repro[slurm]'``). Every task of the array runs
-``reproduce(..., only_runs=<its runs>, render=False)`` for each table it has runs of, against
+``runner.reproduce`` with ``RunOptions(only_runs=<its runs>, render=False)`` for each table it has runs of, against
 the shared results directory (each run file is written atomically, so tasks need no
 coordination); a task Slurm times out or preempts is requeued and resumes (``ShardTask``). When
 all tasks have ended the launcher merges, i.e. rebuilds the table CSVs from every run file, and
@@ -22,15 +26,18 @@ renders the reports.
 
 from __future__ import annotations
 
-import re
+import os
+import sys
 import time
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks import runner
-from benchmarks.usage import one_line
-from benchmarks.grid import expand, unique_runs
-from benchmarks.tables import ABLATIONS_DIR, load_table
+from benchmarks.grid import Cell, Grid, GridError, unique_runs
+from benchmarks.runner import RunEvent, RunOptions, Summary
+from benchmarks.usage import error_line, one_line
 
 LAUNCHERS = ("local", "slurm")
 SLURM_INSTALL = "pip install 'egmf-repro[slurm]'"
@@ -43,13 +50,63 @@ SLURM_DEFAULTS: dict[str, Any] = {
 }
 
 
-RUN_DONE = re.compile(r": (ok|failed) in \d+h?\d*m\d+s$")  # a worker's line for a finished run
+class LauncherError(ValueError):
+    """A launcher cannot start (unknown name, submitit missing), or a worker rejected its input;
+    the message says what to fix."""
 
+
+@dataclass(frozen=True)
+class Launch:
+    """Where a grid's runs execute: ``--launcher``, ``--jobs`` and the GPUs workers are pinned
+    to, or Slurm's array size and executor parameters."""
+
+    launcher: str = "local"
+    jobs: int = 1  # local worker processes sharing the grid
+    gpus: tuple[str, ...] | None = None  # local: worker i sees gpus[i % n] only (GPU profiles)
+    shards: int | None = None  # slurm: array tasks (default: one per run)
+    slurm: dict[str, Any] | None = None  # slurm: submitit executor parameters (partition, timeout_min, ...)
+    worker_init: Callable[[], None] | None = None  # local: called first in each worker (picklable)
+
+
+def launch(grid: Grid, options: RunOptions, how: Launch = Launch()) -> list[Summary]:
+    """Reproduce ``grid`` (a table or "all") as ``how`` says: a summary per table, or one for a
+    Slurm submission. With ``--jobs`` the workers train and this process then collects every
+    run file into the table CSVs and renders the reports."""
+    check_launcher(how.launcher)
+    if how.launcher == "slurm":
+        if options.shard is not None:
+            raise GridError("--shard is for one worker; with --launcher slurm use --shards N")
+        return [launch_slurm(grid, options, shards=how.shards, slurm=how.slurm)]
+    if how.shards is not None or how.slurm:
+        raise GridError("--shards and --slurm-partition need --launcher slurm (locally use --shard i/n)")
+    if how.jobs > 1:
+        if options.shard is not None:
+            raise GridError("--jobs shares the whole grid between its workers; drop --shard")
+        run_local_jobs(grid, options, how)
+        options = replace(options, force=False, redo_before=None)  # the workers trained what was asked
+    return runner.reproduce_all(grid, options)
+
+
+def check_launcher(name: str) -> str:
+    if name not in LAUNCHERS:
+        raise LauncherError(f"unknown launcher {name!r} (known: {', '.join(LAUNCHERS)})")
+    return name
+
+
+def force_as_redo_time(options: RunOptions) -> RunOptions:
+    """``--force`` for processes that share a grid (or a task Slurm requeues): retrain what was
+    stored before now, once, and keep what any of them stores from now on."""
+    if not options.force:
+        return options
+    from benchmarks.provenance import utc_timestamp
+
+    return replace(options, force=False, redo_before=utc_timestamp())
+
+
+# ---- local worker processes ---------------------------------------------------------------------
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use: ``$CUDA_VISIBLE_DEVICES`` when set, else every GPU torch sees."""
-    import os
-
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
@@ -60,7 +117,7 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def worker_gpus(jobs: int, gpus: list[str] | None) -> list[str | None]:
+def worker_gpus(jobs: int, gpus: list[str] | tuple[str, ...] | None) -> list[str | None]:
     """The GPU each of ``jobs`` workers is pinned to, round-robin (worker i -> gpus[i % n]); so
     ``--jobs n*K`` puts K runs on each of n GPUs. None: no pinning (no GPUs, or CPU runs)."""
     if not gpus:
@@ -68,85 +125,113 @@ def worker_gpus(jobs: int, gpus: list[str] | None) -> list[str | None]:
     return [gpus[i % len(gpus)] for i in range(jobs)]
 
 
-def run_local_jobs(worker_argv: list[str], jobs: int, *, total: int | None = None,
-                   command: list[str] | None = None, gpus: list[str] | None = None) -> int:
-    """Run ``python -m benchmarks <worker_argv>`` ``jobs`` times at once, on one grid; wait for all.
-
-    ``total`` (the runs to train, ``runner.pending_runs``) gives a progress bar over all workers,
-    with ETA, on a terminal. ``command`` replaces ``python -m benchmarks`` (tests start workers
-    through a driver).
+def run_local_jobs(grid: Grid, options: RunOptions, how: Launch) -> int:
+    """Train the grid's pending runs in ``how.jobs`` worker processes at once (never more than
+    runs); wait for all. Returns their highest exit status (0 all fine or nothing pending,
+    1 some runs failed); a worker's bad-input error is raised here as one line.
 
     The smoke profile trains with one thread per process, so on a machine with c cores
     ``--jobs c`` trains c runs at a time. Every worker walks the whole grid in the same order and
     trains each run that is neither stored nor locked by another worker (each run file is
     written atomically and each run holds its own lock), so they stay busy until the grid is
-    done, however uneven the runs; static shards left one worker idle for the last minutes.
-    For ``--force`` the caller passes ``--redo-before`` instead, so a run is retrained once.
-    Their progress bars are off; instead each logs a line per finished run, tagged, as are their
-    warnings and summary lines. The caller then collects every run file into the table CSV and
-    renders the report. Returns the highest worker exit status (0 all fine, 1 some runs failed,
-    2 a bad input, 130 interrupted).
-
-    ``gpus``: worker i sees only ``gpus[i % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``), so each run
-    has one GPU to itself, or shares it with the other workers pinned there (``--jobs-per-gpu``).
+    done, however uneven the runs. ``--force`` becomes one redo time for all of them, so a run
+    is retrained once. Workers draw no bars: each finished run comes back as a ``RunEvent``
+    and is logged, tagged, under one progress bar with ETA; their warnings come back tagged too.
     """
-    import os
-    import subprocess
-    import sys
-    import threading
-
-    env = {**os.environ, "EGMF_NO_PROGRESS": "1", "EGMF_LOG_RUNS": "1"}
-    command = command or [sys.executable, "-m", "benchmarks"]
-    pinned = worker_gpus(jobs, gpus)
-    procs = [subprocess.Popen([*command, *worker_argv],
-                              env={**env, **({"CUDA_VISIBLE_DEVICES": g} if g is not None else {})},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-             for g in pinned]
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=f"{jobs} jobs", unit="run", dynamic_ncols=True,
-               disable=total is None or not runner.progress_enabled())
-    lock = threading.Lock()
-    finished = [0]
+    pending = runner.pending_runs(grid, options)
+    if not pending:
+        return 0
+    options = replace(force_as_redo_time(options), render=False)
     t0 = time.monotonic()
-
-    def relay(i: int, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            line = line.rstrip()
-            with lock:
-                runner.log(f"[job {i + 1}/{jobs}] {line}")
-                if RUN_DONE.search(line):
-                    finished[0] += 1
-                    bar.update(1)
-
-    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
-    for t in threads:
-        t.start()
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
-        raise
-    finally:
-        for t in threads:
-            t.join()
-        bar.close()
-    runner.log(f"{jobs} jobs: {finished[0]} runs trained in {runner.format_duration(time.monotonic() - t0)}")
+    trained, errors, codes = start_workers(grid, options, worker_gpus(min(how.jobs, pending), how.gpus),
+                                           how.worker_init, pending)
+    runner.log(f"{len(codes)} jobs: {trained} runs trained in {runner.format_duration(time.monotonic() - t0)}")
+    if errors:
+        raise LauncherError(errors[0])
     return max(codes)
 
 
-class LauncherError(ValueError):
-    """A launcher cannot start (unknown name, submitit missing); the message says how to fix it."""
+def start_workers(grid: Grid, options: RunOptions, gpus: list[str | None], init: Callable[[], None] | None,
+                  total: int) -> tuple[int, list[str], list[int]]:
+    """One worker process per entry of ``gpus`` (pinned to it unless None), all on ``grid``;
+    wait for all. (runs trained, workers' error lines, exit statuses)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold CUDA or threads
+    events = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(i, len(gpus), grid, options, gpu, init, events), daemon=True)
+             for i, gpu in enumerate(gpus)]
+    for proc in procs:
+        proc.start()
+    try:
+        trained, errors = _relay(events, procs, total)
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join()
+        raise
+    return trained, errors, [proc.exitcode or 0 for proc in procs]
 
 
-def check_launcher(name: str) -> str:
-    if name not in LAUNCHERS:
-        raise LauncherError(f"unknown launcher {name!r} (known: {', '.join(LAUNCHERS)})")
-    return name
+def _relay(events, procs: list, total: int) -> tuple[int, list[str]]:
+    """Log the workers' lines and count their finished runs under one bar until all have ended;
+    (runs trained, error lines)."""
+    import queue
+
+    from tqdm import tqdm
+
+    trained, errors = 0, []
+    with tqdm(total=total, desc=f"{len(procs)} jobs", unit="run", dynamic_ncols=True,
+              disable=not runner.progress_enabled()) as bar:
+        while True:
+            try:
+                kind, payload = events.get(timeout=0.2)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if kind == "error":
+                errors.append(payload)
+                continue
+            if kind == "run":
+                trained += 1
+                bar.update(1)
+            runner.log(payload)
+    for proc in procs:
+        proc.join()
+    return trained, errors
+
+
+def _worker(i: int, n: int, grid: Grid, options: RunOptions, gpu: str | None,
+            init: Callable[[], None] | None, events) -> None:
+    """One --jobs worker process: ``reproduce_all`` on the shared grid, its lines and finished
+    runs sent back on ``events``; exits 0, 1 (runs failed), 2 (bad input) or 130 (interrupted)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything imports torch
+    tag = f"[job {i + 1}/{n}] "
+
+    def say(line: str) -> None:
+        events.put(("log", tag + line))
+
+    options = replace(options, progress_bars=False, log=say, on_run=partial(_send_run, events, tag))
+    try:
+        if init is not None:
+            init()
+        summaries = runner.reproduce_all(grid, options)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (ValueError, OSError) as e:
+        events.put(("error", error_line(e)))
+        sys.exit(2)
+    for summary in summaries:
+        say(summary.line())
+    sys.exit(0 if all(s.ok for s in summaries) else 1)
+
+
+def _send_run(events, tag: str, event: RunEvent) -> None:
+    if event.status != "busy":  # workers skip each other's runs by design
+        events.put(("run", tag + event.line()))
 
 
 def _submitit():
@@ -158,7 +243,7 @@ def _submitit():
 
 
 class ShardTask:
-    """What one array task runs: ``reproduce`` of each table on this shard's runs only.
+    """What one array task runs: ``runner.reproduce`` of each table on this shard's runs only.
 
     A callable with a ``checkpoint`` method, so submitit requeues the task when Slurm times it
     out or preempts it (submitit's checkpointing, as ``submitit.helpers.Checkpointable``): the
@@ -168,8 +253,8 @@ class ShardTask:
 
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
         out = {"lines": [], "trained": 0, "cached": 0, "failed": 0, "failures": []}
-        for kwargs in task["tables"]:
-            summary = runner.reproduce(**kwargs)
+        for grid, options in task["tables"]:
+            summary = runner.reproduce(grid, options)
             out["lines"].append(summary.line())
             for key in ("trained", "cached", "failed"):
                 out[key] += getattr(summary, key)
@@ -181,29 +266,12 @@ class ShardTask:
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def slurm_grid(target: str, profile: str, ablations_dir: Path, reproduce_kwargs: dict[str, Any]) -> dict[str, list]:
-    """table -> its cells, for one table or "all" (the tables a submission covers)."""
-    from benchmarks.grid import GridError
-    from benchmarks.tables import list_tables
-
-    grids = {}
-    datasets = reproduce_kwargs.get("datasets")
-    if target == "all" and reproduce_kwargs.get("rows") is not None:
-        raise GridError("--rows cannot be combined with 'all': row names differ between tables")
-    for name in list_tables(ablations_dir) if target == "all" else [target]:
-        spec = load_table(name, ablations_dir)
-        ds = datasets if datasets is None or target != "all" else [d for d in spec.datasets if d in datasets]
-        if ds == []:
-            continue
-        grids[spec.name] = expand(spec, profile, seeds=reproduce_kwargs.get("seeds"), rows=reproduce_kwargs.get("rows"),
-                                  datasets=ds, data_root=reproduce_kwargs.get("data_root"),
-                                  model_root=reproduce_kwargs.get("model_root"),
-                                  trust_remote_code=reproduce_kwargs.get("trust_remote_code", False),
-                                  overrides=reproduce_kwargs.get("overrides"))
-    return grids
+def slurm_grid(grid: Grid) -> dict[str, tuple[Grid, list[Cell]]]:
+    """table name -> (its grid, its cells), for one table or every table of "all"."""
+    return {table.spec().name: (table, table.cells()) for table in grid.tables()}
 
 
-def run_costs(cells: list) -> dict[str, float]:
+def run_costs(cells: list[Cell]) -> dict[str, float]:
     """run id -> the planner's estimated GPU seconds; 1 each where it has no price (tiny twins).
     Dataset statistics train nothing: they cost a run's start-up."""
     from benchmarks import plan
@@ -216,67 +284,55 @@ def run_costs(cells: list) -> dict[str, float]:
         return {**costs, **{run_id: 1.0 for run_id in unique_runs(trains)}}
 
 
-def shard_tasks(grids: dict[str, list], n: int, common: dict[str, Any]) -> list[dict[str, Any]]:
+def shard_tasks(grids: dict[str, tuple[Grid, list[Cell]]], n: int, options: RunOptions) -> list[dict[str, Any]]:
     """n balanced shards (longest run first onto the least-loaded shard), empty ones dropped;
-    each a task: for every table with runs there, ``reproduce`` kwargs limited to those runs."""
+    each a task: (grid, options limited to the shard's runs) for every table with runs there."""
     from benchmarks import plan
 
-    every = [c for cells in grids.values() for c in cells]
+    every = [c for _, cells in grids.values() for c in cells]
     shards = [s for s in plan.balance_shards(run_costs(every), n) if s]
     tasks = []
     for i, shard in enumerate(shards):
-        tables = [dict(table_name=name, only_runs=sorted({c.run_id for c in cells if c.run_id in shard}), **common)
-                  for name, cells in grids.items() if any(c.run_id in shard for c in cells)]
+        tables = [(grid, replace(options, only_runs=frozenset(c.run_id for c in cells if c.run_id in shard)))
+                  for grid, cells in grids.values() if any(c.run_id in shard for c in cells)]
         tasks.append({"shard": (i, len(shards)), "tables": tables, "estimate_s": sum(shard.values())})
     return tasks
 
 
-def launch_slurm(
-    table: str,
-    profile: str = "smoke",
-    *,
-    shards: int | None = None,
-    slurm: dict[str, Any] | None = None,
-    results_root: Path = Path("results"),
-    reports_root: Path = Path("reports"),
-    ablations_dir: Path = ABLATIONS_DIR,
-    render: bool = True,
-    **reproduce_kwargs,
-) -> runner.Summary:
-    """Submit ``table`` (or "all": one submission across tables) as one job array, wait, merge, render.
+def launch_slurm(grid: Grid, options: RunOptions, *, shards: int | None = None,
+                 slurm: dict[str, Any] | None = None) -> Summary:
+    """Submit ``grid`` (a table, or "all": one submission across tables) as one job array, wait,
+    merge, render.
 
     Runs are spread over ``shards`` tasks (default: one per run) by the planner's cost, longest
     first onto the least-loaded task; a run two tables share trains once. Timed-out or
-    preempted tasks are requeued (``ShardTask.checkpoint``). ``slurm`` holds submitit executor
+    preempted tasks are requeued (``ShardTask.checkpoint``); ``--force`` becomes a redo time so
+    a requeued task keeps what its first attempt stored. ``slurm`` holds submitit executor
     parameters (partition, timeout_min, gpus_per_node, ...).
     """
     submitit = _submitit()
     t0 = time.monotonic()
-    results_root, reports_root = Path(results_root).resolve(), Path(reports_root).resolve()
-    grids = slurm_grid(table, profile, Path(ablations_dir), reproduce_kwargs)
-    n_runs = len(unique_runs(c for cells in grids.values() for c in cells))
-    name = table if table == "all" else next(iter(grids))
-    common = dict(profile=profile, results_root=results_root, reports_root=reports_root,
-                  ablations_dir=Path(ablations_dir), render=False,
-                  **{k: v for k, v in reproduce_kwargs.items() if k != "datasets"})
-    if common.pop("force", False):  # a requeued task must not retrain what its first attempt stored
-        from benchmarks.provenance import utc_timestamp
-
-        common["redo_before"] = utc_timestamp()
-    tasks = shard_tasks(grids, max(1, int(shards) if shards else n_runs), common)  # only_runs: no dataset filter
-    folder = results_root / profile / "slurm" / name
+    render = options.render
+    options = replace(force_as_redo_time(options), render=False, results_root=Path(options.results_root).resolve(),
+                      reports_root=Path(options.reports_root).resolve())
+    grids = slurm_grid(grid)
+    n_runs = len(unique_runs(c for _, cells in grids.values() for c in cells))
+    name = grid.table if grid.table == "all" else next(iter(grids))
+    tasks = shard_tasks(grids, max(1, int(shards) if shards else n_runs), options)
+    folder = options.results_root / grid.profile / "slurm" / name
     executor = submitit.AutoExecutor(folder=str(folder))
     executor.update_parameters(**{**SLURM_DEFAULTS, **(slurm or {}), "slurm_array_parallelism": len(tasks),
-                                  "name": f"egmf-{name}-{profile}"})
+                                  "name": f"egmf-{name}-{grid.profile}"})
     jobs = executor.map_array(ShardTask(), tasks)
-    runner.log(f"{name} [{profile}]: submitted {len(jobs)} array tasks for {n_runs} runs ({folder})")
-    summary = runner.Summary(name, profile, runs=n_runs)
+    runner.log(f"{name} [{grid.profile}]: submitted {len(jobs)} array tasks for {n_runs} runs ({folder})")
+    summary = Summary(name, grid.profile, runs=n_runs)
     _collect(jobs, summary)
-    merged = runner.merge([], profile, results_root, ablations_dir=ablations_dir)
+    merged = runner.merge([], grid.profile, options.results_root, ablations_dir=grid.ablations_dir)
     summary.csv = next((p for p in merged.tables if p.stem == name), None)
     if render:
-        paths, summary.report_error = runner.render_reports(profile, list(grids), results_root=results_root,
-                                                            reports_root=reports_root, ablations_dir=ablations_dir)
+        paths, summary.report_error = runner.render_reports(grid.profile, list(grids), results_root=options.results_root,
+                                                            reports_root=options.reports_root,
+                                                            ablations_dir=grid.ablations_dir)
         summary.report = paths[-1] if paths else None
     if len(summary.failures) > summary.failed:  # dead tasks count as failures in the summary line
         summary.failed = len(summary.failures)
@@ -284,7 +340,7 @@ def launch_slurm(
     return summary
 
 
-def _collect(jobs: list, summary: runner.Summary) -> None:
+def _collect(jobs: list, summary: Summary) -> None:
     """Wait for every task and add up what it did; a task that died counts as one failure."""
     for job in jobs:
         try:

@@ -37,7 +37,7 @@ from typing import Callable
 import pandas as pd
 
 from benchmarks import baselines, numerics
-from benchmarks.usage import OneLineParser
+from benchmarks.usage import OneLineParser, error_line
 
 NIGHTLY_FILE = Path(__file__).resolve().parent.parent / "ablations" / "nightly.toml"
 COMPARED_SPLIT = "test"
@@ -175,17 +175,16 @@ def write_report(markdown: str, path: Path) -> Path:
     return Path(path)
 
 
-def reproduce_tables(profile: str, tables: list[str], *, data_root, model_root, results_root: Path,
-                     reports_root: Path, force: bool, run_fn: Callable | None, render: bool,
-                     grid: NightlyGrid | None = None) -> list:
-    """runner.reproduce for each table (on the nightly grid's seeds and overrides); their Summary objects."""
+def reproduce_tables(opts: NightlyOptions, tables: list[str], grid: NightlyGrid,
+                     run_fn: Callable | None = None) -> list:
+    """runner.reproduce for each table on the nightly grid's seeds and overrides; their Summary objects."""
     from benchmarks import runner
+    from benchmarks.grid import Grid, GridArgs
 
-    grid = grid or NightlyGrid(tables)
-    return [runner.reproduce(t, profile, data_root=data_root, model_root=model_root, force=force,
-                             results_root=results_root, reports_root=reports_root, run_fn=run_fn, render=render,
-                             seeds=grid.seeds, overrides=grid.overrides)
-            for t in tables]
+    args = GridArgs(seeds=grid.seeds, overrides=grid.overrides, data_root=opts.data_root, model_root=opts.model_root)
+    options = runner.RunOptions(results_root=Path(opts.results_root), reports_root=Path(opts.reports_root),
+                                force=opts.force, render=opts.render, run_fn=run_fn)
+    return [runner.reproduce(Grid(t, opts.profile, args), options) for t in tables]
 
 
 def of_grid(results: pd.DataFrame, grid: NightlyGrid) -> pd.DataFrame:
@@ -217,61 +216,61 @@ def no_baseline_report(profile: str, baseline_file: Path, notes: list[str]) -> s
     return "\n".join(lines) + "\n"
 
 
-def run_nightly(
-    profile: str = "smoke",
-    tables: list[str] | None = None,
-    *,
-    data_root: str | Path | None = None,
-    model_root: str | Path | None = None,
-    results_root: Path = Path("results"),
-    reports_root: Path = Path("reports"),
-    baseline: Path | None = None,
-    k: float = baselines.DEFAULT_K,
-    update_baseline: bool = False,
-    reproduce: bool = True,
-    force: bool = False,
-    run_fn: Callable | None = None,
-    render: bool = True,
-    settings: list[str] = (),
-    repeats: int = 1,
-    spread_root: Path = DEFAULT_SPREAD_ROOT,
-    train_variant: Callable | None = None,
-) -> NightlyResult:
-    """Reproduce (unless ``reproduce=False``), then compare or, with ``update_baseline``, rewrite.
+@dataclass(frozen=True)
+class NightlyOptions:
+    """One nightly call, as its command line gives it (see the module docstring)."""
+
+    profile: str = "smoke"
+    tables: tuple[str, ...] | None = None  # default: the profile's in ablations/nightly.toml
+    data_root: str | Path | None = None
+    model_root: str | Path | None = None
+    results_root: Path = Path("results")
+    reports_root: Path = Path("reports")
+    baseline: Path | None = None  # default: <results_root>/baselines/<profile>.csv
+    k: float = baselines.DEFAULT_K
+    update_baseline: bool = False
+    reproduce: bool = True  # False: compare the stored results only
+    force: bool = False
+    render: bool = True
+    settings: tuple[str, ...] = ()  # with update_baseline: numerical settings to measure the spread under
+    repeats: int = 1  # with update_baseline: trainings under this process's own setting
+    spread_root: Path = DEFAULT_SPREAD_ROOT
+
+
+def run_nightly(opts: NightlyOptions, *, run_fn: Callable | None = None,
+                train_variant: Callable | None = None) -> NightlyResult:
+    """Reproduce (unless ``opts.reproduce`` is off), then compare or, with ``update_baseline``,
+    rewrite. ``run_fn`` and ``train_variant`` replace the training (tests).
 
     Raises ValueError (exit 2 in the CLI) on bad input; returns exit code 1 on a regression.
     """
     from benchmarks.profiles import check_profile
 
-    check_profile(profile)
+    profile = check_profile(opts.profile)
     grid = nightly_grid(profile)
-    tables = list(tables or grid.tables)
-    if not k > 0:
-        raise NightlyInputError(f"--tolerance-k must be positive, got {k}")
-    variants = spread_variants(list(settings), repeats, update_baseline)
-    results_root, reports_root = Path(results_root), Path(reports_root)
-    baseline_file = Path(baseline) if baseline is not None else baselines.baseline_path(profile, results_root)
-    missing_baseline = not update_baseline and not baseline_file.is_file()
-    if not update_baseline and not missing_baseline:
+    tables = list(opts.tables or grid.tables)
+    if not opts.k > 0:
+        raise NightlyInputError(f"--tolerance-k must be positive, got {opts.k}")
+    variants = spread_variants(list(opts.settings), opts.repeats, opts.update_baseline)
+    results_root, reports_root = Path(opts.results_root), Path(opts.reports_root)
+    baseline_file = Path(opts.baseline) if opts.baseline is not None else baselines.baseline_path(profile, results_root)
+    missing_baseline = not opts.update_baseline and not baseline_file.is_file()
+    if not opts.update_baseline and not missing_baseline:
         base = _baseline_of(baseline_file, tables)  # before training: a malformed baseline is bad input
-    summaries = []
-    if reproduce:
-        summaries = reproduce_tables(profile, tables, data_root=data_root, model_root=model_root,
-                                     results_root=results_root, reports_root=reports_root, force=force,
-                                     run_fn=run_fn, render=render, grid=grid)
+    summaries = reproduce_tables(opts, tables, grid, run_fn) if opts.reproduce else []
     lines = [s.line() for s in summaries]
     failures = [f for s in summaries for f in s.failures]
     results = of_grid(compared_results(profile, tables, results_root), grid)
     if missing_baseline:
         return _without_baseline(profile, baseline_file, reports_root, lines, failures)
-    if update_baseline:
-        others = spread_results(profile, tables, variants, Path(spread_root), data_root=data_root,
-                                model_root=model_root, train=train_variant or train_under_setting)
+    if opts.update_baseline:
+        others = spread_results(profile, tables, variants, Path(opts.spread_root), data_root=opts.data_root,
+                                model_root=opts.model_root, train=train_variant or train_under_setting)
         if variants:
             lines.append(f"numerics spread over {len(variants) + 1} trainings: {numerics.mode()} (these results), "
-                         + ", ".join(name for name, _ in variants) + f" (under {spread_root})")
-        return _update(profile, tables, results, baseline_file, k, failures, lines, others)
-    return _compare(profile, results, base, baseline_file, k, reports_root, lines, failures)
+                         + ", ".join(name for name, _ in variants) + f" (under {opts.spread_root})")
+        return _update(profile, tables, results, baseline_file, opts.k, failures, lines, others)
+    return _compare(profile, results, base, baseline_file, opts.k, reports_root, lines, failures)
 
 
 def _baseline_of(baseline_file: Path, tables: list[str]) -> pd.DataFrame:
@@ -399,19 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         numerics.mode()  # a bad $EGMF_NUMERICS is bad input
         args = build_parser().parse_args(argv)
-        result = run_nightly(
-            args.profile, parse_tables(args.tables) if args.tables else None, data_root=args.data_root, model_root=args.model_root,
-            results_root=args.results_root, reports_root=args.reports_root, baseline=args.baseline,
-            k=args.tolerance_k, update_baseline=args.update_baseline, reproduce=not args.skip_reproduce,
-            force=args.force, settings=args.settings.split(","), repeats=args.repeats, spread_root=args.spread_root,
-        )
+        result = run_nightly(NightlyOptions(
+            profile=args.profile, tables=tuple(parse_tables(args.tables)) if args.tables else None,
+            data_root=args.data_root, model_root=args.model_root, results_root=args.results_root,
+            reports_root=args.reports_root, baseline=args.baseline, k=args.tolerance_k,
+            update_baseline=args.update_baseline, reproduce=not args.skip_reproduce, force=args.force,
+            settings=tuple(args.settings.split(",")), repeats=args.repeats, spread_root=args.spread_root))
     except KeyboardInterrupt:
         print("interrupted: finished runs are saved; rerun the same command to resume", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as e:
         if debug:
             raise
-        print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     print("\n".join(result.lines))
     return result.exit_code

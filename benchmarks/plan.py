@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmarks.grid import Cell, GridError, expand, unique_runs
-from benchmarks.tables import ABLATIONS_DIR, list_tables, load_table
+from benchmarks.grid import Cell, Grid, GridError, expand, unique_runs
 
 
 @dataclass(frozen=True)
@@ -231,41 +230,52 @@ def _sharing_factor(m: dict[str, Any], k: int, key: str = "jobs_per_gpu") -> flo
 
 # ---- the grid ------------------------------------------------------------------------------------
 
-def planned_grids(target: str, profile: str, ablations_dir: Path = ABLATIONS_DIR,
-                  overrides: dict[str, Any] | None = None, **grid_kwargs) -> list[tuple[str, list[Cell]]]:
-    """(table, its cells) for a table, "all" (the training tables) or "nightly" (its declared grid)."""
-    if target == "nightly":
+def planned_grids(grid: Grid, *, check_roots: bool = False) -> list[tuple[str, list[Cell]]]:
+    """(table, its cells) for the training tables of a table, "all" or "nightly" (its declared
+    grid, under ``grid``'s overrides): exactly what ``reproduce`` with these args asks for."""
+    if grid.table == "nightly":
         from benchmarks.nightly import nightly_grid
 
-        grid = nightly_grid(profile)
-        names, sets = grid.tables, {**grid.overrides, **(overrides or {})}
-        grid_kwargs.setdefault("seeds", grid.seeds)
+        nightly = nightly_grid(grid.profile)
+        args = replace(grid.args, seeds=grid.args.seeds or tuple(nightly.seeds),
+                       overrides={**nightly.overrides, **(grid.args.overrides or {})})
+        tables = [replace(grid, table=name, args=args) for name in nightly.tables]
     else:
-        names, sets = (list_tables(ablations_dir) if target == "all" else [target]), overrides
+        tables = grid.tables()
     out = []
-    for name in names:
-        spec = load_table(name, ablations_dir)
+    for table in tables:
+        spec = table.spec()
         if spec.trains:
-            out.append((spec.name, expand(spec, profile, check_roots=False, overrides=sets, **grid_kwargs)))
+            out.append((spec.name, expand(spec, table.profile, table.args, check_roots=check_roots)))
     return out
 
 
-def make_plan(target: str, profile: str = "paper", *, gpu: str = DEFAULT_GPU, gpus: int = 1,
-              jobs_per_gpu: int | None = None, measured_path: Path | None = None,
-              ablations_dir: Path = ABLATIONS_DIR, grids: list[tuple[str, list[Cell]]] | None = None,
-              **grid_kwargs) -> Plan:
-    """Price every distinct run once, in the first table that asks for it."""
+@dataclass(frozen=True)
+class Pricing:
+    """What a plan prices runs on: the GPU model and count, runs sharing one GPU (default:
+    gpu-check's best, else 1), and a gpu-check JSON to take step times from (else analytic)."""
+
+    gpu: str = DEFAULT_GPU
+    gpus: int = 1
+    jobs_per_gpu: int | None = None
+    measured_path: Path | None = None
+
+
+def make_plan(grid: Grid, pricing: Pricing = Pricing(), *, check_roots: bool = False) -> Plan:
+    """Price every distinct run of ``grid`` once, in the first table that asks for it."""
+    gpu = pricing.gpu
     if gpu not in GPUS:
         raise PlanError(f"unknown --gpu {gpu!r} (known: {', '.join(GPUS)})")
-    if gpus < 1:
-        raise PlanError(f"--gpus {gpus}: must be at least 1")
-    measured, source = (load_gpu_check(measured_path), str(measured_path)) if measured_path else ({}, "analytic")
-    k = jobs_per_gpu or _best_jobs(measured) or 1
+    if pricing.gpus < 1:
+        raise PlanError(f"--gpus {pricing.gpus}: must be at least 1")
+    path = pricing.measured_path
+    measured, source = (load_gpu_check(path), str(path)) if path else ({}, "analytic")
+    k = pricing.jobs_per_gpu or _best_jobs(measured) or 1
     if k < 1:
         raise PlanError(f"--jobs-per-gpu {k}: must be at least 1")
-    plan = Plan(target, gpu, gpus, k, source)
+    plan = Plan(grid.table, gpu, pricing.gpus, k, source)
     seen: set[str] = set()
-    for table, cells in grids if grids is not None else planned_grids(target, profile, ablations_dir, **grid_kwargs):
+    for table, cells in planned_grids(grid, check_roots=check_roots):
         runs = unique_runs(cells)
         new = [run_cost(c, gpu, measured, k) for rid, c in runs.items() if rid not in seen]
         seen.update(runs)
@@ -380,21 +390,6 @@ def summary_block(plan: Plan) -> str:
 def costs_of(cells: Iterable[Cell], gpu: str = DEFAULT_GPU) -> dict[str, float]:
     """run id -> estimated GPU seconds (analytic), for shard balancing."""
     return {rid: run_cost(c, gpu).seconds for rid, c in unique_runs(cells).items()}
-
-
-def grid_plan(table: str, profile: str, *, seeds=None, rows=None, datasets=None, overrides=None,
-              ablations_dir: Path = ABLATIONS_DIR, gpu: str = DEFAULT_GPU, gpus: int = 1, **grid_kwargs) -> Plan:
-    """The plan of exactly what ``reproduce TABLE|all`` with these filters asks for (``grid_kwargs``:
-    roots and their check, as ``expand`` takes them; by default no root is needed)."""
-    grid_kwargs.setdefault("check_roots", False)
-    grids = []
-    for name in list_tables(ablations_dir) if table == "all" else [table]:
-        spec = load_table(name, ablations_dir)
-        ds = None if datasets is None else [d for d in spec.datasets if d in datasets]
-        if spec.trains and ds != []:
-            grids.append((spec.name, expand(spec, profile, seeds=seeds, rows=rows, datasets=ds, overrides=overrides,
-                                            **grid_kwargs)))
-    return make_plan(table, profile, gpu=gpu, gpus=gpus, ablations_dir=ablations_dir, grids=grids)
 
 
 def detect_gpu() -> str:

@@ -24,12 +24,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from egmf_core.config import DATASETS, DEFAULT_PATIENCE, ConfigError, RunConfig, apply_overrides, validate
 from egmf_core.data import find_dataset_folder
 from egmf_core.data.dataset import SPECS
 from egmf_core.paths import FAMILY_DIRS, REPO_MARKER, REPO_ROOT, expand_repo_marker
+
+if TYPE_CHECKING:
+    from benchmarks.grid import GridArgs
 
 PROFILES = ("smoke", "scale", "paper")
 SYNTHETIC_PROFILES = ("smoke", "scale")  # synthetic data and random weights: never the paper's numbers
@@ -120,64 +123,57 @@ def profile_base(profile: str, dataset: str) -> RunConfig:
     return cfg
 
 
-def build_run_config(
-    profile: str,
-    table,
-    row,
-    dataset: str,
-    seed: int,
-    *,
-    data_root: str | Path | None = None,
-    model_root: str | Path | None = None,
-    trust_remote_code: bool = False,
-    check_roots: bool = True,
-    overrides: dict[str, Any] | None = None,
-) -> RunConfig:
+def build_run_config(profile: str, table, row, dataset: str, seed: int, *, inputs: GridArgs | None = None,
+                     check_roots: bool = True) -> RunConfig:
     """The config of one grid cell (``table`` a TableSpec, ``row`` one of its Rows).
 
-    ``overrides`` (``reproduce --set``, checked by ``grid.parse_sets``) come after the row's and
-    count as explicit like them: the profile mapping never undoes one (smoke's 400 steps yield
-    to ``--set train.max_steps=3``), and a paper backbone named there still maps to its smoke
-    twin. The keys the mapping always owns (seed, dataset, roots) have their own flags.
+    ``inputs.overrides`` (``reproduce --set``, checked by ``grid.parse_sets``) come after the
+    row's and count as explicit like them: the profile mapping never undoes one (smoke's 400
+    steps yield to ``--set train.max_steps=3``), and a paper backbone named there still maps to
+    its smoke twin. The keys the mapping always owns (seed, dataset, roots) have their own flags.
 
     With ``check_roots`` the paper profile fails here, before any training, when its data or
-    model root is missing; the config itself holds only markers (see the module docstring).
+    model root (``inputs.data_root``, ``inputs.model_root``, else the environment) is missing;
+    the config itself holds only markers (see the module docstring).
     """
+    from benchmarks.grid import GridArgs
+
+    inputs = inputs or GridArgs()
     where = f"{table.path or table.name}: row {row.name!r}"
-    cfg = profile_base(profile, dataset)
-    overrides = {**table.base, **row.overrides, **(overrides or {})}  # later wins: base < row < --set
-    try:
-        cfg = apply_overrides(cfg, overrides)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    explicit = set(overrides)
-    mapping: dict[str, Any] = {"seed": int(seed), "data.name": dataset,
-                               "model.trust_remote_code": bool(trust_remote_code)}
+    overrides = {**table.base, **row.overrides, **(inputs.overrides or {})}  # later wins: base < row < --set
+    cfg = _apply(profile_base(profile, dataset), overrides, where)
     backbone = cfg.model.backbone
+    mapping: dict[str, Any] = {"seed": int(seed), "data.name": dataset,
+                               "model.trust_remote_code": bool(inputs.trust_remote_code),
+                               **_profile_mapping(profile, table.trains, backbone, set(overrides), where)}
+    if check_roots and profile == "paper":
+        backbones = [backbone] if table.trains else []
+        check_paper_roots(inputs.data_root, inputs.model_root if table.trains else None, datasets=[dataset],
+                          backbones=backbones)
+    return _apply(cfg, mapping, where)
+
+
+def _profile_mapping(profile: str, trains: bool, backbone: str, explicit: set[str], where: str) -> dict[str, Any]:
+    """The fields a profile owns: backbone (twin), weights and data root as markers, and smoke's
+    sizes except those the table, row or ``--set`` name (``explicit``)."""
     if profile == "smoke":
-        mapping["model.backbone"] = SMOKE_BACKBONES.get(backbone, backbone)
-        mapping["model.model_path"] = None
-        mapping["data.root"] = SMOKE_DATA_MARKER
-        mapping.update({k: v for k, v in {**SMOKE_MODEL, **SMOKE_TRAIN}.items() if k not in explicit})
-    elif profile == "scale":
-        mapping["model.backbone"] = SCALE_BACKBONES.get(backbone, backbone)
-        mapping["model.model_path"] = None
-        mapping["data.root"] = SCALE_DATA_MARKER
-    elif not table.trains:  # the statistics table reads data only: no weights needed
-        mapping["model.model_path"] = None
-        mapping["data.root"] = DATA_ROOT_MARKER
-        if check_roots:
-            check_paper_roots(data_root, None, datasets=[dataset], backbones=[])
-    else:
-        if backbone not in MODEL_DIRS:
-            raise ConfigError(f"{where}: backbone {backbone!r} has no weights for the paper profile "
-                              f"(known: {', '.join(MODEL_DIRS)})")
-        mapping["model.model_path"] = f"{MODEL_ROOT_MARKER}/{MODEL_DIRS[backbone]}"
-        mapping["data.root"] = DATA_ROOT_MARKER
-        if check_roots:
-            check_paper_roots(data_root, model_root, datasets=[dataset], backbones=[backbone])
+        sizes = {k: v for k, v in {**SMOKE_MODEL, **SMOKE_TRAIN}.items() if k not in explicit}
+        return {"model.backbone": SMOKE_BACKBONES.get(backbone, backbone), "model.model_path": None,
+                "data.root": SMOKE_DATA_MARKER, **sizes}
+    if profile == "scale":
+        return {"model.backbone": SCALE_BACKBONES.get(backbone, backbone), "model.model_path": None,
+                "data.root": SCALE_DATA_MARKER}
+    if not trains:  # the statistics table reads data only: no weights needed
+        return {"model.model_path": None, "data.root": DATA_ROOT_MARKER}
+    if backbone not in MODEL_DIRS:
+        raise ConfigError(f"{where}: backbone {backbone!r} has no weights for the paper profile "
+                          f"(known: {', '.join(MODEL_DIRS)})")
+    return {"model.model_path": f"{MODEL_ROOT_MARKER}/{MODEL_DIRS[backbone]}", "data.root": DATA_ROOT_MARKER}
+
+
+def _apply(cfg: RunConfig, overrides: dict[str, Any], where: str) -> RunConfig:
     try:
-        return apply_overrides(cfg, mapping)
+        return apply_overrides(cfg, overrides)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 

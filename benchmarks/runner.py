@@ -22,20 +22,19 @@ runs do and do not repeat, and the flags that help, is in ``egmf_core.checkpoint
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from benchmarks import numerics, provenance, store
 from benchmarks.usage import one_line
 from egmf_core.atomic import atomic_write_bytes
 from egmf_core.checkpoint import remove_checkpoint
-from benchmarks.grid import Cell, GridError, expand, parse_shard, unique_runs
+from benchmarks.grid import Cell, Grid, GridArgs, expand, unique_runs
 from benchmarks.grid import shard as shard_cells
 from benchmarks.preflight import preflight
 from benchmarks.profiles import model_source, resolve_run_config
@@ -43,6 +42,63 @@ from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from egmf_core.outcome import RunOutcome
 
 RunFn = Callable[..., RunOutcome]  # run_fn(cfg, *, progress=callback) -> RunOutcome
+
+
+def log(message: str) -> None:
+    """One line on stderr that does not break the progress bars."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("EGMF_NO_PROGRESS") != "1" and sys.stderr.isatty()
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One run of a grid dealt with: trained ("ok" or "failed"), or "busy" (another process holds it)."""
+
+    table: str
+    label: str
+    status: str
+    index: int  # 1-based, in grid order
+    total: int
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return f"{self.table}: {self.index}/{self.total} {self.label}: {self.status} in {format_duration(self.seconds)}"
+
+
+def _log_busy(event: RunEvent) -> None:
+    """What a lone process says of a run another process is training (--jobs workers say nothing)."""
+    if event.status == "busy":
+        log(f"run {event.label} is being trained by another process: skipped")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How ``reproduce`` treats the runs of its grid, and where it writes."""
+
+    results_root: Path = Path("results")
+    reports_root: Path = Path("reports")
+    force: bool = False  # retrain runs that already have a result
+    redo_before: str | None = None  # retrain runs stored before this ISO 8601 UTC time, keep newer ones
+    shard: tuple[int, int] | None = None  # shard i of n only (grid.shard: by run id)
+    only_runs: frozenset[str] | None = None  # these run ids only: a Slurm task's share
+    strict_data: bool = False  # NaN / inf features are errors (data.strict; the run id does not change)
+    render: bool = True  # render the table's report and the index afterwards
+    raise_render_errors: bool = False
+    run_fn: RunFn | None = None  # default: egmf_core.run.run_experiment (dataset_statistics for Table 1)
+    progress_bars: bool | None = None  # None: on a terminal unless $EGMF_NO_PROGRESS=1
+    on_run: Callable[[RunEvent], None] | None = None  # each run trained or skipped as busy (default: _log_busy)
+    log: Callable[[str], None] | None = None  # warnings and failures, one line each (default: runner.log)
+
+    def say(self, line: str) -> None:
+        (self.log or log)(line)
+
+    def report_run(self, event: RunEvent) -> None:
+        (self.on_run or _log_busy)(event)
 
 
 @dataclass
@@ -89,168 +145,159 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
-def log(message: str) -> None:
-    """One line on stderr that does not break the progress bars."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stderr)
-
-
-def progress_enabled() -> bool:
-    return os.environ.get("EGMF_NO_PROGRESS") != "1" and sys.stderr.isatty()
-
-
 # ---- one table ----------------------------------------------------------------------------------
 
-def reproduce(
-    table_name: str,
-    profile: str = "smoke",
-    *,
-    seeds: Iterable[int] | None = None,
-    rows: Iterable[str] | None = None,
-    datasets: Iterable[str] | None = None,
-    force: bool = False,
-    redo_before: str | None = None,
-    shard: tuple[int, int] | str | None = None,
-    data_root: str | Path | None = None,
-    model_root: str | Path | None = None,
-    trust_remote_code: bool = False,
-    strict_data: bool = False,
-    results_root: Path = Path("results"),
-    reports_root: Path = Path("reports"),
-    run_fn: RunFn | None = None,
-    render: bool = True,
-    ablations_dir: Path = ABLATIONS_DIR,
-    raise_render_errors: bool = False,
-    overrides: dict | None = None,
-    only_runs: Iterable[str] | None = None,
-) -> Summary:
-    """Reproduce one table (a name or a paper number) under a profile; see the module docstring.
+def reproduce(grid: Grid, options: RunOptions = RunOptions()) -> Summary:
+    """Reproduce one table's grid (see the module docstring); "all" is ``reproduce_all``.
 
-    ``redo_before`` (an ISO 8601 UTC time) retrains the runs stored before it and keeps those
-    stored since: ``--force`` for processes that share one grid (``--jobs`` workers), so a run
-    one of them retrained is not retrained by the next.
-
-    ``run_fn`` defaults to ``egmf_core.run.run_experiment`` (``dataset_statistics`` for the
-    statistics table). An unexpected exception inside a run becomes a failed run with a
-    one-line error; a ValueError (bad config, data or model input) propagates. The paper
-    profile checks its roots first (benchmarks/preflight.py). ``strict_data``: the runs trained
-    now refuse NaN / inf features (``data.strict``; the run id does not change). ``overrides``
-    (``--set``, from ``grid.parse_sets``) apply to every run of the grid. ``only_runs`` (run
-    ids) keeps those runs of the grid only: a Slurm task's share (``launchers.shard_tasks``).
+    ``options.redo_before`` retrains the runs stored before it and keeps those stored since:
+    ``--force`` for processes that share one grid (``--jobs`` workers), so a run one of them
+    retrained is not retrained by the next. An unexpected exception inside a run becomes a
+    failed run with a one-line error; a ValueError (bad config, data or model input)
+    propagates. The paper profile checks its roots first (benchmarks/preflight.py).
     """
     t0 = time.monotonic()
-    results_root, reports_root = Path(results_root), Path(reports_root)
-    spec = load_table(table_name, ablations_dir)
-    cells = expand(spec, profile, seeds=seeds, rows=rows, datasets=datasets, data_root=data_root,
-                   model_root=model_root, trust_remote_code=trust_remote_code, overrides=overrides)
-    if isinstance(shard, str):
-        shard = parse_shard(shard)
-    if shard is not None:
-        cells = shard_cells(cells, *shard)
-    if only_runs is not None:
-        keep = set(only_runs)
-        cells = [c for c in cells if c.run_id in keep]
-    runs = unique_runs(cells)
-    if profile == "paper":  # before anything is trained or written
-        preflight(runs.values(), data_root=data_root, model_root=model_root)
-    summary = Summary(spec.name, profile, runs=len(runs), shard=shard)
-    fn = run_fn or _default_run_fn(spec)
-    context = _RunContext(data_root, model_root, strict_data)
+    spec, runs = select_runs(grid, options)
+    summary = Summary(spec.name, grid.profile, runs=len(runs), shard=options.shard)
+    train_runs(spec, runs, grid, options, summary)
 
-    from tqdm import tqdm
+    def corrupt(line: str) -> None:
+        summary.corrupt.append(line)
+        options.say(f"warning: {line}")
 
-    store.sweep_temp_files(results_root / profile)
-    bars = progress_enabled()
-    with tqdm(total=len(runs), desc=f"{spec.name} [{profile}]", unit="run", position=0, disable=not bars,
-              dynamic_ncols=True) as grid_bar:
-        for k, (run_id, cell) in enumerate(runs.items(), 1):
-            path = store.run_path(results_root, profile, run_id)
-            ckpt, lock_file = store.checkpoint_dir(results_root, profile, run_id), store.lock_path(results_root, profile, run_id)
-            if not force and _stored_ok(path, cell, summary, redo_before):
-                summary.cached += 1
-                if ckpt.exists() or lock_file.exists():  # left by a kill after the run file was written
-                    with store.RunLock(lock_file) as lock:
-                        if lock.acquired:  # (a --force elsewhere holds it while retraining)
-                            remove_checkpoint(ckpt)
-                grid_bar.update(1)
-                continue
-            with store.RunLock(lock_file) as lock:
-                if not lock.acquired:
-                    summary.busy += 1
-                    if os.environ.get("EGMF_LOG_RUNS") != "1":  # --jobs workers skip each other's runs by design
-                        log(f"run {run_id} ({cell.label}) is being trained by another process: skipped")
-                    grid_bar.update(1)
-                    continue
-                if not force and _stored_ok(path, cell, None, redo_before):  # finished elsewhere meanwhile
-                    summary.cached += 1
-                    grid_bar.update(1)
-                    continue
-                if force or redo_before is not None:
-                    remove_checkpoint(ckpt)
-                prior = _ok_checksum(path)
-                t_run = time.monotonic()
-                outcome, resolved = _execute(cell, fn, context, bars, ckpt)
-                if os.environ.get("EGMF_LOG_RUNS") == "1":  # --jobs workers: a line per run instead of bars
-                    log(f"{spec.name}: {k}/{len(runs)} {cell.label}: {outcome.status} "
-                        f"in {format_duration(time.monotonic() - t_run)}")
-                if outcome.status != "ok" and _ok_checksum(path) not in (None, prior):
-                    summary.cached += 1  # another process stored an ok result meanwhile: keep it
-                else:
-                    prov = context.provenance(outcome, resolved, cell.trains, cell.config.data.root)
-                    record = store.make_record(run_id, cell.identity(), outcome.to_dict(), prov)
-                    store.write_run(results_root, profile, record)
-                    summary.trained += 1
-                    if outcome.status != "ok":
-                        summary.failed += 1
-                        line = f"run {run_id} ({cell.label}) failed: {outcome.error}"
-                        summary.failures.append(line)
-                        log(line)
-                remove_checkpoint(ckpt)
-            grid_bar.update(1)
-
-    summary.csv = rebuild_table(spec, profile, results_root, ablations_dir=ablations_dir,
-                                on_corrupt=lambda line: (summary.corrupt.append(line), log(f"warning: {line}")))
-    if render:
+    summary.csv = rebuild_table(spec, grid.profile, options.results_root, ablations_dir=grid.ablations_dir,
+                                on_corrupt=corrupt)
+    if options.render:
         paths, summary.report_error = render_reports(
-            profile, [spec.name], results_root=results_root, reports_root=reports_root, strict=raise_render_errors,
-            ablations_dir=ablations_dir,
-        )
+            grid.profile, [spec.name], results_root=options.results_root, reports_root=options.reports_root,
+            strict=options.raise_render_errors, ablations_dir=grid.ablations_dir)
         summary.report = paths[-1] if paths else None
     summary.seconds = time.monotonic() - t0
     return summary
 
 
-def pending_runs(table_name: str, profile: str, *, seeds: Iterable[int] | None = None,
-                 rows: Iterable[str] | None = None, datasets: Iterable[str] | None = None, force: bool = False,
-                 redo_before: str | None = None, results_root: Path = Path("results"),
-                 ablations_dir: Path = ABLATIONS_DIR, **grid_kwargs) -> int:
+def select_runs(grid: Grid, options: RunOptions) -> tuple[TableSpec, dict[str, Cell]]:
+    """The table and its distinct runs (id -> first cell) after the shard and ``only_runs``
+    filters; the paper profile's roots are checked before anything is trained or written."""
+    spec = grid.spec()
+    cells = expand(spec, grid.profile, grid.args)
+    if options.shard is not None:
+        cells = shard_cells(cells, *options.shard)
+    if options.only_runs is not None:
+        cells = [c for c in cells if c.run_id in options.only_runs]
+    runs = unique_runs(cells)
+    if grid.profile == "paper":
+        preflight(runs.values(), data_root=grid.args.data_root, model_root=grid.args.model_root)
+    return spec, runs
+
+
+def train_runs(spec: TableSpec, runs: dict[str, Cell], grid: Grid, options: RunOptions, summary: Summary) -> None:
+    """Train each run that has no valid "ok" file (all with ``force``), one at a time, and store it."""
+    from tqdm import tqdm
+
+    root = Path(options.results_root)
+    store.sweep_temp_files(root / grid.profile)
+    bars = progress_enabled() if options.progress_bars is None else options.progress_bars
+    worker = _RunWorker(grid, options, summary, bars)
+    with tqdm(total=len(runs), desc=f"{spec.name} [{grid.profile}]", unit="run", position=0, disable=not bars,
+              dynamic_ncols=True) as grid_bar:
+        for index, (run_id, cell) in enumerate(runs.items(), 1):
+            worker.handle(run_id, cell, index, len(runs))
+            grid_bar.update(1)
+
+
+class _RunWorker:
+    """One run of a grid: reuse its stored result, skip it when another process holds it, or
+    train and store it (under its lock, with its checkpoint directory)."""
+
+    def __init__(self, grid: Grid, options: RunOptions, summary: Summary, bars: bool):
+        self.grid, self.options, self.summary, self.bars = grid, options, summary, bars
+        self.fn: RunFn | None = options.run_fn
+        self.context = _RunContext(grid.args.data_root, grid.args.model_root, options.strict_data)
+
+    def handle(self, run_id: str, cell: Cell, index: int, total: int) -> None:
+        opts, profile, root = self.options, self.grid.profile, Path(self.options.results_root)
+        path = store.run_path(root, profile, run_id)
+        ckpt, lock_file = store.checkpoint_dir(root, profile, run_id), store.lock_path(root, profile, run_id)
+        if not opts.force and self._stored_ok(path, cell, report=True):
+            self.summary.cached += 1
+            if ckpt.exists() or lock_file.exists():  # left by a kill after the run file was written
+                with store.RunLock(lock_file) as lock:
+                    if lock.acquired:  # (a --force elsewhere holds it while retraining)
+                        remove_checkpoint(ckpt)
+            return
+        with store.RunLock(lock_file) as lock:
+            if not lock.acquired:
+                self.summary.busy += 1
+                opts.report_run(RunEvent(cell.table, f"{run_id} ({cell.label})", "busy", index, total))
+            elif not opts.force and self._stored_ok(path, cell, report=False):  # finished elsewhere meanwhile
+                self.summary.cached += 1
+            else:
+                self._train(run_id, cell, path, ckpt)
+                opts.report_run(RunEvent(cell.table, cell.label, self.last_status, index, total, self.last_seconds))
+
+    def _train(self, run_id: str, cell: Cell, path: Path, ckpt: Path) -> None:
+        opts, summary = self.options, self.summary
+        if opts.force or opts.redo_before is not None:
+            remove_checkpoint(ckpt)
+        prior = _ok_checksum(path)
+        t_run = time.monotonic()
+        if self.fn is None:
+            self.fn = _default_run_fn(cell)
+        outcome, resolved = _execute(cell, self.fn, self.context, self.bars, ckpt)
+        self.last_status, self.last_seconds = outcome.status, time.monotonic() - t_run
+        if outcome.status != "ok" and _ok_checksum(path) not in (None, prior):
+            summary.cached += 1  # another process stored an ok result meanwhile: keep it
+        else:
+            prov = self.context.provenance(outcome, resolved, cell.trains, cell.config.data.root)
+            store.write_run(opts.results_root, self.grid.profile,
+                            store.make_record(run_id, cell.identity(), outcome.to_dict(), prov))
+            summary.trained += 1
+            if outcome.status != "ok":
+                summary.failed += 1
+                summary.failures.append(f"run {run_id} ({cell.label}) failed: {outcome.error}")
+                opts.say(summary.failures[-1])
+        remove_checkpoint(ckpt)
+
+    def _stored_ok(self, path: Path, cell: Cell, *, report: bool) -> bool:
+        """Whether a valid "ok" run file is there (stored at ``redo_before`` or later, when given);
+        a corrupt one is reported (when ``report``: once per run) and will be redone."""
+        try:
+            return stored_ok(path, self.options.redo_before)
+        except store.CorruptResult as e:
+            if report:
+                self.summary.corrupt.append(str(e))
+                self.options.say(f"warning: {e}; redoing run {cell.label}")
+            return False
+
+
+def pending_runs(grid: Grid, options: RunOptions = RunOptions()) -> int:
     """How many distinct runs ``reproduce`` (or ``reproduce_all`` for "all") would train now:
-    every run with ``force``, else those without a valid "ok" run file (stored at ``redo_before``
-    or later, when given). A run that two tables
-    share counts once. For the progress bar of ``--jobs``."""
-    grids = _every_table(rows, datasets, ablations_dir) if table_name == "all" else [(table_name, datasets)]
+    every run with ``force``, else those without a valid "ok" run file (stored at
+    ``redo_before`` or later, when given). A run that two tables share counts once. For the
+    progress bar of ``--jobs``."""
     runs: dict[str, Cell] = {}
-    for name, ds in grids:
-        spec = load_table(name, ablations_dir)
-        runs.update(unique_runs(expand(spec, profile, seeds=seeds, rows=rows, datasets=ds, **grid_kwargs)))
-    return sum(1 for run_id, cell in runs.items()
-               if force or not _stored_ok(store.run_path(Path(results_root), profile, run_id), cell, None, redo_before))
+    for table in grid.tables():
+        runs.update(unique_runs(table.cells()))
+    root = Path(options.results_root)
+    return sum(1 for run_id in runs
+               if options.force or not _quiet_stored_ok(store.run_path(root, grid.profile, run_id), options.redo_before))
 
 
-def _stored_ok(path: Path, cell: Cell, summary: Summary | None, not_before: str | None = None) -> bool:
-    """Whether a valid "ok" run file is there (stored at ``not_before`` or later, when given); a
-    corrupt one is reported (once) and will be redone."""
+def stored_ok(path: Path, not_before: str | None = None) -> bool:
+    """Whether a valid "ok" run file is at ``path`` (stored at ``not_before`` or later, when
+    given); raises ``store.CorruptResult`` for a corrupt one."""
     if not path.exists():
         return False
+    record = store.read_run(path)
+    return record["outcome"]["status"] == "ok" and (
+        not_before is None or str(record["provenance"].get("timestamp", "")) >= not_before)
+
+
+def _quiet_stored_ok(path: Path, not_before: str | None) -> bool:
     try:
-        record = store.read_run(path)
-        return record["outcome"]["status"] == "ok" and (
-            not_before is None or str(record["provenance"].get("timestamp", "")) >= not_before)
-    except store.CorruptResult as e:
-        if summary is not None:
-            summary.corrupt.append(str(e))
-            log(f"warning: {e}; redoing run {cell.label}")
+        return stored_ok(path, not_before)
+    except store.CorruptResult:
         return False
 
 
@@ -263,8 +310,8 @@ def _ok_checksum(path: Path) -> str | None:
     return record["checksum"] if record is not None and record["outcome"]["status"] == "ok" else None
 
 
-def _default_run_fn(spec: TableSpec) -> RunFn:
-    if not spec.trains:
+def _default_run_fn(cell: Cell) -> RunFn:
+    if not cell.trains:
         from benchmarks.dataset_stats import dataset_statistics
 
         return dataset_statistics
@@ -277,14 +324,6 @@ def _default_run_fn(spec: TableSpec) -> RunFn:
                               checkpoint_minutes=CHECKPOINT_MINUTES.get(cfg.profile), threads=run_threads(cfg.profile))
 
     return run
-
-
-def _takes_checkpoint_dir(fn: RunFn) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "checkpoint_dir" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class _RunContext:
@@ -330,9 +369,8 @@ def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool, checkpoint
                 bar.set_postfix_str(message, refresh=False)
             bar.refresh()
 
-        extra = {"checkpoint_dir": checkpoint_dir} if checkpoint_dir is not None and _takes_checkpoint_dir(fn) else {}
         try:
-            outcome = fn(resolved, progress=progress, **extra)
+            outcome = fn(resolved, progress=progress, checkpoint_dir=checkpoint_dir)
         except ValueError:
             raise  # bad config, data or model input: the CLI reports it in one line
         except Exception as e:  # a crash inside one run must not end the grid
@@ -366,8 +404,8 @@ def table_cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) ->
     for t in sorted(trust):
         for overrides in sets.values():
             try:
-                grid = expand(spec, profile, seeds=sorted(seeds), trust_remote_code=t, check_roots=False,
-                              overrides=overrides)
+                grid = expand(spec, profile, GridArgs(seeds=tuple(sorted(seeds)), trust_remote_code=t,
+                                                      overrides=overrides), check_roots=False)
             except ValueError:  # overrides of another table's runs that do not fit this table's rows
                 continue
             cells.extend(c for c in grid if c.run_id in runs)
@@ -443,32 +481,9 @@ def render_reports(profile: str, tables: list[str], *, results_root: Path, repor
 
 # ---- every table, merge, report -----------------------------------------------------------------
 
-def reproduce_all(profile: str = "smoke", *, rows: Iterable[str] | None = None,
-                  datasets: Iterable[str] | None = None, ablations_dir: Path = ABLATIONS_DIR,
-                  **kwargs) -> list[Summary]:
-    """Every table in paper-number order. ``datasets`` keeps the tables' datasets among those
-    given (a table with none is skipped); ``rows`` differ per table and cannot be combined."""
-    return [reproduce(name, profile, datasets=ds, ablations_dir=ablations_dir, **kwargs)
-            for name, ds in _every_table(rows, datasets, ablations_dir)]
-
-
-def _every_table(rows, datasets, ablations_dir: Path) -> list[tuple[str, list[str] | None]]:
-    """(table, its datasets among ``datasets`` or None for all) for "all", in paper-number order."""
-    if rows is not None:
-        raise GridError("--rows cannot be combined with 'all': row names differ between tables")
-    wanted = None if datasets is None else list(datasets)
-    if wanted is not None:
-        from egmf_core.config import DATASETS
-
-        unknown = [d for d in wanted if d not in DATASETS]
-        if unknown:
-            raise GridError(f"unknown name {unknown[0]!r} in --datasets (known: {', '.join(DATASETS)})")
-    out = []
-    for name in list_tables(ablations_dir):
-        ds = None if wanted is None else [d for d in load_table(name, ablations_dir).datasets if d in wanted]
-        if ds != []:
-            out.append((name, ds))
-    return out
+def reproduce_all(grid: Grid, options: RunOptions = RunOptions()) -> list[Summary]:
+    """Every table of ``grid.tables()`` (one, or for "all" each in paper-number order)."""
+    return [reproduce(table, options) for table in grid.tables()]
 
 
 @dataclass

@@ -20,3 +20,11 @@ def one_line(text: object, limit: int = 500) -> str:
     """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters: how errors
     reach stderr, run files and reports."""
     return " ".join(str(text).split())[:limit]
+
+
+def error_line(e: BaseException) -> str:
+    """An error as the command lines print it after ``error:``: one line, naming the file of an
+    OSError when its message does not."""
+    if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in str(e):
+        return f"{e.filename}: {e.strerror or e}"
+    return one_line(e, limit=10_000) or type(e).__name__

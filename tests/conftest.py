@@ -101,13 +101,13 @@ def isolate_harness(tmp_path, monkeypatch) -> list[str]:
     work in tmp. Returns the names of the datasets the fake writer wrote, in order."""
     from benchmarks import profiles
 
+    from tests.fakes import fake_dataset_writer
+
     written: list[str] = []
 
     def fake_writer(name, out_dir, *, seed, size):
-        (out_dir / name).mkdir(parents=True)
-        (out_dir / name / "data.txt").write_text(f"{name} seed={seed}")
         written.append(name)
-        return out_dir / name
+        return fake_dataset_writer(name, out_dir, seed=seed, size=size)
 
     monkeypatch.setattr(profiles, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.setattr(profiles, "write_synthetic_dataset", fake_writer)

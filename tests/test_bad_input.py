@@ -20,6 +20,7 @@ from typing import Callable
 
 import pytest
 
+from tests import fakes
 from benchmarks import profiles, runner
 from benchmarks.cli import main
 from tests.conftest import isolate_harness
@@ -186,7 +187,7 @@ def _disk_full(mp, under: Path | None = None) -> None:
 
 
 def _disk_full_on_run_file(env, mp):
-    mp.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
+    mp.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     _disk_full(mp, under=env.results)  # the results disk is full (the smoke data cache is elsewhere)
     return env.reproduce(env.smoke_table), [str(env.results / "smoke" / "runs"), ".json",
                                             "No space left on device (ENOSPC)"]
@@ -200,13 +201,13 @@ def _disk_full_on_checkpoint(env, mp):
         atomic_write_bytes(Path(checkpoint_dir) / "step-000002.pt", b"state")
         raise AssertionError("not reached")
 
-    mp.setattr(runner, "_default_run_fn", lambda spec: run)
+    mp.setattr(runner, "_default_run_fn", lambda cell: run)
     return env.reproduce(env.smoke_table), [str(env.results / "smoke" / "checkpoints"), "step-000002.pt",
                                             "No space left on device (ENOSPC)"]
 
 
 def _results_root_is_a_file(env, mp):
-    mp.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
+    mp.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     target = env.results / "not-a-folder.txt"
     target.write_text("keep me\n")
     argv = env.reproduce(env.smoke_table)
@@ -298,7 +299,7 @@ def env(tmp_path, monkeypatch, request):
     isolate_harness(tmp_path, monkeypatch)
     results = tmp_path / "results"
     # A results tree with finished runs in it, so that "nothing added or changed" means something.
-    runner.reproduce("main_msa", "smoke", seeds=[1111], results_root=results, reports_root=tmp_path / "reports",
+    fakes.reproduce("main_msa", "smoke", seeds=[1111], results_root=results, reports_root=tmp_path / "reports",
                      render=False, run_fn=hashed_run)
     case = getattr(getattr(request.node, "callspec", None), "id", "")
     inputs = request.getfixturevalue("paper_inputs") if case.startswith(("data-", "model-")) else None
@@ -394,11 +395,11 @@ def _fake_grid(tmp_path, monkeypatch, table="main_msa", **kwargs):
     isolate_harness(tmp_path, monkeypatch)
     calls = []
 
-    def counting(cfg, *, progress=None):
+    def counting(cfg, *, progress=None, checkpoint_dir=None):
         calls.append(cfg.seed)
         return hashed_run(cfg)
 
-    summary = runner.reproduce(table, "smoke", seeds=[1111, 1112], datasets=["mosei"], run_fn=counting,
+    summary = fakes.reproduce(table, "smoke", seeds=[1111, 1112], datasets=["mosei"], run_fn=counting,
                                results_root=tmp_path / "r", reports_root=tmp_path / "rep", **{"render": False, **kwargs})
     return summary, calls
 

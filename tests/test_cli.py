@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 
@@ -18,7 +19,7 @@ from tests.fakes import hashed_run
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Fake runs and fake synthetic data; no real training, nothing written in the repo."""
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
 
 
@@ -60,10 +61,10 @@ def test_missing_model_root_is_named_too(tmp_path, capsys):
 
 
 def test_config_error_from_a_run_exits_2(monkeypatch, tmp_path, capsys):
-    def bad(cfg, *, progress=None):
+    def bad(cfg, *, progress=None, checkpoint_dir=None):
         raise ConfigError("config field model.backbone='glm3-tiny': weights missing")
 
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: bad)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: bad)
     assert main(["reproduce", "3", "--no-report", *_roots(tmp_path)]) == 2
     assert capsys.readouterr().err == "error: config field model.backbone='glm3-tiny': weights missing\n"
 
@@ -90,7 +91,7 @@ def test_rows_with_leading_dashes_parse(tmp_path, capsys):
 
 
 def test_failed_runs_exit_1(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: lambda cfg, progress=None: RunOutcome(
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: lambda cfg, progress=None, checkpoint_dir=None: RunOutcome(
         status="failed", error="NaN loss at step 3"))
     assert main(["reproduce", "2", "--seeds", "1111", "--no-report", *_roots(tmp_path)]) == 1
     captured = capsys.readouterr()
@@ -124,7 +125,7 @@ def test_report_rebuilds_from_runs_without_training(monkeypatch, tmp_path, capsy
     _fake_report(monkeypatch)
     assert main(["reproduce", "3", "--seeds", "1111", *_roots(tmp_path)]) == 0
     (tmp_path / "results" / "smoke" / "main_msa.csv").unlink()
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: pytest.fail("report must not train"))
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: pytest.fail("report must not train"))
     capsys.readouterr()
     assert main(["report", "main_msa", *_roots(tmp_path)]) == 0
     assert capsys.readouterr().out.strip().endswith("main_msa.md")
@@ -181,26 +182,27 @@ def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_pat
     assert main(["reproduce", "3", "--launcher", "slurm", "--shard", "0/2", *_roots(tmp_path)]) == 2
 
 
-def test_jobs_start_one_shard_worker_each_then_collect_and_render(monkeypatch, tmp_path, capsys):
+def _in_process_workers(started: list):
+    """launchers.start_workers, with each worker's part done here, one after another, on fake runs."""
+    def start(grid, options, gpus, init, total):
+        started.append((grid, options, list(gpus), total))
+        for _ in gpus:
+            runner.reproduce_all(grid, dataclasses.replace(options, run_fn=hashed_run))
+        return 0, [], [0] * len(gpus)
+
+    return start
+
+
+def test_jobs_start_workers_on_the_whole_grid_then_collect_and_render(monkeypatch, tmp_path, capsys):
     started = []
-
-    def fake_jobs(worker_argv, jobs, total, gpus=None):  # the workers' part: train the runs here instead
-        started.append((list(worker_argv), jobs, total))
-        redo = [a.split("=", 1)[1] for a in worker_argv if a.startswith("--redo-before=")][0]
-        for _ in range(jobs):
-            runner.reproduce("3", "smoke", seeds=[1111, 1112], redo_before=redo, results_root=tmp_path / "results",
-                             render=False, run_fn=hashed_run)
-        return 0
-
-    monkeypatch.setattr(launchers, "run_local_jobs", fake_jobs)
+    monkeypatch.setattr(launchers, "start_workers", _in_process_workers(started))
     assert main(["reproduce", "3", "--jobs", "2", "--seeds", "1111,1112", "--rows", "EGMF", "--force",
                  *_roots(tmp_path)]) == 0
-    (argv, jobs, total), = started
-    assert jobs == 2 and total == 4  # the progress bar's total: 2 datasets x 2 seeds, --force
-    assert argv[:2] == ["reproduce", "3"] and "--no-report" in argv
+    (grid, options, gpus, total), = started
+    assert gpus == [None, None] and total == 4  # two workers, not pinned (smoke); 2 datasets x 2 seeds, --force
+    assert grid.args.seeds == (1111, 1112) and grid.args.rows == ("EGMF",) and options.shard is None
     # --force reaches the workers as one time: a run one worker retrained is not retrained by the other
-    assert "--force" not in argv and [a for a in argv if a.startswith("--redo-before=20")]
-    assert "--seeds=1111,1112" in argv and "--rows=EGMF" in argv and not any(a.startswith("--shard") for a in argv)
+    assert not options.force and options.redo_before.startswith("20") and not options.render
     out = capsys.readouterr().out  # the collecting pass finds every run stored and renders the report
     assert "(0 trained, 4 cached, 0 failed)" in out and "main_msa.md" in out
 
@@ -217,26 +219,16 @@ def test_bad_jobs_arguments_are_one_line_errors(extra, message, tmp_path, capsys
 
 
 def test_a_worker_that_rejects_its_input_ends_the_command_with_exit_2(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total, gpus=None: 2)
+    monkeypatch.setattr(launchers, "start_workers", lambda *a: (0, ["x.csv: missing column 'label'"] * 2, [2, 2]))
     assert main(["reproduce", "3", "--jobs", "2", *_roots(tmp_path)]) == 2
-
-
-@pytest.mark.parametrize("line, done", [
-    ("main_erc: 1/5 main_erc/EGMF/meld/1111: ok in 0m19s", True),
-    ("lora: 3/9 lora/GLM3-6B LoRA off/meld/1112: failed in 1h02m03s", True),
-    ("run 3aa28405caa1 (main_msa/EGMF/mosei/1111) failed: NaN loss at step 3", False),
-    ("main_msa [smoke, shard 0/2]: 3 runs (3 trained, 0 cached, 0 failed) in 0m40s", False),
-])
-def test_the_jobs_progress_bar_counts_finished_run_lines_only(line, done):
-    assert bool(launchers.RUN_DONE.search(line)) is done
+    assert capsys.readouterr().err.splitlines()[-1] == "error: x.csv: missing column 'label'"
 
 
 def test_jobs_start_no_worker_when_every_run_is_stored_and_no_more_than_runs(monkeypatch, tmp_path, capsys):
     started = []
-    monkeypatch.setattr(launchers, "run_local_jobs", lambda argv, jobs, total, gpus=None: started.append((jobs, total)) or 0)
+    monkeypatch.setattr(launchers, "start_workers", _in_process_workers(started))
     argv = ["reproduce", "3", "--seeds", "1111", "--datasets", "mosei", "--no-report", *_roots(tmp_path)]
     assert main([*argv, "--jobs", "4"]) == 0  # one run to train: one worker
-    assert started == [(1, 1)]
-    assert main(argv) == 0  # trains it here
+    assert [(len(gpus), total) for _, _, gpus, total in started] == [(1, 1)]
     assert main([*argv, "--jobs", "4"]) == 0
-    assert started == [(1, 1)]  # all stored: no worker started
+    assert len(started) == 1  # all stored: no worker started

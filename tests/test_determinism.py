@@ -5,12 +5,13 @@ What is and is not deterministic on GPU is written down in egmf_core.checkpoint'
 
 from __future__ import annotations
 
+from functools import partial
 import os
-import sys
 
 import pandas as pd
 import pytest
 
+from tests import fakes
 from benchmarks import profiles, runner
 from benchmarks.grid import expand, shard_of, unique_runs
 from benchmarks.tables import load_table
@@ -19,7 +20,7 @@ from tests.test_kill_resume import tiny_repo  # noqa: F401 (a fixture used by na
 
 
 def _reproduce(tmp_path, ablations, results, **kwargs):
-    return runner.reproduce("tiny", PROFILE, results_root=tmp_path / results, reports_root=tmp_path / "reports",
+    return fakes.reproduce("tiny", PROFILE, results_root=tmp_path / results, reports_root=tmp_path / "reports",
                             render=False, ablations_dir=ablations, **kwargs)
 
 
@@ -66,7 +67,7 @@ def test_checkpointing_does_not_change_the_numbers(tmp_path):
 @pytest.mark.usefixtures("tiny_repo")
 def test_two_parallel_job_workers_give_the_single_process_numbers(tmp_path, monkeypatch):
     from benchmarks import launchers
-    from tests.test_kill_resume import DRIVER, cli_env
+    from tests.test_kill_resume import cli_env
 
     ablations = write_tiny_ablations(tmp_path / "ablations")
     single = _reproduce(tmp_path, ablations, "single")
@@ -75,10 +76,10 @@ def test_two_parallel_job_workers_give_the_single_process_numbers(tmp_path, monk
         monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    worker = ["reproduce", "tiny", "--ablations-dir", str(ablations), "--results-root", str(tmp_path / "jobs"),
-              "--no-report"]
-    # each worker is a real process training its shard, with its smoke data under tiny_repo
-    assert launchers.run_local_jobs(worker, 2, command=[sys.executable, "-c", DRIVER, str(profiles.REPO_ROOT)]) == 0
+    grid, options = fakes.grid_and_options("tiny", PROFILE, ablations_dir=ablations, results_root=tmp_path / "jobs")
+    # each worker is a real process training the runs nobody holds, with its smoke data under tiny_repo
+    how = launchers.Launch(jobs=2, worker_init=partial(fakes.isolated_worker, profiles.REPO_ROOT, fake_data=False))
+    assert launchers.run_local_jobs(grid, options, how) == 0
     collected = _reproduce(tmp_path, ablations, "jobs")  # what the CLI does after its workers end
     assert (collected.trained, collected.cached) == (0, 4)
     pd.testing.assert_frame_equal(stable_values(collected.csv), stable_values(single.csv))

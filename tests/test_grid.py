@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import profiles
-from benchmarks.grid import GridError, expand, parse_seeds, parse_shard, shard, unique_runs
+from benchmarks.grid import GridArgs, GridError, expand, parse_seeds, parse_shard, shard, unique_runs
 from benchmarks.profiles import ProfileError, build_run_config, resolve_run_config
 from benchmarks.tables import load_table
 from egmf_core.config import ConfigError, RunConfig, config_hash
@@ -43,7 +43,7 @@ def test_modality_grid_is_rows_times_datasets_times_seeds():
 
 def test_filters_keep_only_the_named_rows_datasets_and_seeds():
     spec = load_table("modality_ablation")
-    cells = expand(spec, "smoke", rows=["-A", "-T"], datasets=["meld"], seeds=[7])
+    cells = expand(spec, "smoke", GridArgs(rows=["-A", "-T"], datasets=["meld"], seeds=[7]))
     assert [(c.row, c.dataset, c.seed) for c in cells] == [("-T", "meld", 7), ("-A", "meld", 7)]
     assert cells[0].config.model.modalities == ["audio", "visual"]
 
@@ -57,13 +57,13 @@ def test_paper_profile_has_five_seeds():
 def test_unknown_filter_names_the_flag_and_the_known_values():
     spec = load_table("modality_ablation")
     with pytest.raises(GridError, match=r"'-X' in --rows .*T\+A\+V, -T, -A"):
-        expand(spec, "smoke", rows=["-T", "-X"])
+        expand(spec, "smoke", GridArgs(rows=["-T", "-X"]))
     with pytest.raises(GridError, match=r"'imdb' in --datasets .*mosei, sims_v2, meld, cherma"):
-        expand(spec, "smoke", datasets=["imdb"])
+        expand(spec, "smoke", GridArgs(datasets=["imdb"]))
     with pytest.raises(ProfileError, match="unknown profile 'big'.*smoke, scale, paper"):
         expand(spec, "big")
     with pytest.raises(GridError, match="bad seed -1"):
-        expand(spec, "smoke", seeds=[-1])
+        expand(spec, "smoke", GridArgs(seeds=[-1]))
 
 
 def test_a_row_restricted_to_some_datasets_skips_the_others(tmp_path):
@@ -80,11 +80,11 @@ def test_a_row_restricted_to_some_datasets_skips_the_others(tmp_path):
 
 
 def test_statistics_table_ignores_run_seeds_and_never_shares_a_training_run_id():
-    stats = expand(load_table("datasets"), "smoke", seeds=[1111, 1112])
+    stats = expand(load_table("datasets"), "smoke", GridArgs(seeds=[1111, 1112]))
     assert [(c.dataset, c.seed, c.trains) for c in stats] == [
         ("mosei", 0, False), ("sims_v2", 0, False), ("meld", 0, False), ("cherma", 0, False)]
     assert stats[0].identity()["kind"] == "dataset_stats"
-    trained = {c.run_id for c in expand(load_table("main_msa"), "smoke", seeds=[0])}
+    trained = {c.run_id for c in expand(load_table("main_msa"), "smoke", GridArgs(seeds=[0]))}
     assert not trained & {c.run_id for c in stats}
 
 
@@ -92,10 +92,10 @@ def test_statistics_table_ignores_run_seeds_and_never_shares_a_training_run_id()
 
 def test_run_id_is_the_config_hash_and_survives_a_round_trip():
     spec = load_table("modality_ablation")
-    cell = expand(spec, "smoke", rows=["-V"], datasets=["mosei"], seeds=[1111])[0]
+    cell = expand(spec, "smoke", GridArgs(rows=["-V"], datasets=["mosei"], seeds=[1111]))[0]
     assert cell.run_id == config_hash(cell.config)
     assert cell.run_id == config_hash(RunConfig.from_dict(cell.config.to_dict()))
-    again = expand(load_table("modality_ablation"), "smoke", rows=["-V"], datasets=["mosei"], seeds=[1111])[0]
+    again = expand(load_table("modality_ablation"), "smoke", GridArgs(rows=["-V"], datasets=["mosei"], seeds=[1111]))[0]
     assert again.run_id == cell.run_id and len(cell.run_id) == 12
 
 
@@ -106,7 +106,7 @@ def test_table_and_row_names_are_not_in_the_hash_so_the_full_model_is_shared():
         "expert_design": "paper (1:8 Mish, 1:4 GELU, 1:2 Swish)", "pseudo_tokens": "4 tokens",
     }
     ids = {
-        table: expand(load_table(table), "smoke", rows=[row], datasets=["meld"], seeds=[1111])[0].run_id
+        table: expand(load_table(table), "smoke", GridArgs(rows=[row], datasets=["meld"], seeds=[1111]))[0].run_id
         for table, row in full.items()
     }
     assert len(set(ids.values())) == 1, ids
@@ -114,12 +114,12 @@ def test_table_and_row_names_are_not_in_the_hash_so_the_full_model_is_shared():
 
 def test_any_override_changes_the_run_id():
     spec = load_table("expert_ablation")
-    cells = expand(spec, "smoke", datasets=["meld"], seeds=[1111])
+    cells = expand(spec, "smoke", GridArgs(datasets=["meld"], seeds=[1111]))
     assert len({c.run_id for c in cells}) == len(spec.rows)
     base = cells[0]
-    other_seed = expand(spec, "smoke", rows=[base.row], datasets=["meld"], seeds=[1112])[0]
-    other_profile = expand(spec, "paper", rows=[base.row], datasets=["meld"], seeds=[1111], check_roots=False)[0]
-    trusting = expand(spec, "smoke", rows=[base.row], datasets=["meld"], seeds=[1111], trust_remote_code=True)[0]
+    other_seed = expand(spec, "smoke", GridArgs(rows=[base.row], datasets=["meld"], seeds=[1112]))[0]
+    other_profile = expand(spec, "paper", GridArgs(rows=[base.row], datasets=["meld"], seeds=[1111]), check_roots=False)[0]
+    trusting = expand(spec, "smoke", GridArgs(rows=[base.row], datasets=["meld"], seeds=[1111], trust_remote_code=True))[0]
     assert len({base.run_id, other_seed.run_id, other_profile.run_id, trusting.run_id}) == 4
 
 
@@ -155,7 +155,7 @@ def test_shard_and_seed_parsing_errors_name_the_flag():
 
 def test_smoke_profile_maps_backbones_to_tiny_twins_and_uses_the_smoke_settings():
     spec = load_table("backbone_swap")
-    cells = {c.row: c.config for c in expand(spec, "smoke", datasets=["cherma"], seeds=[1111])}
+    cells = {c.row: c.config for c in expand(spec, "smoke", GridArgs(datasets=["cherma"], seeds=[1111]))}
     assert {r: c.model.backbone for r, c in cells.items()} == {
         "GLM3-6B": "glm3-tiny", "GLM4-9B": "glm4-tiny", "Llama3-8B": "llama3-tiny"}
     cfg = cells["GLM3-6B"]
@@ -182,8 +182,7 @@ def test_bad_row_override_names_the_table_file_and_row():
 def test_paper_profile_records_markers_and_its_hyperparameters(paper_roots):
     data, models = paper_roots
     spec = load_table("lora")
-    cells = expand(spec, "paper", rows=["Llama3-8B LoRA off"], datasets=["meld", "mosei"], seeds=[1111],
-                   data_root=data, model_root=models)
+    cells = expand(spec, "paper", GridArgs(rows=["Llama3-8B LoRA off"], datasets=["meld", "mosei"], seeds=[1111], data_root=data, model_root=models))
     meld, mosei = cells[1].config, cells[0].config
     assert meld.model.backbone == "llama3" and meld.model.lora is False
     assert meld.model.model_path == "<model-root>/Meta-Llama-3-8B-Instruct" and meld.data.root == "<data-root>"
@@ -193,8 +192,7 @@ def test_paper_profile_records_markers_and_its_hyperparameters(paper_roots):
     assert resolved.data.root == str(data.resolve())
     assert resolved.model.model_path == str(models.resolve() / "Meta-Llama-3-8B-Instruct")
     # the run id does not depend on where the roots are
-    elsewhere = expand(spec, "paper", rows=["Llama3-8B LoRA off"], datasets=["meld", "mosei"], seeds=[1111],
-                       check_roots=False)
+    elsewhere = expand(spec, "paper", GridArgs(rows=["Llama3-8B LoRA off"], datasets=["meld", "mosei"], seeds=[1111]), check_roots=False)
     assert [c.run_id for c in elsewhere] == [c.run_id for c in cells]
 
 
@@ -202,9 +200,9 @@ def test_paper_profile_without_roots_names_the_flag_and_the_env_var(paper_roots,
     data, models = paper_roots
     spec = load_table("main_erc")
     with pytest.raises(ProfileError, match=r"--data-root DIR or set EGMF_DATA_ROOT"):
-        expand(spec, "paper", model_root=models)
+        expand(spec, "paper", GridArgs(model_root=models))
     with pytest.raises(ProfileError, match=r"--model-root DIR or set EGMF_MODEL_ROOT"):
-        expand(spec, "paper", data_root=data)
+        expand(spec, "paper", GridArgs(data_root=data))
     monkeypatch.setenv("EGMF_DATA_ROOT", str(data))
     monkeypatch.setenv("EGMF_MODEL_ROOT", str(models))
     assert len(expand(spec, "paper")) == 10  # the environment variables are enough
@@ -212,21 +210,21 @@ def test_paper_profile_without_roots_names_the_flag_and_the_env_var(paper_roots,
     with pytest.raises(ProfileError, match=r"backbone 'glm3' not found: expected directory .*chatglm3-6b"):
         expand(spec, "paper")
     with pytest.raises(ProfileError, match=r"data root .*nowhere \(from --data-root\) is not a directory"):
-        expand(spec, "paper", data_root=data / "nowhere")
+        expand(spec, "paper", GridArgs(data_root=data / "nowhere"))
 
 
 def test_paper_statistics_need_the_data_root_only(paper_roots):
     data, _ = paper_roots
-    cells = expand(load_table("datasets"), "paper", data_root=data)
+    cells = expand(load_table("datasets"), "paper", GridArgs(data_root=data))
     assert [c.config.model.model_path for c in cells] == [None] * 4
     assert resolve_run_config(cells[0].config, data_root=data).data.root == str(data.resolve())
     (data / "cherma").rmdir()
     with pytest.raises(ProfileError, match=r"dataset 'cherma' not found: expected directory .*cherma"):
-        expand(load_table("datasets"), "paper", data_root=data)
+        expand(load_table("datasets"), "paper", GridArgs(data_root=data))
 
 
 def test_smoke_data_is_generated_once_under_the_repo_cache(smoke_repo):
-    cfg = expand(load_table("main_erc"), "smoke", datasets=["meld"], seeds=[1111])[0].config
+    cfg = expand(load_table("main_erc"), "smoke", GridArgs(datasets=["meld"], seeds=[1111]))[0].config
     first = resolve_run_config(cfg)
     again = resolve_run_config(cfg)
     root = profiles.smoke_data_root()

@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks import profiles, runner, store
-from benchmarks.grid import expand
+from tests import fakes
+from benchmarks import profiles, store
+from benchmarks.grid import GridArgs, expand
 from benchmarks.tables import load_table
 from egmf_core.outcome import RunOutcome
 from tests.conftest import isolate_harness
@@ -148,11 +149,11 @@ def check_store(results: Path) -> tuple[int, int]:
 WRITER = textwrap.dedent("""\
     import sys
     from benchmarks import store
-    from benchmarks.grid import expand
+    from benchmarks.grid import GridArgs, expand
     from benchmarks.tables import load_table
 
     root, who, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    cells = expand(load_table("main_erc"), "smoke", seeds=[1, 2, 3, 4])
+    cells = expand(load_table("main_erc"), "smoke", GridArgs(seeds=[1, 2, 3, 4]))
     mine = cells[:2] if who == "a" else cells[2:4]  # different runs ...
     shared = cells[4:6]                              # ... and the same runs
     for i in range(rounds):
@@ -174,7 +175,7 @@ def test_two_processes_writing_different_and_the_same_runs_never_corrupt_a_file(
             store.read_run(path)
             reads += 1
     assert [p.wait() for p in procs] == [0, 0], [p.stderr.read() for p in procs]
-    cells = expand(load_table("main_erc"), PROFILE, seeds=[1, 2, 3, 4])
+    cells = expand(load_table("main_erc"), PROFILE, GridArgs(seeds=[1, 2, 3, 4]))
     final = {c.run_id: store.read_run(store.run_path(tmp_path, PROFILE, c.run_id))["outcome"] for c in cells[:6]}
     assert len(list(runs.glob("*.json"))) == 6
     assert [final[c.run_id]["writer"] for c in cells[:4]] == ["a", "a", "b", "b"]
@@ -193,11 +194,11 @@ FAKE_GRID = textwrap.dedent("""\
     profiles.REPO_ROOT = Path(sys.argv[1])
     profiles.write_synthetic_dataset = lambda name, out, *, seed, size: (out / name).mkdir(parents=True)
 
-    def slow_run(cfg, *, progress=None):
+    def slow_run(cfg, *, progress=None, checkpoint_dir=None):
         time.sleep(0.4)
         return RunOutcome(status="ok", metrics={"valid": {"wf1": 0.5}, "test": {"wf1": cfg.seed / 1e4}})
 
-    runner._default_run_fn = lambda spec: slow_run
+    runner._default_run_fn = lambda cell: slow_run
     from benchmarks.cli import main
     sys.exit(main(sys.argv[2:]))
     """)
@@ -219,7 +220,7 @@ def test_two_workers_on_the_same_grid_train_each_run_once(tmp_path):
 
 
 def test_a_stale_temp_file_is_ignored_and_swept(tmp_path):
-    cells = expand(load_table("main_erc"), PROFILE, seeds=[1111])
+    cells = expand(load_table("main_erc"), PROFILE, GridArgs(seeds=[1111]))
     rec = store.make_record(cells[0].run_id, cells[0].identity(), RunOutcome(status="ok").to_dict(), {"timestamp": "t"})
     path = store.write_run(tmp_path, PROFILE, rec)
     fresh = path.parent / f".{path.name}.abc123.tmp"
@@ -261,7 +262,7 @@ def test_a_grid_interrupted_mid_run_resumes_from_its_checkpoint_to_the_same_resu
     ablations = write_tiny_ablations(tmp_path / "ablations", seeds="[1111]")
 
     def go(results, run_fn=None):
-        return runner.reproduce("tiny", PROFILE, results_root=results, reports_root=tmp_path / "rep",
+        return fakes.reproduce("tiny", PROFILE, results_root=results, reports_root=tmp_path / "rep",
                                 render=False, ablations_dir=ablations, run_fn=run_fn)
 
     plain = go(tmp_path / "plain")
@@ -366,7 +367,7 @@ def test_a_checkpoint_and_lock_left_by_a_kill_after_the_run_file_are_cleaned_up(
     isolate_harness(tmp_path, monkeypatch)
 
     def go():
-        return runner.reproduce("main_erc", PROFILE, seeds=[1111], results_root=tmp_path / "r",
+        return fakes.reproduce("main_erc", PROFILE, seeds=[1111], results_root=tmp_path / "r",
                                 reports_root=tmp_path / "rep", render=False, run_fn=hashed_run)
 
     first = go()

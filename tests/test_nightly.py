@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from tests import fakes
 from benchmarks import baselines, nightly
 from benchmarks.baselines import BaselineError, compare, make_baseline, read_baseline, tolerance_for, write_baseline
 from egmf_core.outcome import RunOutcome
@@ -267,7 +268,7 @@ def test_a_baseline_written_under_several_settings_records_their_spread(tmp_path
     results = tmp_path / "results"
     write_results(results, tidy(FAKE_VALUES))
     fake = OtherSettings({"native": 0.04, "aten-default": -0.02})
-    res = nightly.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
+    res = fakes.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
                               settings=["pinned", "native", "aten-default"], spread_root=tmp_path / "spread",
                               train_variant=fake)
     assert res.exit_code == 0 and fake.calls == [("native", "native"), ("aten-default", "aten-default")]
@@ -282,7 +283,7 @@ def test_a_baseline_written_under_several_settings_records_their_spread(tmp_path
 def test_results_made_under_another_kernel_setting_pass_and_a_planted_regression_still_fails(tmp_path):
     results = tmp_path / "results"
     write_results(results, tidy(FAKE_VALUES))
-    nightly.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
+    fakes.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
                         settings=["native"], spread_root=tmp_path / "spread", train_variant=OtherSettings({"native": 0.04}))
     other_setting = shifted(FAKE_VALUES, "mae", +0.06)  # beyond the seed-only tolerance (0.049), within the spread
     write_results(results, tidy(other_setting))
@@ -317,7 +318,7 @@ def test_gpu_repeats_train_the_tables_again_under_the_same_setting(tmp_path):
     results = tmp_path / "results"
     write_results(results, tidy(FAKE_VALUES))
     fake = OtherSettings({"pinned": 0.01})
-    nightly.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
+    fakes.run_nightly("smoke", ["main_msa"], results_root=results, reproduce=False, update_baseline=True,
                         repeats=3, spread_root=tmp_path / "spread", train_variant=fake)
     assert fake.calls == [("pinned", "repeat-2"), ("pinned", "repeat-3")]
     base = read_baseline(results / "baselines" / "smoke.csv").set_index("metric")
@@ -349,7 +350,7 @@ class FakeRun:
     def __init__(self, shift: float = 0.0, fail: bool = False):
         self.shift, self.fail, self.calls = shift, fail, 0
 
-    def __call__(self, cfg, *, progress=None):
+    def __call__(self, cfg, *, progress=None, checkpoint_dir=None):
         self.calls += 1
         if self.fail:
             return RunOutcome(status="failed", error="non-finite loss (nan) at step 3")
@@ -365,7 +366,7 @@ def fake_smoke_data(tmp_path, monkeypatch):
 
 
 def go(tmp_path, **kwargs):
-    return nightly.run_nightly("smoke", ["main_msa"], results_root=tmp_path / "results",
+    return fakes.run_nightly("smoke", ["main_msa"], results_root=tmp_path / "results",
                                reports_root=tmp_path / "reports", render=False, **kwargs)
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests import fakes
 from benchmarks import nightly, runner
 from benchmarks.baselines import read_baseline
 from benchmarks.profiles import MODEL_DIRS
@@ -27,7 +28,7 @@ def paper_roots(tmp_path) -> dict:
 
 
 def go(tmp_path, profile="smoke", **kwargs):
-    return nightly.run_nightly(profile, results_root=tmp_path / "results", reports_root=tmp_path / "reports",
+    return fakes.run_nightly(profile, results_root=tmp_path / "results", reports_root=tmp_path / "reports",
                                render=False, **kwargs)
 
 
@@ -40,7 +41,7 @@ def test_the_paper_nightly_is_the_main_tables_with_a_fixed_budget_and_two_seeds(
 
 
 def test_a_missing_baseline_stores_results_and_says_how_to_create_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: FakeRun())
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: FakeRun())
     code = nightly.main(["--tables", "main_msa", "--results-root", str(tmp_path / "results"),
                          "--reports-root", str(tmp_path / "reports")])
     out = capsys.readouterr().out
@@ -59,7 +60,7 @@ def test_the_paper_nightly_trains_its_grid_and_never_mixes_with_full_runs(tmp_pa
     monkeypatch.setattr(runner, "preflight", lambda *a, **k: [])  # empty roots: the runs are fakes
     roots = paper_roots(tmp_path)
     full = FakeRun(shift=0.5)  # full-length runs of the same table, stored in the same results root
-    runner.reproduce("main_msa", "paper", seeds=[1111], results_root=tmp_path / "results", render=False,
+    fakes.reproduce("main_msa", "paper", seeds=[1111], results_root=tmp_path / "results", render=False,
                      run_fn=full, **roots)
     fake = FakeRun()
     first = go(tmp_path, "paper", run_fn=fake, **roots)

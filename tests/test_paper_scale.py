@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from functools import partial
 
 import pytest
 import torch
 
 from benchmarks import launchers
+from tests import fakes
 from benchmarks.cli import resolve_jobs
 
 
@@ -44,17 +45,32 @@ def test_jobs_auto_is_jobs_per_gpu_times_visible_gpus(monkeypatch, profile, jobs
 
 
 def test_each_worker_process_sees_only_its_gpu(tmp_path):
-    """Real worker processes (a driver prints what it sees) with a fake list of four GPUs."""
-    driver = "import os, sys; print('sees', os.environ.get('CUDA_VISIBLE_DEVICES'))"
+    """Real (spawned) worker processes on a grid of fake runs, with a fake list of four GPUs."""
+    grid, options = fakes.grid_and_options("3", seeds=[1111, 1112], results_root=tmp_path / "results",
+                                           run_fn=fakes.hashed_run)
+    how = launchers.Launch(jobs=4, gpus=("0", "1", "2", "3"),
+                           worker_init=partial(fakes.isolated_worker, tmp_path / "repo", tmp_path / "seen"))
     lines = []
     orig = launchers.runner.log
     launchers.runner.log = lines.append
     try:
-        rc = launchers.run_local_jobs([], 4, command=[sys.executable, "-c", driver], gpus=["0", "1", "2", "3"])
+        rc = launchers.run_local_jobs(grid, options, how)
     finally:
         launchers.runner.log = orig
-    seen = sorted(line.rsplit(" ", 1)[1] for line in lines if "sees" in line)
-    assert rc == 0 and seen == ["0", "1", "2", "3"]
+    seen = sorted(p.read_text() for p in (tmp_path / "seen").iterdir())
+    runs = len(list((tmp_path / "results" / "smoke" / "runs").glob("*.json")))
+    assert rc == 0 and seen == ["0", "1", "2", "3"] and runs >= 4
+    assert fakes.pending_runs("3", seeds=[1111, 1112], results_root=tmp_path / "results") == 0
+    finished = [line for line in lines if ": ok in " in line]  # one tagged line per run, from the events
+    assert len(finished) == runs and all(line.startswith("[job ") for line in finished)
+    assert lines[-1].startswith(f"4 jobs: {runs} runs trained in ")
+
+
+def test_a_worker_that_rejects_its_input_raises_its_line_here(tmp_path):
+    grid, options = fakes.grid_and_options("3", seeds=[1111], results_root=tmp_path / "results", run_fn=fakes.hashed_run)
+    how = launchers.Launch(jobs=2, worker_init=fakes.raise_bad_input)
+    with pytest.raises(launchers.LauncherError, match=r"^x.csv: missing column 'label'$"):
+        launchers.run_local_jobs(grid, options, how)
 
 
 # ---- placement ----------------------------------------------------------------------------------

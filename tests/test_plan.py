@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import plan, runner
 from benchmarks.cli import main
-from benchmarks.grid import expand, parse_sets
+from benchmarks.grid import Grid, GridArgs, expand, parse_sets
 from benchmarks.tables import load_table
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run
@@ -19,13 +19,12 @@ from tests.fakes import hashed_run
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
 
 
 def cell(table="main_msa", dataset="mosei", sets=None):
-    return expand(load_table(table), "paper", seeds=[1111], datasets=[dataset], check_roots=False,
-                  overrides=sets)[0]
+    return expand(load_table(table), "paper", GridArgs(seeds=[1111], datasets=[dataset], overrides=sets), check_roots=False)[0]
 
 
 @pytest.mark.parametrize("family, published", [("glm3", 6.24e9), ("glm4", 9.40e9), ("llama3", 8.03e9)])
@@ -71,15 +70,15 @@ def test_all_prints_gpu_hours_per_table_and_a_total_that_adds_up(capsys):
 
 
 def test_nightly_fits_two_h100_hours_even_at_half_the_assumed_mfu():
-    p = plan.make_plan("nightly", "paper", gpu="h100")
+    p = plan.make_plan(Grid("nightly", "paper"), plan.Pricing(gpu="h100"))
     assert len(p.runs) == 8 and {r.steps for r in p.runs} == {4000}  # 2 tables x 2 datasets x 2 seeds
     slow = sum(r.setup_s + 2 * (r.train_s + r.eval_s) for r in p.runs) / 3600
     assert p.gpu_hours <= slow <= 2.0
 
 
 def test_wall_time_on_eight_gpus_is_close_to_an_eighth():
-    one = plan.make_plan("all", "paper", gpu="h200")
-    eight = plan.make_plan("all", "paper", gpu="h200", gpus=8)
+    one = plan.make_plan(Grid("all", "paper"), plan.Pricing(gpu="h200"))
+    eight = plan.make_plan(Grid("all", "paper"), plan.Pricing(gpu="h200", gpus=8))
     assert one.wall_hours == pytest.approx(one.gpu_hours)
     assert one.gpu_hours / 8 <= eight.wall_hours <= 1.05 * one.gpu_hours / 8
 
@@ -102,7 +101,8 @@ def test_measured_step_times_replace_the_flop_count(tmp_path):
     assert one.eval_s == pytest.approx((16 * 1871 + 4659) / 32 * 0.5)  # 16 valid passes + one test pass
     two = plan.run_cost(c, "h200", measured, jobs_per_gpu=2)
     assert two.train_s == pytest.approx(one.train_s * 3000 / 5000)  # GPU seconds at the shared throughput
-    p = plan.make_plan("main_msa", "paper", gpu="h200", measured_path=path, seeds=[1111], datasets=["mosei"])
+    p = plan.make_plan(Grid("main_msa", "paper", GridArgs(seeds=[1111], datasets=["mosei"])),
+                       plan.Pricing(gpu="h200", measured_path=path))
     assert p.jobs_per_gpu == 2 and p.source == str(path)  # gpu-check's best K by default
 
 
@@ -145,7 +145,7 @@ def test_reproduce_prints_the_estimate_before_a_paper_grid(tmp_path, capsys):
     line = out.splitlines()[0]  # before the grid's own lines
     assert line.startswith("estimate (analytic")
     hours = float(re.search(r"([\d.]+) GPU-hours", line).group(1))
-    expected = plan.grid_plan("3", "paper", seeds=[1111, 1112], datasets=["sims_v2"]).gpu_hours
+    expected = plan.make_plan(Grid("3", "paper", GridArgs(seeds=[1111, 1112], datasets=["sims_v2"]))).gpu_hours
     assert "2 distinct runs" in line and hours == pytest.approx(expected, abs=0.05)
 
 
@@ -153,17 +153,6 @@ def test_no_estimate_for_the_smoke_profile(tmp_path, capsys):
     assert main(["reproduce", "3", "--datasets", "sims_v2", "--seeds", "1111", "--no-report",
                  "--results-root", str(tmp_path / "r")]) == 0
     assert not capsys.readouterr().out.startswith("estimate (")
-
-
-def test_jobs_workers_do_not_repeat_the_estimate():
-    import argparse
-
-    from benchmarks.cli import _worker_argv
-
-    args = argparse.Namespace(table="3", profile="paper", results_root="r", ablations_dir="a", data_root="d",
-                              model_root="m", seeds=None, rows=None, datasets=None, trust_remote_code=False,
-                              debug=False, sets=None, strict_data=False)
-    assert "--no-estimate" in _worker_argv(args, None)
 
 
 def test_lpt_shards_are_deterministic_and_balanced():

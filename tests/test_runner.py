@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 import benchmarks
+from tests import fakes
 from benchmarks import profiles, runner, store
 from benchmarks.dataset_stats import dataset_statistics, split_statistics
-from benchmarks.grid import GridError
+from benchmarks.grid import GridArgs, GridError
 from egmf_core.config import ConfigError, config_hash
 from egmf_core.data.dataset import SPECS
 from egmf_core.outcome import RunOutcome
@@ -33,7 +34,7 @@ class FakeRun:
         self.calls: list[str] = []
         self.fail_on = fail_on
 
-    def __call__(self, cfg, *, progress=None):
+    def __call__(self, cfg, *, progress=None, checkpoint_dir=None):
         self.calls.append(f"{cfg.data.name}/{cfg.seed}")
         assert not cfg.data.root.startswith("<"), "the runner must resolve location markers"
         if progress is not None:
@@ -57,7 +58,7 @@ def smoke_repo(tmp_path, monkeypatch):
 
 def _go(tmp_path, table="main_msa", results="results", **kwargs):
     kwargs.setdefault("run_fn", FakeRun())
-    return runner.reproduce(table, "smoke", results_root=tmp_path / results, reports_root=tmp_path / "reports",
+    return fakes.reproduce(table, "smoke", results_root=tmp_path / results, reports_root=tmp_path / "reports",
                             render=False, **kwargs)
 
 
@@ -120,7 +121,7 @@ def test_a_crashing_run_is_recorded_as_failed_and_retried_next_time(tmp_path):
 
 
 def test_bad_input_raised_by_a_run_propagates(tmp_path):
-    def bad(cfg, *, progress=None):
+    def bad(cfg, *, progress=None, checkpoint_dir=None):
         raise ConfigError("config field data.root: /x/mosei has no unaligned_50.pkl")
 
     with pytest.raises(ConfigError, match="unaligned_50.pkl"):
@@ -146,7 +147,7 @@ def test_summary_line(tmp_path):
     s = _go(tmp_path)
     assert re.fullmatch(r"main_msa \[smoke\]: 10 runs \(10 trained, 0 cached, 0 failed\) in 0m0\ds -> .*main_msa\.csv",
                         s.line())
-    sharded = _go(tmp_path, shard="0/2")
+    sharded = _go(tmp_path, shard=(0, 2))
     assert sharded.line().startswith("main_msa [smoke, shard 0/2]: ")
     assert runner.format_duration(192) == "3m12s" and runner.format_duration(3723) == "1h02m03s"
 
@@ -163,14 +164,14 @@ def test_reports_are_rendered_after_the_grid(tmp_path, monkeypatch):
     fake.render_index = lambda profile, *, results_root, reports_root: calls.append(("index", profile))
     monkeypatch.setitem(sys.modules, "benchmarks.report", fake)
     monkeypatch.setattr(benchmarks, "report", fake, raising=False)
-    s = runner.reproduce("main_msa", "smoke", results_root=tmp_path / "r", reports_root=tmp_path / "rep",
+    s = fakes.reproduce("main_msa", "smoke", results_root=tmp_path / "r", reports_root=tmp_path / "rep",
                          run_fn=FakeRun())
     assert calls == [("table", "smoke", "main_msa", True), ("index", "smoke")]
     assert s.report == tmp_path / "rep" / "smoke" / "main_msa.md" and s.line().endswith("main_msa.md")
 
 
 def test_statistics_table_is_stored_as_runs_and_cached(tmp_path):
-    def stats(cfg, *, progress=None):
+    def stats(cfg, *, progress=None, checkpoint_dir=None):
         n = {"mosei": 30, "sims_v2": 20, "meld": 10, "cherma": 5}[cfg.data.name]
         return RunOutcome(status="ok", metrics={"train": {"n_samples": float(n)}, "all": {"audio_dim": 74.0}})
 
@@ -204,7 +205,7 @@ def test_dataset_statistics_reads_through_load_dataset(monkeypatch):
     seen = []
     monkeypatch.setattr(egmf_core.data, "load_dataset", lambda name, root, **kw: seen.append((name, root)) or ds,
                         raising=False)
-    cfg = runner.expand(runner.load_table("datasets"), "smoke", datasets=["cherma"])[0].config
+    cfg = runner.expand(runner.load_table("datasets"), "smoke", GridArgs(datasets=["cherma"]))[0].config
     out = dataset_statistics(cfg)
     assert seen == [("cherma", profiles.SMOKE_DATA_MARKER)]
     assert out.metrics["train"]["n_samples"] == 12 and out.metrics["test"]["n_samples"] == 4
@@ -214,7 +215,7 @@ def test_dataset_statistics_reads_through_load_dataset(monkeypatch):
 
 def test_reproduce_all_runs_every_table_that_has_the_datasets_asked_for(tmp_path):
     fake = FakeRun()
-    out = runner.reproduce_all("smoke", datasets=["meld"], seeds=[1111], run_fn=fake,
+    out = fakes.reproduce_all("smoke", datasets=["meld"], seeds=[1111], run_fn=fake,
                                results_root=tmp_path / "r", reports_root=tmp_path / "rep", render=False)
     assert [s.table for s in out] == ["datasets", "main_erc", "modality_ablation", "expert_ablation",
                                       "backbone_swap", "lora", "expert_design", "pseudo_tokens"]
@@ -226,20 +227,20 @@ def test_reproduce_all_runs_every_table_that_has_the_datasets_asked_for(tmp_path
 
 def test_pending_runs_counts_what_reproduce_would_train(tmp_path):
     kwargs = dict(results_root=tmp_path / "results")
-    assert runner.pending_runs("main_msa", "smoke", **kwargs) == 10
+    assert fakes.pending_runs("main_msa", "smoke", **kwargs) == 10
     _go(tmp_path, seeds=[1111])  # 2 of the 10 runs stored
-    assert runner.pending_runs("main_msa", "smoke", **kwargs) == 8
-    assert runner.pending_runs("main_msa", "smoke", force=True, **kwargs) == 10
-    assert runner.pending_runs("3", "smoke", seeds=[1111], **kwargs) == 0
+    assert fakes.pending_runs("main_msa", "smoke", **kwargs) == 8
+    assert fakes.pending_runs("main_msa", "smoke", force=True, **kwargs) == 10
+    assert fakes.pending_runs("3", "smoke", seeds=[1111], **kwargs) == 0
 
 
 def test_pending_runs_of_all_tables_counts_a_shared_run_once(tmp_path):
-    pending = runner.pending_runs("all", "smoke", datasets=["sims_v2"], results_root=tmp_path / "results")
-    summaries = runner.reproduce_all("smoke", datasets=["sims_v2"], results_root=tmp_path / "results",
+    pending = fakes.pending_runs("all", "smoke", datasets=["sims_v2"], results_root=tmp_path / "results")
+    summaries = fakes.reproduce_all("smoke", datasets=["sims_v2"], results_root=tmp_path / "results",
                                      reports_root=tmp_path / "reports", render=False, run_fn=FakeRun())
     assert pending == sum(s.trained for s in summaries) < sum(s.runs for s in summaries)
     with pytest.raises(GridError, match="--rows cannot be combined with 'all'"):
-        runner.pending_runs("all", "smoke", rows=["EGMF"])
+        fakes.pending_runs("all", "smoke", rows=["EGMF"])
 
 
 def test_redo_before_retrains_older_runs_once(tmp_path):
@@ -248,7 +249,7 @@ def test_redo_before_retrains_older_runs_once(tmp_path):
     _go(tmp_path, seeds=[1111])
     t = utc_timestamp()
     first = FakeRun()
-    assert runner.pending_runs("main_msa", "smoke", seeds=[1111], redo_before=t, results_root=tmp_path / "results") == 2
+    assert fakes.pending_runs("main_msa", "smoke", seeds=[1111], redo_before=t, results_root=tmp_path / "results") == 2
     s = _go(tmp_path, run_fn=first, seeds=[1111], redo_before=t)
     assert (s.trained, s.cached) == (2, 0)  # stored before t: retrained
     second = FakeRun()

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from benchmarks import runner
-from benchmarks.cli import _worker_argv, main
-from benchmarks.grid import GridError, expand, parse_sets
+from benchmarks.cli import grid_args, main
+from benchmarks.grid import GridArgs, GridError, expand, parse_sets
 from benchmarks.tables import load_table
 from egmf_core.config import ConfigError
 from tests.conftest import isolate_harness
@@ -19,7 +19,7 @@ from tests.fakes import hashed_run
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
 
 
@@ -54,10 +54,9 @@ def test_bad_set_is_one_line_exit_2(item, message, tmp_path, capsys):
 
 def test_set_wins_over_the_smoke_profile_and_changes_the_run_id():
     spec = load_table("main_msa")
-    plain = expand(spec, "smoke", seeds=[1111], datasets=["mosei"], check_roots=False)[0]
+    plain = expand(spec, "smoke", GridArgs(seeds=[1111], datasets=["mosei"]), check_roots=False)[0]
     assert plain.config.train.max_steps == 400  # smoke's own budget
-    cell = expand(spec, "smoke", seeds=[1111], datasets=["mosei"], check_roots=False,
-                  overrides=parse_sets(["train.max_steps=3", "model.backbone=\"glm4\"", "model.d_h=32"]))[0]
+    cell = expand(spec, "smoke", GridArgs(seeds=[1111], datasets=["mosei"], overrides=parse_sets(["train.max_steps=3", "model.backbone=\"glm4\"", "model.d_h=32"])), check_roots=False)[0]
     assert cell.config.train.max_steps == 3
     assert cell.config.model.backbone == "glm4-tiny"  # a paper backbone still maps to its smoke twin
     assert cell.config.model.d_h == 32  # smoke's d_h 64 yields
@@ -68,8 +67,7 @@ def test_set_wins_over_the_smoke_profile_and_changes_the_run_id():
 
 def test_set_wins_over_the_paper_profile():
     spec = load_table("main_erc")
-    cell = expand(spec, "paper", seeds=[1111], datasets=["meld"], check_roots=False,
-                  overrides=parse_sets(["train.patience=2", "train.lr=1e-3"]))[0]
+    cell = expand(spec, "paper", GridArgs(seeds=[1111], datasets=["meld"], overrides=parse_sets(["train.patience=2", "train.lr=1e-3"])), check_roots=False)[0]
     assert (cell.config.train.patience, cell.config.train.lr) == (2, 1e-3)  # paper: 8 and 5e-5
 
 
@@ -86,9 +84,7 @@ def test_runs_are_stored_and_reported_with_their_overrides(tmp_path, capsys):
     assert "| --set overrides | `train.max_steps=3` (2 run(s)) |" in report
 
 
-def test_jobs_workers_get_the_same_sets():
-    args = argparse.Namespace(table="3", profile="smoke", results_root="r", ablations_dir="a", data_root=None,
-                              model_root=None, seeds=None, rows=None, datasets=None, trust_remote_code=False,
-                              debug=False, sets=["train.max_steps=3", "model.modalities=[\"text\"]"], strict_data=False)
-    argv = _worker_argv(args, None)
-    assert argv[-2:] == ["--set=train.max_steps=3", '--set=model.modalities=["text"]']
+def test_the_reproduce_flags_give_every_worker_the_same_sets():
+    args = argparse.Namespace(seeds=None, rows=None, datasets=None, data_root=None, model_root=None,
+                              trust_remote_code=False, sets=["train.max_steps=3", "model.modalities=[\"text\"]"])
+    assert grid_args(args).overrides == {"train.max_steps": 3, "model.modalities": ["text"]}

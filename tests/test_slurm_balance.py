@@ -10,17 +10,20 @@ from pathlib import Path
 import pytest
 
 from benchmarks import launchers, runner
+from benchmarks.runner import RunOptions
 from benchmarks.cli import main
+from benchmarks.grid import Grid, GridArgs
 from benchmarks.profiles import MODEL_DIRS
 from egmf_core.config import DATASETS
 from egmf_core.outcome import RunOutcome
 from tests.conftest import isolate_harness
+from tests import fakes
 from tests.fakes import hashed_run
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: hashed_run)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
 
 
@@ -83,14 +86,14 @@ def paper_roots(tmp_path: Path) -> dict:
 
 
 def test_eight_shards_of_every_paper_table_are_balanced_by_cost(tmp_path):
-    grids = launchers.slurm_grid("all", "paper", launchers.ABLATIONS_DIR, paper_roots(tmp_path))
-    every = [c for cells in grids.values() for c in cells]
+    grids = launchers.slurm_grid(Grid("all", "paper", GridArgs(**paper_roots(tmp_path))))
+    every = [c for _, cells in grids.values() for c in cells]
     costs = launchers.run_costs(every)
-    tasks = launchers.shard_tasks(grids, 8, {})
+    tasks = launchers.shard_tasks(grids, 8, RunOptions())
     loads = [t["estimate_s"] for t in tasks]
     mean = sum(costs.values()) / 8
     assert len(tasks) == 8 and max(loads) <= 1.15 * mean
-    assigned = [rid for t in tasks for rid in {r for kw in t["tables"] for r in kw["only_runs"]}]
+    assigned = [rid for t in tasks for rid in {r for _, options in t["tables"] for r in options.only_runs}]
     assert sorted(assigned) == sorted(costs)  # every run in exactly one task, shared runs once
     # the old hash shards, for contrast: their busiest carried well over 1.15x the mean
     by_hash = [sum(c for rid, c in costs.items() if int(rid, 16) % 8 == i) for i in range(8)]
@@ -104,7 +107,7 @@ def test_one_submission_covers_every_table(tmp_path, fake_submitit, capsys):
     out = capsys.readouterr().out
     tasks = FakeExecutor.submitted
     assert len(tasks) == 4 and {t["shard"] for t in tasks} == {(0, 4), (1, 4), (2, 4), (3, 4)}
-    tables = {kw["table_name"] for t in tasks for kw in t["tables"]}
+    tables = {grid.table for t in tasks for grid, _ in t["tables"]}
     assert {"datasets", "main_msa", "modality_ablation", "pseudo_tokens"} <= tables
     runs = list((tmp_path / "results" / "smoke" / "runs").glob("*.json"))
     n = int(out.split("all [smoke]: ")[1].split(" runs")[0])
@@ -125,10 +128,10 @@ def test_a_preempted_task_is_requeued_and_its_run_resumes_from_its_checkpoint(tm
             seen["resumed"].append(marker.read_text())
         return hashed_run(cfg)
 
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: run)
-    summary = launchers.launch_slurm("3", "smoke", shards=1, seeds=[1111, 1112], datasets=["sims_v2"],
-                                     results_root=tmp_path / "results", reports_root=tmp_path / "reports",
-                                     render=False)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: run)
+    summary = launchers.launch_slurm(*fakes.grid_and_options("3", seeds=[1111, 1112], datasets=["sims_v2"],
+                                                             results_root=tmp_path / "results",
+                                                             reports_root=tmp_path / "reports", render=False), shards=1)
     # the requeued attempt's account: run 1 stored by the first attempt, run 2 trained by this one
     assert (summary.trained, summary.cached, summary.failed) == (1, 1, 0)
     assert seen["calls"] == 3  # run 1, run 2 (preempted), run 2 again: run 1 is not retrained
@@ -143,17 +146,17 @@ def test_checkpoint_resubmits_the_same_task(fake_submitit):
 
 
 def test_results_of_tasks_that_die_for_good_count_as_failures(tmp_path, fake_submitit, monkeypatch):
-    def boom(cfg, *, progress=None):
+    def boom(cfg, *, progress=None, checkpoint_dir=None):
         return RunOutcome(status="failed", error="CUDA error: out of memory")
 
-    monkeypatch.setattr(runner, "_default_run_fn", lambda spec: boom)
-    summary = launchers.launch_slurm("3", "smoke", shards=2, seeds=[1111], results_root=tmp_path / "results",
-                                     reports_root=tmp_path / "reports", render=False)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: boom)
+    summary = launchers.launch_slurm(*fakes.grid_and_options("3", seeds=[1111], results_root=tmp_path / "results",
+                                                             reports_root=tmp_path / "reports", render=False), shards=2)
     assert summary.failed == 2 and not summary.ok
 
 
 def test_force_becomes_a_redo_time_so_a_requeued_task_keeps_what_it_stored(tmp_path, fake_submitit):
-    launchers.launch_slurm("3", "smoke", shards=1, seeds=[1111], force=True, results_root=tmp_path / "results",
-                           reports_root=tmp_path / "reports", render=False)
+    launchers.launch_slurm(*fakes.grid_and_options("3", seeds=[1111], force=True, results_root=tmp_path / "results",
+                                                   reports_root=tmp_path / "reports", render=False), shards=1)
     (task,) = FakeExecutor.submitted
-    assert all("force" not in kw and kw["redo_before"] for kw in task["tables"])
+    assert all(not options.force and options.redo_before for _, options in task["tables"])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import store
-from benchmarks.grid import expand
+from benchmarks.grid import GridArgs, expand
 from benchmarks.schema import RESULT_COLUMNS
 from benchmarks.tables import load_table
 from egmf_core.outcome import RunOutcome
@@ -37,7 +37,7 @@ def _record(cell, outcome: RunOutcome, timestamp: str = "2026-01-01T00:00:00.000
 
 @pytest.fixture
 def cells():
-    return expand(load_table("main_erc"), "smoke", seeds=[1111, 1112])
+    return expand(load_table("main_erc"), "smoke", GridArgs(seeds=[1111, 1112]))
 
 
 def test_run_file_round_trips_with_its_checksum(tmp_path, cells):

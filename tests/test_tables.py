@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from benchmarks.grid import expand
+from benchmarks.grid import GridArgs, expand
 from benchmarks.profiles import build_run_config, profile_base
 from benchmarks.tables import ABLATIONS_DIR, TableError, list_tables, load_table, table_numbers
 from egmf_core.config import RunConfig, apply_overrides
@@ -69,9 +69,9 @@ def test_rows_of_each_table():
     assert len(rows["lora"]) == 6 and load_table("lora").reference_row == "GLM3-6B LoRA on"
     assert rows["pseudo_tokens"] == ["1 token", "2 tokens", "4 tokens", "8 tokens", "16 tokens"]
     assert load_table("expert_design").reference_row == "paper (1:8 Mish, 1:4 GELU, 1:2 Swish)"
-    cfg = {c.row: c.config.model for c in expand(load_table("expert_ablation"), "smoke", datasets=["meld"], seeds=[1])}
+    cfg = {c.row: c.config.model for c in expand(load_table("expert_ablation"), "smoke", GridArgs(datasets=["meld"], seeds=[1]))}
     assert cfg["-E2"].experts == ["E1", "E3"] and cfg["single-stage gating"].gating == "single_stage"
-    design = {c.row: c.config.model for c in expand(load_table("expert_design"), "smoke", datasets=["meld"], seeds=[1])}
+    design = {c.row: c.config.model for c in expand(load_table("expert_design"), "smoke", GridArgs(datasets=["meld"], seeds=[1]))}
     assert design["ratios reversed"].expert_ratio == {"E1": 2, "E2": 4, "E3": 8}
     assert design["activations rotated"].expert_activation == {"E1": "gelu", "E2": "swish", "E3": "mish"}
 
