@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 import nox
+import tomllib
 
 ROOT = Path(__file__).resolve().parent
 ENV = ROOT / ".nox" / "egmf"
@@ -49,10 +49,10 @@ def _python(session: nox.Session) -> str:
 
 
 def _numerics_pins() -> dict[str, str]:
-    """The CPU kernel pins of benchmarks/numerics.py (none under EGMF_NUMERICS=native). The harness
+    """The CPU kernel pins of benchmarks/execution/numerics.py (none under EGMF_NUMERICS=native). The harness
     and the tests pin themselves too; setting them here covers any other command a session runs."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.numerics import pinned_environment
+    from benchmarks.execution.numerics import pinned_environment
 
     return pinned_environment()
 
@@ -115,7 +115,7 @@ def gpu_check(session: nox.Session) -> None:
 @nox.session
 def nightly(session: nox.Session) -> None:
     """Reproduce the nightly tables, compare with results/baselines/<profile>.csv, fail on regression."""
-    session.run(_python(session), "-m", "benchmarks.nightly", *session.posargs)
+    session.run(_python(session), "-m", "benchmarks.regression.nightly", *session.posargs)
 
 
 def _register_table_sessions() -> None:

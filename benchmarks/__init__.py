@@ -2,11 +2,11 @@
 
 Entry point: ``python -m benchmarks {reproduce,report,merge,list}`` (see ``benchmarks.cli``).
 Nothing heavy is imported here so that ``list`` and ``report`` never load torch. Importing the
-package pins the CPU numerics (``benchmarks.numerics``) before torch's first op, for this
+package pins the CPU numerics (``benchmarks.execution.numerics``) before torch's first op, for this
 process and the ``--jobs`` workers it starts; ``EGMF_NUMERICS=native`` opts out.
 """
 
-from benchmarks import numerics as _numerics
+from benchmarks.execution import numerics as _numerics
 
 try:
     _numerics.pin()

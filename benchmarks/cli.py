@@ -15,18 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
-from benchmarks import numerics
-from benchmarks.usage import OneLineParser, UsageError, error_line  # noqa: F401 (UsageError: the CLI's error type)
-from benchmarks.grid import Grid, GridArgs, GridError, parse_names, parse_seeds, parse_sets, parse_shard
-from benchmarks.runner import RunOptions
-from benchmarks.tables import ABLATIONS_DIR
-
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-# transformers' own "Loading weights" bars would break the one-line error and our progress bars.
-QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+from benchmarks.execution import numerics
+from benchmarks.execution.grid import Grid, GridArgs, GridError, parse_names, parse_seeds, parse_sets, parse_shard
+from benchmarks.execution.runner import RunOptions
+from benchmarks.execution.tables import ABLATIONS_DIR
+from benchmarks.usage import OneLineParser, UsageError, error_line, offline_and_quiet  # noqa: F401 (UsageError: the CLI's error type)
 
 VALUE_FLAGS = ("--rows", "--datasets", "--seeds", "--shard")  # values may start with "-" ("-T,-A")
 
@@ -138,15 +133,11 @@ def _join_dash_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.update(OFFLINE_ENV)  # before transformers / huggingface_hub are imported
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    # peft calls a transformers 5 API that warns about its own deprecation on every model: not ours to fix.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    offline_and_quiet()  # before transformers / huggingface_hub are imported
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if argv[:1] == ["reproduce"]:
-        from benchmarks.provenance import process_git_revision
+        from benchmarks.execution.provenance import process_git_revision
 
         process_git_revision()  # the revision of the code this process runs, before a long grid
     try:
@@ -170,15 +161,15 @@ def _ablations_dir(args) -> Path:
     """--ablations-dir, checked: a folder holding table_numbers.toml."""
     folder = Path(args.ablations_dir)
     if not (folder / "table_numbers.toml").is_file():
-        from benchmarks.tables import TableError
+        from benchmarks.execution.tables import TableError
 
         raise TableError(f"--ablations-dir {folder}: no table_numbers.toml there (not a folder of table files)")
     return folder
 
 
 def cmd_reproduce(args) -> int:
-    from benchmarks import launchers
-    from benchmarks.profiles import check_profile
+    from benchmarks.execution import launchers
+    from benchmarks.execution.profiles import check_profile
 
     check_profile(args.profile)
     grid = Grid(args.table, args.profile, grid_args(args), _ablations_dir(args))
@@ -211,8 +202,8 @@ def grid_args(args) -> GridArgs:
 def resolve_jobs(args) -> int:
     """``--jobs``: a number, or "auto": one per CPU core for the smoke profile (one thread per run),
     ``--jobs-per-gpu`` per visible GPU for the GPU profiles (1 without a GPU)."""
-    from benchmarks.launchers import visible_gpus
-    from benchmarks.profiles import GPU_PROFILES
+    from benchmarks.execution.launchers import visible_gpus
+    from benchmarks.execution.profiles import GPU_PROFILES
 
     if args.jobs_per_gpu < 1:
         raise GridError(f"--jobs-per-gpu {args.jobs_per_gpu}: must be at least 1")
@@ -231,8 +222,8 @@ def resolve_jobs(args) -> int:
 
 def _worker_gpus(args) -> tuple[str, ...] | None:
     """The GPUs --jobs workers are pinned to: the visible ones for the GPU profiles, else none."""
-    from benchmarks.launchers import visible_gpus
-    from benchmarks.profiles import GPU_PROFILES
+    from benchmarks.execution.launchers import visible_gpus
+    from benchmarks.execution.profiles import GPU_PROFILES
 
     return tuple(visible_gpus()) if args.profile in GPU_PROFILES else None
 
@@ -240,7 +231,7 @@ def _worker_gpus(args) -> tuple[str, ...] | None:
 def _print_estimate(grid: Grid, how) -> None:
     """The planner's one-line estimate before a paper grid starts (never stops it). On stdout:
     stderr stays one ``error:`` line when the grid then fails on bad input."""
-    from benchmarks import plan
+    from benchmarks.perf import plan
 
     pricing = plan.Pricing(gpu=plan.detect_gpu(), gpus=how.shards or max(1, len(how.gpus or ())))
     try:
@@ -251,13 +242,13 @@ def _print_estimate(grid: Grid, how) -> None:
 
 
 def cmd_plan(args) -> int:
-    from benchmarks import plan
+    from benchmarks.perf import plan
 
     if args.profile != "paper":
         raise plan.PlanError(f"--profile {args.profile}: the planner prices the paper profile's GPU runs")
     ablations_dir = _ablations_dir(args)
     if args.table not in plan.TARGETS:
-        from benchmarks.tables import resolve_table
+        from benchmarks.execution.tables import resolve_table
 
         args.table = resolve_table(args.table, ablations_dir)
     grid = Grid(args.table, args.profile, GridArgs(overrides=parse_sets(args.sets)), ablations_dir)
@@ -280,7 +271,7 @@ def _parse_time(text: str) -> str:
 
 
 def cmd_report(args) -> int:
-    from benchmarks import runner
+    from benchmarks.execution import runner
 
     paths, error = runner.report_tables(args.table, args.profile, results_root=args.results_root,
                                         reports_root=args.reports_root, strict=args.debug,
@@ -296,7 +287,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from benchmarks import runner
+    from benchmarks.execution import runner
 
     ablations_dir = _ablations_dir(args)
     summary = runner.merge(args.sources, args.profile, args.results_root, ablations_dir=ablations_dir)
@@ -312,9 +303,9 @@ def cmd_merge(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from benchmarks.grid import expand, unique_runs
-    from benchmarks.profiles import check_profile
-    from benchmarks.tables import list_tables, load_table
+    from benchmarks.execution.grid import expand, unique_runs
+    from benchmarks.execution.profiles import check_profile
+    from benchmarks.execution.tables import list_tables, load_table
 
     check_profile(args.profile)
     ablations_dir = _ablations_dir(args)

@@ -1,8 +1,25 @@
-"""The command lines' argument parser: bad usage is a one-line ``error:``, never a usage dump."""
+"""What the command lines share: a parser whose bad usage is a one-line ``error:``, never a usage
+dump; errors on one line; and the offline, quiet process setup."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import warnings
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# transformers' own "Loading weights" bars would break the one-line error and our progress bars.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def offline_and_quiet() -> None:
+    """What every harness process sets first (the CLI's and each --jobs worker's): the Hugging
+    Face libraries offline, their progress bars off unless asked for, and a warning that is not
+    ours (peft calls a transformers 5 API that warns about its own deprecation on every model)."""
+    os.environ.update(OFFLINE_ENV)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 class UsageError(ValueError):

@@ -31,8 +31,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from egmf_core.config import ModelConfig
-from egmf_core.paths import FAMILY_DIRS
 from egmf_core.lfs import folder_lfs_pointer, lfs_pointer_message, load_failure_message
+from egmf_core.paths import FAMILY_DIRS
 from egmf_core.twins import TWIN_SPECS, load_twin
 
 # config.json model_type accepted for each family ("glm" for glm3 = a directory already converted).

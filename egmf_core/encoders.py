@@ -26,7 +26,6 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from egmf_core.config import AV_ENCODER_KINDS
 
 
-
 class EncoderConfigError(ValueError):
     """An encoder was built with an unknown kind; the message names the field."""
 

@@ -148,8 +148,8 @@ def pad_vocabulary(tokenizer, length: int):
     Entries are added to the model's vocabulary (BPE or Unigram), not as added tokens: no text
     ever maps to them and encoding stays as fast as the twin's. Ids already used are kept.
     """
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     missing = length - len(tokenizer)
     if missing <= 0:
@@ -192,9 +192,8 @@ def full_twin_tokenizer(family: str):
     refuses), the glm4 twin's byte-level BPE stands in: the ids, embedding rows and special-token
     handling a step sees keep their sizes, only how text splits differs.
     """
-    from egmf_core.tokenizer_twin import build_bpe_tokenizer, build_twin_tokenizer
-
     from egmf_core.convert_chatglm3 import ChatGLMConversionError
+    from egmf_core.tokenizer_twin import build_bpe_tokenizer, build_twin_tokenizer
 
     if family == "glm3" and not _has_sentencepiece():
         return pad_vocabulary(build_bpe_tokenizer("glm4"), TOKENIZER_LENGTHS[family])

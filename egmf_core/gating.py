@@ -29,7 +29,6 @@ import torch.nn as nn
 
 from egmf_core.config import BETA_MODES, GATING_MODES
 
-
 # Collapse thresholds for GatingStats (the paper's failure signature: "all alpha_i converge to
 # a uniform distribution"; the opposite failure, one expert always winning, is checked too).
 # Normalised entropy H(alpha)/log K above 0.98 means alpha is within about 0.07 of 1/K per

@@ -2,7 +2,7 @@
 
 A config names files under the clone as ``<repo>/...`` so that a run's id (the hash of its
 config) does not depend on where the repository lives; ``egmf_core.run`` and
-``benchmarks.profiles`` expand the marker right before a run. Standard library only.
+``benchmarks.execution.profiles`` expand the marker right before a run. Standard library only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def expand_repo_marker(path: str, root: Path = REPO_ROOT) -> Path:
 
 
 # Backbone family -> the folder names its HF checkpoint may have under $EGMF_MODEL_ROOT, the
-# first being where the paper profile expects it (benchmarks.profiles.MODEL_DIRS).
+# first being where the paper profile expects it (benchmarks.execution.profiles.MODEL_DIRS).
 FAMILY_DIRS: dict[str, tuple[str, ...]] = {
     "glm3": ("chatglm3-6b",),  # THUDM/chatglm3-6b (converted to the native Glm layout on load)
     "glm4": ("glm-4-9b-hf", "glm-4-9b-chat-hf"),  # THUDM/glm-4-9b-hf (GlmForCausalLM)

@@ -20,6 +20,7 @@ from egmf_core.config import RunConfig, validate
 from egmf_core.outcome import RunOutcome
 from egmf_core.paths import expand_repo_marker
 
+
 def resolve_path(path: str | None) -> Path | None:
     """Expand the "<repo>" marker (used by the smoke profile so hashes ignore the clone's location)."""
     return None if path is None else expand_repo_marker(path)

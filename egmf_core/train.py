@@ -21,10 +21,9 @@ from transformers import get_cosine_schedule_with_warmup
 from egmf_core.answers import fill_invalid, parse_answers
 from egmf_core.batching import EncodedSplit, PromptEncoder, collate
 from egmf_core.checkpoint import Checkpointer
-from egmf_core.config import TrainConfig
+from egmf_core.config import DEFAULT_PATIENCE, TrainConfig
 from egmf_core.data.dataset import DatasetSpec
 from egmf_core.decoding import generate_answers, score_labels
-from egmf_core.config import DEFAULT_PATIENCE
 from egmf_core.gating import SENTIMENT_BIN_NAMES, GatingStats, sentiment_bin
 from egmf_core.metrics import compute_metrics
 from egmf_core.model import EGMF

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EGMF_NO_PROGRESS", "1")
 
-from benchmarks import numerics  # noqa: E402
+from benchmarks.execution import numerics  # noqa: E402
 
 numerics.pin()  # ATen / MKL / oneDNN kernel pins, before torch's first op (EGMF_NUMERICS=native opts out)
 
@@ -99,8 +99,7 @@ def no_network(monkeypatch):
 def isolate_harness(tmp_path, monkeypatch) -> list[str]:
     """Point the smoke profile's repo root at tmp, fake its data writer, clear the roots' env vars,
     work in tmp. Returns the names of the datasets the fake writer wrote, in order."""
-    from benchmarks import profiles
-
+    from benchmarks.execution import profiles
     from tests.fakes import fake_dataset_writer
 
     written: list[str] = []

@@ -28,9 +28,9 @@ def grid_and_options(table: str, profile: str = "smoke", **kwargs):
     RunOptions fields for the rest."""
     from dataclasses import fields
 
-    from benchmarks.grid import Grid, GridArgs
-    from benchmarks.runner import RunOptions
-    from benchmarks.tables import ABLATIONS_DIR
+    from benchmarks.execution.grid import Grid, GridArgs
+    from benchmarks.execution.runner import RunOptions
+    from benchmarks.execution.tables import ABLATIONS_DIR
 
     grid_keys = {f.name for f in fields(GridArgs)}
     args = GridArgs(**{k: kwargs.pop(k) for k in list(kwargs) if k in grid_keys})
@@ -45,19 +45,19 @@ def grid_and_options(table: str, profile: str = "smoke", **kwargs):
 
 def reproduce(table: str, profile: str = "smoke", **kwargs):
     """``runner.reproduce`` with flat keyword arguments (see ``grid_and_options``)."""
-    from benchmarks import runner
+    from benchmarks.execution import runner
 
     return runner.reproduce(*grid_and_options(table, profile, **kwargs))
 
 
 def reproduce_all(profile: str = "smoke", **kwargs):
-    from benchmarks import runner
+    from benchmarks.execution import runner
 
     return runner.reproduce_all(*grid_and_options("all", profile, **kwargs))
 
 
 def pending_runs(table: str, profile: str = "smoke", **kwargs) -> int:
-    from benchmarks import runner
+    from benchmarks.execution import runner
 
     return runner.pending_runs(*grid_and_options(table, profile, **kwargs))
 
@@ -75,7 +75,7 @@ def isolated_worker(repo_root: Path, seen: Path | None = None, *, fake_data: boo
     ``seen`` naming the GPU it sees."""
     import os
 
-    from benchmarks import profiles
+    from benchmarks.execution import profiles
 
     profiles.REPO_ROOT = repo_root
     if fake_data:
@@ -92,7 +92,7 @@ def raise_bad_input() -> None:
 
 def run_nightly(profile: str = "smoke", tables=None, *, run_fn=None, train_variant=None, **kwargs):
     """``nightly.run_nightly`` with flat keyword arguments (NightlyOptions fields)."""
-    from benchmarks import nightly
+    from benchmarks.regression import nightly
 
     for key in ("tables", "settings"):
         if kwargs.get(key) is not None:

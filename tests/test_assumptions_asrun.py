@@ -5,10 +5,10 @@ import json
 
 import pandas as pd
 
-from benchmarks.assumptions import as_run_rows
-from benchmarks.report import build_table_report, portable_data_source
-from benchmarks.schema import RESULT_COLUMNS
-from benchmarks.tables import Row, TableSpec
+from benchmarks.execution.schema import RESULT_COLUMNS
+from benchmarks.execution.tables import Row, TableSpec
+from benchmarks.reporting.assumptions import as_run_rows
+from benchmarks.reporting.report import build_table_report, portable_data_source
 
 SEEDS = (1, 2, 3)
 
@@ -89,7 +89,7 @@ def test_training_section_counts_last_step_selections():
 
 
 def test_figures_include_training_curves_and_leave_unparseable_rows_without_a_bar(tmp_path):
-    from benchmarks.report import draw_figures
+    from benchmarks.reporting.report import draw_figures
 
     figures = draw_figures(spec(), results(), "smoke", tmp_path)
     assert figures["training"] == ["toy_training.png"] and (tmp_path / "toy_training.png").is_file()

@@ -20,9 +20,9 @@ from typing import Callable
 
 import pytest
 
-from tests import fakes
-from benchmarks import profiles, runner
 from benchmarks.cli import main
+from benchmarks.execution import profiles, runner
+from tests import fakes
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run
 from tests.test_kill_resume import write_tiny_ablations
@@ -405,7 +405,7 @@ def _fake_grid(tmp_path, monkeypatch, table="main_msa", **kwargs):
 
 
 def test_an_edited_run_file_is_named_by_file_and_line_and_redone(tmp_path, monkeypatch):
-    from benchmarks import store
+    from benchmarks.execution import store
 
     first, _ = _fake_grid(tmp_path, monkeypatch)
     victim = sorted(store.runs_dir(tmp_path / "r", "smoke").glob("*.json"))[0]
@@ -452,20 +452,20 @@ def test_a_report_never_reads_an_edited_csv_of_another_table(tmp_path, monkeypat
     import sys
     import types
 
-    import benchmarks
+    import benchmarks.reporting
 
     first, _ = _fake_grid(tmp_path, monkeypatch, table="main_msa")
     good = first.csv.read_text()
     first.csv.write_text(good.replace(",0.", ",0.9", 1))
     seen = {}
-    fake = types.ModuleType("benchmarks.report")
+    fake = types.ModuleType("benchmarks.reporting.report")
     fake.render_table = lambda profile, table, *, results_root, reports_root: reports_root / f"{table}.md"
 
     def render_index(profile, *, results_root, reports_root):  # reads every table's CSV
         seen["main_msa"] = (results_root / profile / "main_msa.csv").read_text()
 
     fake.render_index = render_index
-    monkeypatch.setitem(sys.modules, "benchmarks.report", fake)
-    monkeypatch.setattr(benchmarks, "report", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "benchmarks.reporting.report", fake)
+    monkeypatch.setattr(benchmarks.reporting, "report", fake, raising=False)
     _fake_grid(tmp_path, monkeypatch, table="lora", render=True)
     assert seen["main_msa"] == good

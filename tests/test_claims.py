@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from benchmarks.claims import ClaimError, cell_verdict, evaluate_claim
-from benchmarks.tables import Claim, Row, TableSpec
+from benchmarks.execution.tables import Claim, Row, TableSpec
+from benchmarks.reporting.claims import ClaimError, cell_verdict, evaluate_claim
 
 ROWS = ("full", "-T", "-A", "-V", "on", "off")
 

@@ -2,7 +2,8 @@
 
 import pandas as pd
 
-from benchmarks.claims import (
+from benchmarks.execution.tables import Claim, ReportConfig, Row, TableSpec
+from benchmarks.reporting.claims import (
     INCONCLUSIVE,
     NOT_APPLICABLE,
     NOT_RECOVERED,
@@ -10,7 +11,6 @@ from benchmarks.claims import (
     evaluate_claim,
     reading,
 )
-from benchmarks.tables import Claim, ReportConfig, Row, TableSpec
 
 
 def spec(threshold: float = 0.20) -> TableSpec:
@@ -108,7 +108,7 @@ def test_params_ratio_is_checked():
 def test_report_settings_are_read_from_the_table_file_and_checked(tmp_path):
     import pytest
 
-    from benchmarks.tables import TableError, load_table
+    from benchmarks.execution.tables import TableError, load_table
     from tests.test_report import TOY_TOML
 
     (tmp_path / "table_numbers.toml").write_text('[tables]\n"9" = "toy"\n')

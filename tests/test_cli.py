@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from benchmarks import launchers, runner
 from benchmarks.cli import main
+from benchmarks.execution import launchers, runner
 from egmf_core.config import ConfigError
 from egmf_core.outcome import RunOutcome
 from tests.conftest import isolate_harness
@@ -104,7 +104,7 @@ def test_list_shows_every_table_with_its_grid(capsys):
     assert len(out) == 1 + 9 + 1
     assert out[4].split()[:2] == ["4", "modality_ablation"] and "7 x 4 x 5 = 140" in out[4]
     assert out[8].split()[:2] == ["S1", "expert_design"]
-    from benchmarks.tables import list_tables, load_table
+    from benchmarks.execution.tables import list_tables, load_table
 
     cells = sum(len(t.rows) * len(t.datasets) * len(t.seeds["smoke"])
                 for t in map(load_table, list_tables()) if t.trains) + 4  # + the statistics table's 4
@@ -112,13 +112,13 @@ def test_list_shows_every_table_with_its_grid(capsys):
 
 
 def _fake_report(monkeypatch):
-    import benchmarks
+    import benchmarks.reporting
 
-    fake = types.ModuleType("benchmarks.report")
+    fake = types.ModuleType("benchmarks.reporting.report")
     fake.render_table = lambda profile, table, *, results_root, reports_root: reports_root / profile / f"{table}.md"
     fake.render_index = lambda profile, *, results_root, reports_root: reports_root / profile / "README.md"
-    monkeypatch.setitem(sys.modules, "benchmarks.report", fake)
-    monkeypatch.setattr(benchmarks, "report", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "benchmarks.reporting.report", fake)
+    monkeypatch.setattr(benchmarks.reporting, "report", fake, raising=False)
 
 
 def test_report_rebuilds_from_runs_without_training(monkeypatch, tmp_path, capsys):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.dataset_stats import dataset_statistics
+from benchmarks.execution.dataset_stats import dataset_statistics
 from egmf_core.config import RunConfig
 from egmf_core.data import DataError, load_dataset, write_synthetic
 from egmf_core.data.dataset import CHERMA_LABELS

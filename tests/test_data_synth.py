@@ -144,7 +144,7 @@ def test_synthetic_release_loads_with_default_smoke_size(tmp_path):
 
 
 # What SYNTH_VERSION's code generates. A change to the planted signal, the vocabulary or the sizes
-# changes these: then bump SYNTH_VERSION (and benchmarks.profiles.SMOKE_DATA_VERSION), so that
+# changes these: then bump SYNTH_VERSION (and benchmarks.execution.profiles.SMOKE_DATA_VERSION), so that
 # results on the old data are never taken for results on the new, and pin the new values here.
 FINGERPRINTS = {
     4: {"mosei": "6d12fc7e2855b981", "sims_v2": "711636f7b39801b4", "meld": "ea01673b7a7694a1",

@@ -5,18 +5,22 @@ What is and is not deterministic on GPU is written down in egmf_core.checkpoint'
 
 from __future__ import annotations
 
-from functools import partial
 import os
+from functools import partial
 
 import pandas as pd
 import pytest
 
+from benchmarks.execution import profiles, runner
+from benchmarks.execution.grid import expand, shard_of, unique_runs
+from benchmarks.execution.tables import load_table
 from tests import fakes
-from benchmarks import profiles, runner
-from benchmarks.grid import expand, shard_of, unique_runs
-from benchmarks.tables import load_table
-from tests.test_kill_resume import PROFILE, stable_values, write_tiny_ablations
-from tests.test_kill_resume import tiny_repo  # noqa: F401 (a fixture used by name)
+from tests.test_kill_resume import (
+    PROFILE,
+    stable_values,
+    tiny_repo,  # noqa: F401 (a fixture used by name)
+    write_tiny_ablations,
+)
 
 
 def _reproduce(tmp_path, ablations, results, **kwargs):
@@ -66,7 +70,7 @@ def test_checkpointing_does_not_change_the_numbers(tmp_path):
 @pytest.mark.slow
 @pytest.mark.usefixtures("tiny_repo")
 def test_two_parallel_job_workers_give_the_single_process_numbers(tmp_path, monkeypatch):
-    from benchmarks import launchers
+    from benchmarks.execution import launchers
     from tests.test_kill_resume import cli_env
 
     ablations = write_tiny_ablations(tmp_path / "ablations")

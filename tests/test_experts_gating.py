@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from egmf_core.config import ModelConfig
-from egmf_core.config import ACTIVATIONS
+from egmf_core.config import ACTIVATIONS, ModelConfig
 from egmf_core.experts import Expert, ExpertBank, ExpertConfigError
 from egmf_core.gating import (
     GateOutput,

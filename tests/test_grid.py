@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import profiles
-from benchmarks.grid import GridArgs, GridError, expand, parse_seeds, parse_shard, shard, unique_runs
-from benchmarks.profiles import ProfileError, build_run_config, resolve_run_config
-from benchmarks.tables import load_table
+from benchmarks.execution import profiles
+from benchmarks.execution.grid import GridArgs, GridError, expand, parse_seeds, parse_shard, shard, unique_runs
+from benchmarks.execution.profiles import ProfileError, build_run_config, resolve_run_config
+from benchmarks.execution.tables import load_table
 from egmf_core.config import ConfigError, RunConfig, config_hash
 from tests.conftest import isolate_harness
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests import fakes
-from benchmarks import profiles, store
-from benchmarks.grid import GridArgs, expand
-from benchmarks.tables import load_table
+from benchmarks.execution import profiles, store
+from benchmarks.execution.grid import GridArgs, expand
+from benchmarks.execution.tables import load_table
 from egmf_core.outcome import RunOutcome
+from tests import fakes
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run
 
@@ -90,7 +90,7 @@ DRIVER = textwrap.dedent("""\
 
     real_connect = socket.socket.connect
     socket.socket.connect = refuse
-    import benchmarks.profiles as profiles
+    import benchmarks.execution.profiles as profiles
     profiles.REPO_ROOT = Path(sys.argv[1])
     from benchmarks.cli import main
     sys.exit(main(sys.argv[2:]))
@@ -148,9 +148,9 @@ def check_store(results: Path) -> tuple[int, int]:
 
 WRITER = textwrap.dedent("""\
     import sys
-    from benchmarks import store
-    from benchmarks.grid import GridArgs, expand
-    from benchmarks.tables import load_table
+    from benchmarks.execution import store
+    from benchmarks.execution.grid import GridArgs, expand
+    from benchmarks.execution.tables import load_table
 
     root, who, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cells = expand(load_table("main_erc"), "smoke", GridArgs(seeds=[1, 2, 3, 4]))
@@ -187,8 +187,8 @@ def test_two_processes_writing_different_and_the_same_runs_never_corrupt_a_file(
 FAKE_GRID = textwrap.dedent("""\
     import sys, time
     from pathlib import Path
-    import benchmarks.profiles as profiles
-    from benchmarks import runner
+    import benchmarks.execution.profiles as profiles
+    from benchmarks.execution import runner
     from egmf_core.outcome import RunOutcome
 
     profiles.REPO_ROOT = Path(sys.argv[1])

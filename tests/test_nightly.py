@@ -7,10 +7,17 @@ import math
 import pandas as pd
 import pytest
 
-from tests import fakes
-from benchmarks import baselines, nightly
-from benchmarks.baselines import BaselineError, compare, make_baseline, read_baseline, tolerance_for, write_baseline
+from benchmarks.regression import baselines, nightly
+from benchmarks.regression.baselines import (
+    BaselineError,
+    compare,
+    make_baseline,
+    read_baseline,
+    tolerance_for,
+    write_baseline,
+)
 from egmf_core.outcome import RunOutcome
+from tests import fakes
 from tests.conftest import isolate_harness
 
 SEEDS = (1111, 1112, 1113)

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
+from benchmarks.execution import runner
+from benchmarks.execution.profiles import MODEL_DIRS
+from benchmarks.regression import nightly
+from benchmarks.regression.baselines import read_baseline
 from tests import fakes
-from benchmarks import nightly, runner
-from benchmarks.baselines import read_baseline
-from benchmarks.profiles import MODEL_DIRS
 from tests.conftest import isolate_harness
 from tests.test_nightly import FakeRun
 

@@ -8,13 +8,17 @@ import socket
 import pandas as pd
 import pytest
 
-from tests import fakes
-from benchmarks import cli, runner, store
+from benchmarks import usage
 from benchmarks.cli import main
+from benchmarks.execution import runner, store
+from tests import fakes
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run
-from tests.test_kill_resume import PROFILE, write_tiny_ablations
-from tests.test_kill_resume import tiny_repo  # noqa: F401 (a fixture used by name)
+from tests.test_kill_resume import (
+    PROFILE,
+    tiny_repo,  # noqa: F401 (a fixture used by name)
+    write_tiny_ablations,
+)
 
 
 @pytest.fixture
@@ -36,12 +40,12 @@ def no_internet(no_network, monkeypatch):
 
 
 def test_the_cli_switches_hugging_face_to_offline_mode_before_anything_loads(monkeypatch, capsys):
-    for name in cli.OFFLINE_ENV:
+    for name in usage.OFFLINE_ENV:
         monkeypatch.delenv(name, raising=False)
     assert main(["list"]) == 0
     import os
 
-    assert {k: os.environ.get(k) for k in cli.OFFLINE_ENV} == {
+    assert {k: os.environ.get(k) for k in usage.OFFLINE_ENV} == {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -78,8 +82,8 @@ def test_trust_remote_code_is_off_unless_the_flag_is_given_and_every_record_says
 
 
 def test_the_report_says_when_remote_code_was_on(tmp_path, monkeypatch):
-    from benchmarks import report
-    from benchmarks.tables import load_table
+    from benchmarks.execution.tables import load_table
+    from benchmarks.reporting import report
 
     monkeypatch.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     isolate_harness(tmp_path, monkeypatch)

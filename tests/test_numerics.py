@@ -8,8 +8,8 @@ import platform
 import pandas as pd
 import pytest
 
-from benchmarks import numerics, store
-from benchmarks.numerics import PINNED_ENV, PINNED_LABEL
+from benchmarks.execution import numerics, store
+from benchmarks.execution.numerics import PINNED_ENV, PINNED_LABEL
 from tests.test_runner import _go
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -72,7 +72,8 @@ def test_the_report_names_the_non_deterministic_kernels_of_gpu_runs():
 
 
 def test_a_bad_numerics_mode_is_bad_input_in_one_line(monkeypatch, capsys):
-    from benchmarks import cli, nightly
+    from benchmarks import cli
+    from benchmarks.regression import nightly
 
     monkeypatch.setenv("EGMF_NUMERICS", "fast")
     for main, argv in ((cli.main, ["list"]), (nightly.main, ["--skip-reproduce"])):

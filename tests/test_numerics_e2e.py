@@ -14,7 +14,7 @@ from tests.test_kill_resume import DRIVER, cli_env, reproduce_args, stable_value
 
 # (ATEN_CPU_CAPABILITY, MKL_CBWR) the environment asks for; None = unset. Each a fresh process:
 # every capability and every MKL request appears once (all 12 pairs agreed on a 400-step smoke run,
-# see benchmarks/numerics.py; four keep CI short).
+# see benchmarks/execution/numerics.py; four keep CI short).
 REQUESTS = [(None, None), ("default", "AVX2"), ("avx2", "COMPATIBLE"), ("avx512", None)]
 LONGER = {"train.max_steps": "40", "train.eval_every": "40", "train.checkpoint_every": None}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks.profiles import MODEL_DIRS
+from benchmarks.execution.profiles import MODEL_DIRS
 from egmf_core.data.synth import write_synthetic
 from egmf_core.twins import save_twin_real_layout
 

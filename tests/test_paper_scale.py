@@ -10,10 +10,9 @@ from functools import partial
 import pytest
 import torch
 
-from benchmarks import launchers
-from tests import fakes
 from benchmarks.cli import resolve_jobs
-
+from benchmarks.execution import launchers
+from tests import fakes
 
 # ---- --jobs on GPUs -----------------------------------------------------------------------------
 
@@ -215,9 +214,9 @@ def test_chatglm3_is_converted_once_into_a_cache_keyed_by_its_checksum(tmp_path,
 # ---- the scale profile --------------------------------------------------------------------------
 
 def test_the_scale_profile_is_the_paper_setting_on_full_size_twins_and_full_shape_data():
-    from benchmarks.grid import expand
-    from benchmarks.profiles import SCALE_DATA_MARKER
-    from benchmarks.tables import load_table
+    from benchmarks.execution.grid import expand
+    from benchmarks.execution.profiles import SCALE_DATA_MARKER
+    from benchmarks.execution.tables import load_table
 
     cells = expand(load_table("main_msa"), "scale", check_roots=False)
     cfg = cells[0].config

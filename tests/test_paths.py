@@ -1,6 +1,6 @@
 """One home per name: the weight folders the loader searches are the ones the paper profile expects."""
 
-from benchmarks import profiles
+from benchmarks.execution import profiles
 from egmf_core import backbones, paths
 
 

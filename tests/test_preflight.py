@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.profiles import MODEL_DIRS
+from benchmarks.execution.profiles import MODEL_DIRS
 from egmf_core.backbones import BackboneError, build_backbone
 from egmf_core.config import ModelConfig
 from egmf_core.convert_chatglm3 import ChatGLMConversionError, load_chatglm_state_dict

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from benchmarks.report import SMOKE_BANNER, build_table_report, render_index, render_table
-from benchmarks.schema import RESULT_COLUMNS
-from benchmarks.tables import Claim, PaperValue, Row, TableSpec
+from benchmarks.execution.schema import RESULT_COLUMNS
+from benchmarks.execution.tables import Claim, PaperValue, Row, TableSpec
+from benchmarks.reporting.report import SMOKE_BANNER, build_table_report, render_index, render_table
 
 SEEDS = (1111, 1112, 1113)
 # (row, dataset, metric) -> values for seeds 1111, 1112, 1113, stored units
@@ -238,7 +238,7 @@ def test_lora_rows_are_paired_per_backbone():
 
 
 def test_report_modules_do_not_import_torch():
-    code = ("import sys, benchmarks.report, benchmarks.claims, benchmarks.plots, benchmarks.assumptions; "
+    code = ("import sys, benchmarks.reporting.report, benchmarks.reporting.claims, benchmarks.reporting.plots, benchmarks.reporting.assumptions; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
@@ -246,7 +246,7 @@ def test_report_modules_do_not_import_torch():
 
 
 def test_plot_functions_return_what_they_wrote(tmp_path):
-    from benchmarks import plots
+    from benchmarks.reporting import plots
 
     df = toy_results()
     assert plots.backbone_bars(df, tmp_path, table="t", rows=["full", "-T"]) == [tmp_path / "t_backbones.png"]

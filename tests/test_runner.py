@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import benchmarks
-from tests import fakes
-from benchmarks import profiles, runner, store
-from benchmarks.dataset_stats import dataset_statistics, split_statistics
-from benchmarks.grid import GridArgs, GridError
+import benchmarks.reporting
+from benchmarks.execution import profiles, runner, store
+from benchmarks.execution.dataset_stats import dataset_statistics, split_statistics
+from benchmarks.execution.grid import GridArgs, GridError
 from egmf_core.config import ConfigError, config_hash
 from egmf_core.data.dataset import SPECS
 from egmf_core.outcome import RunOutcome
+from tests import fakes
 from tests.conftest import isolate_harness
 
 
@@ -154,7 +154,7 @@ def test_summary_line(tmp_path):
 
 def test_reports_are_rendered_after_the_grid(tmp_path, monkeypatch):
     calls = []
-    fake = types.ModuleType("benchmarks.report")
+    fake = types.ModuleType("benchmarks.reporting.report")
 
     def render_table(profile, table, *, results_root, reports_root):
         calls.append(("table", profile, table, (results_root / profile / f"{table}.csv").is_file()))
@@ -162,8 +162,8 @@ def test_reports_are_rendered_after_the_grid(tmp_path, monkeypatch):
 
     fake.render_table = render_table
     fake.render_index = lambda profile, *, results_root, reports_root: calls.append(("index", profile))
-    monkeypatch.setitem(sys.modules, "benchmarks.report", fake)
-    monkeypatch.setattr(benchmarks, "report", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "benchmarks.reporting.report", fake)
+    monkeypatch.setattr(benchmarks.reporting, "report", fake, raising=False)
     s = fakes.reproduce("main_msa", "smoke", results_root=tmp_path / "r", reports_root=tmp_path / "rep",
                          run_fn=FakeRun())
     assert calls == [("table", "smoke", "main_msa", True), ("index", "smoke")]
@@ -244,7 +244,7 @@ def test_pending_runs_of_all_tables_counts_a_shared_run_once(tmp_path):
 
 
 def test_redo_before_retrains_older_runs_once(tmp_path):
-    from benchmarks.provenance import utc_timestamp
+    from benchmarks.execution.provenance import utc_timestamp
 
     _go(tmp_path, seeds=[1111])
     t = utc_timestamp()

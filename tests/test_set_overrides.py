@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from benchmarks import runner
 from benchmarks.cli import grid_args, main
-from benchmarks.grid import GridArgs, GridError, expand, parse_sets
-from benchmarks.tables import load_table
+from benchmarks.execution import runner
+from benchmarks.execution.grid import GridArgs, GridError, expand, parse_sets
+from benchmarks.execution.tables import load_table
 from egmf_core.config import ConfigError
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import launchers, runner
-from benchmarks.runner import RunOptions
 from benchmarks.cli import main
-from benchmarks.grid import Grid, GridArgs
-from benchmarks.profiles import MODEL_DIRS
+from benchmarks.execution import launchers, runner
+from benchmarks.execution.grid import Grid, GridArgs
+from benchmarks.execution.profiles import MODEL_DIRS
+from benchmarks.execution.runner import RunOptions
 from egmf_core.config import DATASETS
 from egmf_core.outcome import RunOutcome
-from tests.conftest import isolate_harness
 from tests import fakes
+from tests.conftest import isolate_harness
 from tests.fakes import hashed_run
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from benchmarks.stats import (
+from benchmarks.reporting.stats import (
     format_value,
     gating_runs,
     paired_comparison,
@@ -116,7 +116,7 @@ def test_run_table_and_gating_runs_take_the_test_split():
 
 
 def test_improvement_reads_the_metric_direction():
-    from benchmarks.stats import improvement
+    from benchmarks.reporting.stats import improvement
 
     assert improvement("wf1", 0.62, 0.60) == pytest.approx(0.02)
     assert improvement("mae", 0.50, 0.60) == pytest.approx(0.10)  # lower MAE is better

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from benchmarks.stats import MIN_PAIRS_BOOTSTRAP, holm, paired_comparison, t_interval
+from benchmarks.reporting.stats import MIN_PAIRS_BOOTSTRAP, holm, paired_comparison, t_interval
 
 
 def test_two_pairs_give_no_interval_and_no_p_value():
@@ -55,8 +55,8 @@ def test_t_interval_by_hand_and_holm():
 def test_a_report_shows_no_interval_for_two_seeds():
     import pandas as pd
 
-    from benchmarks.report import build_table_report
-    from benchmarks.tables import Row, TableSpec
+    from benchmarks.execution.tables import Row, TableSpec
+    from benchmarks.reporting.report import build_table_report
 
     spec = TableSpec(name="toy", number="9", caption="toy", datasets=("meld",), metrics={"meld": ("wf1",)},
                      seeds={"smoke": (1, 2)}, base={}, rows=(Row("full"), Row("-E3")), reference_row="full",

@@ -8,10 +8,10 @@ import math
 import pandas as pd
 import pytest
 
-from benchmarks import store
-from benchmarks.grid import GridArgs, expand
-from benchmarks.schema import RESULT_COLUMNS
-from benchmarks.tables import load_table
+from benchmarks.execution import store
+from benchmarks.execution.grid import GridArgs, expand
+from benchmarks.execution.schema import RESULT_COLUMNS
+from benchmarks.execution.tables import load_table
 from egmf_core.outcome import RunOutcome
 
 
@@ -140,7 +140,7 @@ def test_merge_keeps_the_newer_record_and_logs_the_conflict(tmp_path, cells):
 def test_the_git_revision_is_dirty_for_code_changes_but_not_for_results(tmp_path):
     import subprocess
 
-    from benchmarks.provenance import git_revision
+    from benchmarks.execution.provenance import git_revision
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
@@ -161,7 +161,7 @@ def test_the_git_revision_is_dirty_for_code_changes_but_not_for_results(tmp_path
 
 
 def test_a_process_credits_its_runs_to_the_revision_it_started_with(monkeypatch):
-    from benchmarks import provenance
+    from benchmarks.execution import provenance
 
     provenance.process_git_revision.cache_clear()
     revisions = iter(["aaa", "bbb"])

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from benchmarks.grid import GridArgs, expand
-from benchmarks.profiles import build_run_config, profile_base
-from benchmarks.tables import ABLATIONS_DIR, TableError, list_tables, load_table, table_numbers
+from benchmarks.execution.grid import GridArgs, expand
+from benchmarks.execution.profiles import build_run_config, profile_base
+from benchmarks.execution.tables import ABLATIONS_DIR, TableError, list_tables, load_table, table_numbers
 from egmf_core.config import RunConfig, apply_overrides
 from egmf_core.data.dataset import SPECS
 from egmf_core.metrics import METRIC_INFO

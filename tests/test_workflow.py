@@ -11,7 +11,8 @@ import pytest
 
 yaml = pytest.importorskip("yaml")  # PyYAML comes with transformers (huggingface_hub)
 
-from benchmarks import cli, nightly  # noqa: E402
+from benchmarks import cli
+from benchmarks.regression import nightly  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / ".github" / "workflows" / "nightly.yml"

@@ -1,7 +1,7 @@
 """Fixtures of the benchmark suites: paper-scale EGMF inputs and the tiny twins with smoke data.
 
 Run with ``nox -s bench`` (or ``pytest benchmarks/perf --benchmark-enable -o addopts=``). The twins
-use the smoke profile's sizes and training settings (``benchmarks.profiles``) on the synthetic
+use the smoke profile's sizes and training settings (``benchmarks.execution.profiles``) on the synthetic
 MELD twin, so a step here is a step of the smoke grid. Everything is built once per session.
 
 Torch runs on EGMF_BENCH_THREADS threads (default 1): on a shared or busy CPU a multi-threaded
@@ -57,7 +57,7 @@ class TwinBench:
 
 def smoke_config(twin: str) -> RunConfig:
     """The smoke profile's config for the MELD twin with ``twin`` as backbone."""
-    from benchmarks.profiles import SMOKE_MODEL, SMOKE_TRAIN, profile_base
+    from benchmarks.execution.profiles import SMOKE_MODEL, SMOKE_TRAIN, profile_base
 
     cfg = profile_base("smoke", BENCH_DATASET)
     return apply_overrides(cfg, {**SMOKE_MODEL, **SMOKE_TRAIN, "model.backbone": twin, "seed": BENCH_SEED})

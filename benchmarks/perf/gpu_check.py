@@ -425,7 +425,7 @@ def device_name(device) -> str:
 
 def datasheet_tflops(name: str) -> float | None:
     """The bf16 dense peak of the planner's GPU table entry whose model this device is."""
-    from benchmarks.plan import GPUS
+    from benchmarks.perf.plan import GPUS
 
     return next((g.bf16_tflops for key, g in GPUS.items() if key.split("-")[0].upper() in name.upper()), None)
 
@@ -463,7 +463,7 @@ def run_gpu_check(opts: CheckOptions) -> dict[str, Any]:
     """Measure every backbone asked; write the JSON after each one (a timeout keeps what was done)."""
     import torch
 
-    from benchmarks.provenance import package_versions, process_git_revision
+    from benchmarks.execution.provenance import package_versions, process_git_revision
 
     device = torch.device(opts.device)
     peak = measured_peak_tflops(device)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from benchmarks.profiles import resolve_run_config
+from benchmarks.execution.profiles import resolve_run_config
 
 _CHECKED: set[tuple] = set()  # (kind, path, ...) already checked in this process
 
@@ -24,8 +24,13 @@ class PreflightError(ValueError):
 
 def check_model_dir(model_dir: Path, backbone: str, trust_remote_code: bool) -> None:
     """A backbone's weights directory: no LFS stubs, the right architecture, a loadable tokenizer."""
-    from egmf_core.backbones import (check_architecture, check_no_lfs_pointers, family_of, load_tokenizer,
-                                     read_model_type)
+    from egmf_core.backbones import (
+        check_architecture,
+        check_no_lfs_pointers,
+        family_of,
+        load_tokenizer,
+        read_model_type,
+    )
     from egmf_core.lfs import WEIGHT_SUFFIXES
 
     check_no_lfs_pointers(model_dir)

@@ -1,6 +1,6 @@
 """Summary statistics over seeds, paired tests between rows, and how to read each metric.
 
-Pure functions of the tidy results table (``benchmarks.schema.RESULT_COLUMNS``); no torch.
+Pure functions of the tidy results table (``benchmarks.execution.schema.RESULT_COLUMNS``); no torch.
 Values stay in stored units here (fractions for accuracies and F1); :func:`to_display`
 converts to the units reports print (percentage points for fractions, raw for MAE and Corr).
 """

@@ -1,7 +1,7 @@
 """Markdown reports and figures per paper table: pure functions of the tidy results table.
 
-``results/<profile>/<table>.csv`` (columns ``benchmarks.schema.RESULT_COLUMNS``) plus the
-table's :class:`~benchmarks.tables.TableSpec` give ``reports/<profile>/<table>.md`` and its
+``results/<profile>/<table>.csv`` (columns ``benchmarks.execution.schema.RESULT_COLUMNS``) plus the
+table's :class:`~benchmarks.execution.tables.TableSpec` give ``reports/<profile>/<table>.md`` and its
 PNGs; ``render_index`` writes ``reports/<profile>/README.md``. Nothing here trains or imports
 torch. Rendering the same results twice gives the same bytes: the date shown is the latest run
 timestamp in the results, every list is sorted or in the table file's order, floats have fixed
@@ -22,9 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import numerics, plots
-from benchmarks.assumptions import HAND_WRITTEN, as_run_rows
-from benchmarks.claims import (
+from benchmarks.execution import numerics
+from benchmarks.execution.dataset_stats import non_finite_summary
+from benchmarks.execution.profiles import SYNTHETIC_PROFILES
+from benchmarks.execution.schema import RESULT_COLUMNS
+from benchmarks.execution.store import table_csv_path
+from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
+from benchmarks.reporting import plots
+from benchmarks.reporting.assumptions import HAND_WRITTEN, as_run_rows
+from benchmarks.reporting.claims import (
     INCONCLUSIVE,
     NOT_APPLICABLE,
     NOT_COMPARABLE,
@@ -37,32 +43,27 @@ from benchmarks.claims import (
     not_comparable_note,
     reading,
 )
-from benchmarks.dataset_stats import non_finite_summary
-from benchmarks.profiles import SYNTHETIC_PROFILES
-from benchmarks.schema import RESULT_COLUMNS
-from benchmarks.store import table_csv_path
-from benchmarks.stats import (
+from benchmarks.reporting.stats import (
     MIN_PAIRS,
     MIN_PAIRS_BOOTSTRAP,
     TOO_FEW,
-    dataset_key_metric,
-    holm,
-    ok_metric_rows,
     PairedResult,
+    dataset_key_metric,
     display_name,
     format_delta,
     format_value,
     gating_runs,
     higher_is_better,
+    holm,
     metric_scale,
+    ok_metric_rows,
     paired_comparison,
     run_table,
     seed_values,
     summarise,
     to_display,
 )
-from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
-from benchmarks.training_curves import training_section
+from benchmarks.reporting.training_curves import training_section
 from egmf_core.atomic import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 
@@ -599,7 +600,7 @@ def evaluate_claims(spec: TableSpec, df: pd.DataFrame) -> list[ClaimVerdict]:
 
 
 def claim_readings(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
-    """Each claim's verdict as the profile reads it (see benchmarks.claims.reading)."""
+    """Each claim's verdict as the profile reads it (see benchmarks.reporting.claims.reading)."""
     return [reading(v, c, profile) for v, c in zip(evaluate_claims(spec, df), spec.claims)]
 
 

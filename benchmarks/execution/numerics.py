@@ -18,7 +18,7 @@ What is pinned (``PINNED_ENV``), before torch reads it:
   Conditional Numerical Reproducibility"). MKL reads it at its first call.
 * ``ONEDNN_MAX_CPU_ISA=AVX2`` (and the older name ``DNNL_MAX_CPU_ISA``): oneDNN's kernels capped
   at AVX2, read at its first primitive.
-* one intra-op thread for smoke runs (``benchmarks.profiles.run_threads``; the harness's default).
+* one intra-op thread for smoke runs (``benchmarks.execution.profiles.run_threads``; the harness's default).
 
 Measured here (one Sapphire Rapids machine, AVX-512): under the pins the 400-step smoke run above
 gives test MAE 0.2425, Acc-5 0.65, Corr 0.727837 and the same gating statistics to the last digit

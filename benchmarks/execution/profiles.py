@@ -32,7 +32,7 @@ from egmf_core.data.dataset import SPECS
 from egmf_core.paths import FAMILY_DIRS, REPO_MARKER, REPO_ROOT, expand_repo_marker
 
 if TYPE_CHECKING:
-    from benchmarks.grid import GridArgs
+    from benchmarks.execution.grid import GridArgs
 
 PROFILES = ("smoke", "scale", "paper")
 SYNTHETIC_PROFILES = ("smoke", "scale")  # synthetic data and random weights: never the paper's numbers
@@ -136,7 +136,7 @@ def build_run_config(profile: str, table, row, dataset: str, seed: int, *, input
     model root (``inputs.data_root``, ``inputs.model_root``, else the environment) is missing;
     the config itself holds only markers (see the module docstring).
     """
-    from benchmarks.grid import GridArgs
+    from benchmarks.execution.grid import GridArgs
 
     inputs = inputs or GridArgs()
     where = f"{table.path or table.name}: row {row.name!r}"

@@ -1,12 +1,12 @@
 """The nightly regression check: reproduce the nightly tables, compare with the committed baseline.
 
-    python -m benchmarks.nightly [--profile smoke|paper] [--tables main_erc,main_msa]
+    python -m benchmarks.regression.nightly [--profile smoke|paper] [--tables main_erc,main_msa]
         [--data-root DIR] [--model-root DIR] [--results-root results] [--reports-root reports]
         [--baseline FILE] [--tolerance-k 3] [--force] [--skip-reproduce] [--update-baseline]
 
-Reproduces each table with ``benchmarks.runner.reproduce`` (cached runs are reused; ``--force``
+Reproduces each table with ``benchmarks.execution.runner.reproduce`` (cached runs are reused; ``--force``
 retrains them), then compares the test split of ``results/<profile>/<table>.csv`` with
-``results/baselines/<profile>.csv`` (rule and verdicts: ``benchmarks.baselines``) and writes
+``results/baselines/<profile>.csv`` (rule and verdicts: ``benchmarks.regression.baselines``) and writes
 ``reports/<profile>/regression.md`` atomically, appending it to ``$GITHUB_STEP_SUMMARY`` when set.
 
 ``--update-baseline`` rewrites the selected tables' rows of the baseline from the latest results
@@ -36,10 +36,12 @@ from typing import Callable
 
 import pandas as pd
 
-from benchmarks import baselines, numerics
+from benchmarks.execution import numerics
+from benchmarks.regression import baselines
 from benchmarks.usage import OneLineParser, error_line
+from egmf_core.paths import REPO_ROOT
 
-NIGHTLY_FILE = Path(__file__).resolve().parent.parent / "ablations" / "nightly.toml"
+NIGHTLY_FILE = REPO_ROOT / "ablations" / "nightly.toml"
 COMPARED_SPLIT = "test"
 NO_BASELINE_EXIT = 3  # results stored, no baseline to compare with yet
 DEFAULT_SPREAD_ROOT = Path(".cache") / "numerics-spread"
@@ -63,7 +65,7 @@ def nightly_grid(profile: str, path: Path = NIGHTLY_FILE) -> NightlyGrid:
     """The declared grid of ``profile``; a one-line error naming the file and field."""
     import tomllib
 
-    from benchmarks.grid import _check_type, _check_seeds
+    from benchmarks.execution.grid import _check_seeds, _check_type
     from egmf_core.config import ConfigError, RunConfig, apply_overrides
 
     try:
@@ -96,7 +98,7 @@ class NightlyResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m benchmarks.nightly", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m benchmarks.regression.nightly", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="smoke", help="smoke (default) or paper")
     p.add_argument("--tables", help="comma-separated table names or numbers (default: the profile's in "
                                     "ablations/nightly.toml)")
@@ -126,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_tables(text: str) -> list[str]:
     """Table names (numbers resolved) in the order given, without duplicates."""
-    from benchmarks.tables import load_table
+    from benchmarks.execution.tables import load_table
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
@@ -178,8 +180,8 @@ def write_report(markdown: str, path: Path) -> Path:
 def reproduce_tables(opts: NightlyOptions, tables: list[str], grid: NightlyGrid,
                      run_fn: Callable | None = None) -> list:
     """runner.reproduce for each table on the nightly grid's seeds and overrides; their Summary objects."""
-    from benchmarks import runner
-    from benchmarks.grid import Grid, GridArgs
+    from benchmarks.execution import runner
+    from benchmarks.execution.grid import Grid, GridArgs
 
     args = GridArgs(seeds=grid.seeds, overrides=grid.overrides, data_root=opts.data_root, model_root=opts.model_root)
     options = runner.RunOptions(results_root=Path(opts.results_root), reports_root=Path(opts.reports_root),
@@ -210,7 +212,7 @@ def no_baseline_report(profile: str, baseline_file: Path, notes: list[str]) -> s
              "Create the baseline from them, review it and commit it:", "",
              "```", f"nox -s nightly -- --profile {profile} --update-baseline",
              f"git add {baseline_file}", "```", "",
-             f"Exit code {NO_BASELINE_EXIT} (documented in `benchmarks/nightly.py`)."]
+             f"Exit code {NO_BASELINE_EXIT} (documented in `benchmarks/regression/nightly.py`)."]
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
@@ -244,7 +246,7 @@ def run_nightly(opts: NightlyOptions, *, run_fn: Callable | None = None,
 
     Raises ValueError (exit 2 in the CLI) on bad input; returns exit code 1 on a regression.
     """
-    from benchmarks.profiles import check_profile
+    from benchmarks.execution.profiles import check_profile
 
     profile = check_profile(opts.profile)
     grid = nightly_grid(profile)
@@ -365,7 +367,7 @@ def train_under_setting(profile: str, table: str, setting: str, results_root: Pa
     """Train one table in a fresh process under a numerical setting (resumable: stored runs are kept)."""
     import subprocess
 
-    from benchmarks.profiles import REPO_ROOT
+    from benchmarks.execution.profiles import REPO_ROOT
 
     cmd = [sys.executable, "-m", "benchmarks", "reproduce", table, "--profile", profile,
            "--results-root", str(Path(results_root).resolve()), "--no-report"]

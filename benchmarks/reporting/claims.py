@@ -1,7 +1,7 @@
 """Verdicts: the paper's qualitative claims and its numbers, checked against our summary.
 
-Two kinds of verdict live here, both pure functions of a :func:`benchmarks.stats.summarise`
-table (stored units) and a :class:`benchmarks.tables.TableSpec`:
+Two kinds of verdict live here, both pure functions of a :func:`benchmarks.reporting.stats.summarise`
+table (stored units) and a :class:`benchmarks.execution.tables.TableSpec`:
 
 * :func:`evaluate_claim` for a ``[[claims]]`` entry of a table file;
 * :func:`cell_verdict` for one of the table's ``[[paper_values]]`` cells.
@@ -38,7 +38,8 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks.stats import (
+from benchmarks.execution.tables import Claim, TableSpec
+from benchmarks.reporting.stats import (
     TOO_FEW,
     PairedResult,
     dataset_key_metric,
@@ -51,7 +52,6 @@ from benchmarks.stats import (
     paired_comparison,
     to_display,
 )
-from benchmarks.tables import Claim, TableSpec
 from egmf_core.data.dataset import SPECS
 
 HELD, WITHIN, NOT_HELD, NOT_COMPARABLE = "held", "within tolerance", "did not hold", "not comparable"
@@ -181,7 +181,7 @@ def reading(verdict: ClaimVerdict, claim: Claim, profile: str) -> str:
     """The verdict as a report prints it: on the smoke profile's synthetic data, a claim about
     planted structure reads "planted signal recovered / not recovered", and a claim about what
     the data do not plant reads "not applicable to synthetic data"."""
-    from benchmarks.profiles import SYNTHETIC_PROFILES
+    from benchmarks.execution.profiles import SYNTHETIC_PROFILES
 
     if profile not in SYNTHETIC_PROFILES:
         return verdict.verdict
@@ -261,6 +261,27 @@ class _Context:
             raise _Missing(f"{dataset}: {row} and {ref} share no seed")
         return res
 
+    def row_vs_reference(self, dataset: str) -> "_Pair":
+        """The claim's row against its reference on the dataset's key metric, matched seeds."""
+        row, ref, metric = self.row_param("row"), self.reference(), self.metric(dataset)
+        return _Pair(dataset, row, ref, metric, self.paired(row, ref, dataset, metric))
+
+
+@dataclass(frozen=True)
+class _Pair:
+    dataset: str
+    row: str
+    ref: str
+    metric: str
+    res: PairedResult
+
+    @property
+    def head(self) -> str:
+        """"<dataset metric>: <row> <mean> vs <reference> <mean>", means on the matched seeds."""
+        m = self.metric
+        return (f"{_head(self.dataset, m)}: {self.row} {format_value(m, self.res.mean_row)} "
+                f"vs {self.ref} {format_value(m, self.res.mean_ref)}")
+
 
 def invalid_share(test_rows: pd.DataFrame, row: str, dataset: str) -> float:
     """Mean share of unparseable test answers of a row on a dataset (0 when not recorded)."""
@@ -314,10 +335,6 @@ def _interval(res: PairedResult, metric: str, scale: float = 1.0) -> str:
     return f"{point} [95% CI {format_delta(metric, lo)}, {format_delta(metric, hi)}], n={res.n}"
 
 
-def _pair_text(row: str, ref: str, res: PairedResult, metric: str) -> str:
-    return f"{row} {format_value(metric, res.mean_row)} vs {ref} {format_value(metric, res.mean_ref)}"
-
-
 @_guard
 def _order_by_drop(ctx: _Context, dataset: str) -> _Outcome:
     rows = [ctx.check_row(str(r)) for r in ctx.param("rows", required=True)]
@@ -341,12 +358,12 @@ def _consecutive(ctx: _Context, rows: list[str], dataset: str, metric: str) -> t
 
 @_guard
 def _relative_drop(ctx: _Context, dataset: str) -> _Outcome:
-    row, ref, metric = ctx.row_param("row"), ctx.reference(), ctx.metric(dataset)
     threshold = float(ctx.param("threshold", required=True))
-    res = ctx.paired(row, ref, dataset, metric)
+    pair = ctx.row_vs_reference(dataset)
+    metric, res = pair.metric, pair.res
     base = abs(to_display(metric, res.mean_ref))
     if base == 0:
-        raise _Missing(f"{dataset}: reference {ref!r} is 0, relative drop undefined")
+        raise _Missing(f"{dataset}: reference {ctx.reference()!r} is 0, relative drop undefined")
     scale = -1.0 / base  # improvement (printed) -> relative drop
     rel = scale * to_display(metric, res.mean_delta)
     interval = "" if res.too_few else (
@@ -354,13 +371,11 @@ def _relative_drop(ctx: _Context, dataset: str) -> _Outcome:
                                                              for e in (res.ci_low, res.ci_high))) + "]")
     note = f", {TOO_FEW}" if res.too_few else ""
     return _Outcome(judge(res, metric, threshold, math.inf, scale),
-                    f"{_head(dataset, metric)}: {_pair_text(row, ref, res, metric)}, relative drop "
-                    f"{rel:.3f}{interval}, n={res.n}{note} (threshold > {threshold:g})")
+                    f"{pair.head}, relative drop {rel:.3f}{interval}, n={res.n}{note} (threshold > {threshold:g})")
 
 
 @_guard
 def _delta_sign(ctx: _Context, dataset: str) -> _Outcome:
-    row, ref, metric = ctx.row_param("row"), ctx.reference(), ctx.metric(dataset)
     sign, bounds = ctx.param("sign"), ctx.param("range")
     if sign is None and bounds is None:
         raise ClaimError(f"claim {ctx.claim.id!r} ({ctx.claim.kind}): needs 'sign' or 'range'")
@@ -372,10 +387,9 @@ def _delta_sign(ctx: _Context, dataset: str) -> _Outcome:
         lo, hi = (float(b) for b in bounds)
         low, high = max(low, lo), min(high, hi)
         want.append(f"range [{lo:g}, {hi:g}]")
-    res = ctx.paired(row, ref, dataset, metric)
-    return _Outcome(judge(res, metric, low, high),
-                    f"{_head(dataset, metric)}: {_pair_text(row, ref, res, metric)}, improvement "
-                    f"{_interval(res, metric)} (claimed {', '.join(want)})")
+    pair = ctx.row_vs_reference(dataset)
+    return _Outcome(judge(pair.res, pair.metric, low, high),
+                    f"{pair.head}, improvement {_interval(pair.res, pair.metric)} (claimed {', '.join(want)})")
 
 
 def _delta_range(ctx: _Context, dataset: str) -> _Outcome:
@@ -385,24 +399,20 @@ def _delta_range(ctx: _Context, dataset: str) -> _Outcome:
 
 @_guard
 def _within(ctx: _Context, dataset: str) -> _Outcome:
-    row, ref, metric = ctx.row_param("row"), ctx.reference(), ctx.metric(dataset)
     tolerance = float(ctx.param("tolerance", required=True))
-    res = ctx.paired(row, ref, dataset, metric)
-    gap = abs(to_display(metric, res.mean_delta))
-    return _Outcome(judge(res, metric, -tolerance, tolerance),
-                    f"{_head(dataset, metric)}: {_pair_text(row, ref, res, metric)}, |delta| "
-                    f"{format_delta(metric, gap).lstrip('+')}; delta {_interval(res, metric)} "
-                    f"(tolerance {tolerance:g})")
+    pair = ctx.row_vs_reference(dataset)
+    gap = abs(to_display(pair.metric, pair.res.mean_delta))
+    return _Outcome(judge(pair.res, pair.metric, -tolerance, tolerance),
+                    f"{pair.head}, |delta| {format_delta(pair.metric, gap).lstrip('+')}; "
+                    f"delta {_interval(pair.res, pair.metric)} (tolerance {tolerance:g})")
 
 
 @_guard
 def _greater(ctx: _Context, dataset: str) -> _Outcome:
-    row, ref, metric = ctx.row_param("row"), ctx.reference(), ctx.metric(dataset)
     margin = float(ctx.param("margin", 0.0))
-    res = ctx.paired(row, ref, dataset, metric)
-    return _Outcome(judge(res, metric, margin, math.inf),
-                    f"{_head(dataset, metric)}: {_pair_text(row, ref, res, metric)}, improvement "
-                    f"{_interval(res, metric)} (margin > {margin:g})")
+    pair = ctx.row_vs_reference(dataset)
+    return _Outcome(judge(pair.res, pair.metric, margin, math.inf),
+                    f"{pair.head}, improvement {_interval(pair.res, pair.metric)} (margin > {margin:g})")
 
 
 @_guard

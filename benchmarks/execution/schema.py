@@ -23,7 +23,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "git_rev",  # git revision (with "-dirty" when the tree had changes)
     "versions_json",  # {"torch": ..., "transformers": ..., ...}
     "device",
-    "numerics",  # CPU numerical settings in force (benchmarks.numerics.label), e.g. "pinned: aten AVX2, ..."
+    "numerics",  # CPU numerical settings in force (benchmarks.execution.numerics.label), e.g. "pinned: aten AVX2, ..."
     "wall_s",
     "peak_mem_mb",
     "trainable_params",

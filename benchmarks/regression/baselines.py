@@ -37,7 +37,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.stats import display_name, format_delta, format_value, higher_is_better, metric_scale, summarise
+from benchmarks.reporting.stats import (
+    display_name,
+    format_delta,
+    format_value,
+    higher_is_better,
+    metric_scale,
+    summarise,
+)
 from egmf_core.atomic import atomic_write_bytes
 
 CELL_KEYS = ("table", "row", "dataset", "split", "metric")
@@ -156,7 +163,7 @@ def read_baseline(path: Path) -> pd.DataFrame:
     """Read and check a baseline CSV; BaselineError names the file and the bad field."""
     path = Path(path)
     if not path.is_file():
-        raise BaselineError(f"{path}: baseline not found (write it with `python -m benchmarks.nightly "
+        raise BaselineError(f"{path}: baseline not found (write it with `python -m benchmarks.regression.nightly "
                             "--update-baseline` once the results are right)")
     try:
         df = pd.read_csv(path, dtype={c: str for c in CELL_KEYS}, keep_default_na=False)
@@ -379,5 +386,5 @@ def render_markdown(comparison: pd.DataFrame, profile: str, *, baseline_file: st
               "it was written under (0 for one setting), computed when "
               f"the baseline was written (k = {k:g} unless `--tolerance-k` said otherwise) and stored in it; floor = {100 * floor_f:g} point for fractions, {floor_r:g} for MAE "
               "and Corr. A move in the bad direction beyond it is a regression; a cell with fewer seeds than "
-              "the baseline (a failed or skipped run) is missing. Both fail. See `benchmarks/baselines.py`.", ""]
+              "the baseline (a failed or skipped run) is missing. Both fail. See `benchmarks/regression/baselines.py`.", ""]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmarks.grid import Cell, Grid, GridError, expand, unique_runs
+from benchmarks.execution.grid import Cell, Grid, GridError, expand, unique_runs
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def planned_grids(grid: Grid, *, check_roots: bool = False) -> list[tuple[str, l
     """(table, its cells) for the training tables of a table, "all" or "nightly" (its declared
     grid, under ``grid``'s overrides): exactly what ``reproduce`` with these args asks for."""
     if grid.table == "nightly":
-        from benchmarks.nightly import nightly_grid
+        from benchmarks.regression.nightly import nightly_grid
 
         nightly = nightly_grid(grid.profile)
         args = replace(grid.args, seeds=grid.args.seeds or tuple(nightly.seeds),

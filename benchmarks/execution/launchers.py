@@ -7,8 +7,8 @@ Parallelism: ``--jobs N`` (local) starts N worker processes on this machine that
 ``runner.reproduce_all`` and report each finished run back as a ``runner.RunEvent`` through a
 queue. ``--shard i/n`` or
 ``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split it. A local shard i of n
-holds the runs whose id hashes to i (see ``benchmarks.grid.shard``); Slurm shards are balanced
-by the planner's cost (``benchmarks.plan.balance_shards``: longest run first onto the
+holds the runs whose id hashes to i (see ``benchmarks.execution.grid.shard``); Slurm shards are balanced
+by the planner's cost (``benchmarks.perf.plan.balance_shards``: longest run first onto the
 least-loaded shard), and one submission can cover every table ("all"). Either way n workers
 never train the same run and their run files never collide. One GPU per shard, one run at a time.
 
@@ -34,10 +34,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import runner
-from benchmarks.grid import Cell, Grid, GridError, unique_runs
-from benchmarks.runner import RunEvent, RunOptions, Summary
-from benchmarks.usage import error_line, one_line
+from benchmarks.execution import runner
+from benchmarks.execution.grid import Cell, Grid, GridError, unique_runs
+from benchmarks.execution.runner import RunEvent, RunOptions, Summary
+from benchmarks.usage import error_line, offline_and_quiet, one_line
 
 LAUNCHERS = ("local", "slurm")
 SLURM_INSTALL = "pip install 'egmf-repro[slurm]'"
@@ -98,7 +98,7 @@ def force_as_redo_time(options: RunOptions) -> RunOptions:
     stored before now, once, and keep what any of them stores from now on."""
     if not options.force:
         return options
-    from benchmarks.provenance import utc_timestamp
+    from benchmarks.execution.provenance import utc_timestamp
 
     return replace(options, force=False, redo_before=utc_timestamp())
 
@@ -207,6 +207,7 @@ def _worker(i: int, n: int, grid: Grid, options: RunOptions, gpu: str | None,
             init: Callable[[], None] | None, events) -> None:
     """One --jobs worker process: ``reproduce_all`` on the shared grid, its lines and finished
     runs sent back on ``events``; exits 0, 1 (runs failed), 2 (bad input) or 130 (interrupted)."""
+    offline_and_quiet()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything imports torch
     tag = f"[job {i + 1}/{n}] "
@@ -274,7 +275,7 @@ def slurm_grid(grid: Grid) -> dict[str, tuple[Grid, list[Cell]]]:
 def run_costs(cells: list[Cell]) -> dict[str, float]:
     """run id -> the planner's estimated GPU seconds; 1 each where it has no price (tiny twins).
     Dataset statistics train nothing: they cost a run's start-up."""
-    from benchmarks import plan
+    from benchmarks.perf import plan
 
     trains = [c for c in cells if c.trains]
     costs = {run_id: plan.RUN_START_S for run_id in unique_runs(c for c in cells if not c.trains)}
@@ -287,7 +288,7 @@ def run_costs(cells: list[Cell]) -> dict[str, float]:
 def shard_tasks(grids: dict[str, tuple[Grid, list[Cell]]], n: int, options: RunOptions) -> list[dict[str, Any]]:
     """n balanced shards (longest run first onto the least-loaded shard), empty ones dropped;
     each a task: (grid, options limited to the shard's runs) for every table with runs there."""
-    from benchmarks import plan
+    from benchmarks.perf import plan
 
     every = [c for _, cells in grids.values() for c in cells]
     shards = [s for s in plan.balance_shards(run_costs(every), n) if s]

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmarks.profiles import build_run_config, check_profile
-from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
+from benchmarks.execution.profiles import build_run_config, check_profile
+from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from egmf_core.config import DATASETS, RunConfig, config_hash
 
 
@@ -56,7 +56,7 @@ def run_identity(cfg: RunConfig, trains: bool = True, overrides: dict[str, Any] 
 
 def table_seeds(table, profile: str):
     """The seeds a table plans for a profile; the scale profile runs the paper's unless it names its own."""
-    from benchmarks.profiles import SEEDS_FROM
+    from benchmarks.execution.profiles import SEEDS_FROM
 
     return table.seeds.get(profile, table.seeds.get(SEEDS_FROM.get(profile, profile)))
 

@@ -22,7 +22,7 @@ TOML shape (see ablations/*.toml)::
     overrides = { "model.modalities" = ["audio", "visual"] }
     [[paper_values]]                  # from ../shared/paper/claims.csv
     row = "EGMF"; dataset = "mosei"; metric = "f1_non0"; value = 87.09; source = "seed"; note = "..."
-    [[claims]]                        # checkable assertions, see benchmarks/claims.py
+    [[claims]]                        # checkable assertions, see benchmarks/reporting/claims.py
     id = "text_most_important"; kind = "order_by_drop"; rows = ["-T", "-A", "-V"]; ...
     planted = true                    # the smoke data plant it (default false: "not applicable")
     [report]                          # optional: ReportConfig fields
@@ -38,12 +38,15 @@ Table numbers live in one place, ``ablations/table_numbers.toml``, marked as a b
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
+import tomllib
+
+from egmf_core.paths import REPO_ROOT
+
+ABLATIONS_DIR = REPO_ROOT / "ablations"
 
 
 class TableError(ValueError):

@@ -20,7 +20,7 @@ from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmarks.stats import (
+from benchmarks.reporting.stats import (
     dataset_key_metric,
     display_name,
     gating_runs,
@@ -30,7 +30,7 @@ from benchmarks.stats import (
     seed_values,
     to_display,
 )
-from benchmarks.training_curves import curve_frame
+from benchmarks.reporting.training_curves import curve_frame
 from egmf_core.atomic import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from benchmarks.stats import run_table
-from benchmarks.tables import TableSpec
+from benchmarks.execution.tables import TableSpec
+from benchmarks.reporting.stats import run_table
 
 
 def history_of(raw: str) -> list[dict]:

@@ -16,7 +16,7 @@ named and rebuilt.
 
 Determinism. On CPU the same seed and profile give identical metrics across invocations, across
 ``shard`` splits (each run seeds itself from its config alone) and across kill/resume, and across
-x86-64 machines under the pinned kernel settings (``benchmarks.numerics``, recorded per run). What GPU
+x86-64 machines under the pinned kernel settings (``benchmarks.execution.numerics``, recorded per run). What GPU
 runs do and do not repeat, and the flags that help, is in ``egmf_core.checkpoint``'s docstring.
 """
 
@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from benchmarks import numerics, provenance, store
+from benchmarks.execution import numerics, provenance, store
+from benchmarks.execution.grid import Cell, Grid, GridArgs, expand, unique_runs
+from benchmarks.execution.grid import shard as shard_cells
+from benchmarks.execution.preflight import preflight
+from benchmarks.execution.profiles import model_source, resolve_run_config
+from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from benchmarks.usage import one_line
 from egmf_core.atomic import atomic_write_bytes
 from egmf_core.checkpoint import remove_checkpoint
-from benchmarks.grid import Cell, Grid, GridArgs, expand, unique_runs
-from benchmarks.grid import shard as shard_cells
-from benchmarks.preflight import preflight
-from benchmarks.profiles import model_source, resolve_run_config
-from benchmarks.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from egmf_core.outcome import RunOutcome
 
 RunFn = Callable[..., RunOutcome]  # run_fn(cfg, *, progress=callback) -> RunOutcome
@@ -154,7 +154,7 @@ def reproduce(grid: Grid, options: RunOptions = RunOptions()) -> Summary:
     ``--force`` for processes that share one grid (``--jobs`` workers), so a run one of them
     retrained is not retrained by the next. An unexpected exception inside a run becomes a
     failed run with a one-line error; a ValueError (bad config, data or model input)
-    propagates. The paper profile checks its roots first (benchmarks/preflight.py).
+    propagates. The paper profile checks its roots first (benchmarks/execution/preflight.py).
     """
     t0 = time.monotonic()
     spec, runs = select_runs(grid, options)
@@ -312,12 +312,12 @@ def _ok_checksum(path: Path) -> str | None:
 
 def _default_run_fn(cell: Cell) -> RunFn:
     if not cell.trains:
-        from benchmarks.dataset_stats import dataset_statistics
+        from benchmarks.execution.dataset_stats import dataset_statistics
 
         return dataset_statistics
 
     def run(cfg, *, progress=None, checkpoint_dir=None):  # imported on first use: torch loads only to train
-        from benchmarks.profiles import CHECKPOINT_MINUTES, run_threads
+        from benchmarks.execution.profiles import CHECKPOINT_MINUTES, run_threads
         from egmf_core.run import run_experiment
 
         return run_experiment(cfg, progress=progress, checkpoint_dir=checkpoint_dir,
@@ -457,10 +457,10 @@ def render_reports(profile: str, tables: list[str], *, results_root: Path, repor
                    strict: bool = False, ablations_dir: Path = ABLATIONS_DIR) -> tuple[list[Path], str | None]:
     """Render each table's report, then the index; (report paths, error line or None).
 
-    benchmarks.report (matplotlib and all) is imported here, on use; a rendering error is
+    benchmarks.reporting.report (matplotlib and all) is imported here, on use; a rendering error is
     returned as one line (results are safe on disk) unless ``strict``.
     """
-    from benchmarks import report
+    from benchmarks.reporting import report
 
     refresh_tables(profile, Path(results_root), ablations_dir=ablations_dir)
     # The contract is (profile, table, *, results_root, reports_root); a test's own ablations dir
@@ -502,7 +502,7 @@ def merge(sources: list[Path], profile: str, results_root: Path = Path("results"
           ablations_dir: Path = ABLATIONS_DIR) -> MergeSummary:
     """Copy shard run files into results/<profile>/runs (checksums checked, newest wins on a
     conflict, each conflict logged), then rebuild every table CSV that has runs."""
-    from benchmarks.profiles import check_profile
+    from benchmarks.execution.profiles import check_profile
 
     check_profile(profile)
     stats = store.merge_run_files([Path(s) for s in sources], profile, Path(results_root), log=log)
@@ -514,7 +514,7 @@ def report_tables(table: str, profile: str, *, results_root: Path = Path("result
                   reports_root: Path = Path("reports"), ablations_dir: Path = ABLATIONS_DIR,
                   strict: bool = False) -> tuple[list[Path], str | None]:
     """Rebuild the CSVs of ``table`` (or "all") from the run files and render their reports."""
-    from benchmarks.profiles import check_profile
+    from benchmarks.execution.profiles import check_profile
 
     check_profile(profile)
     names = list_tables(ablations_dir) if table == "all" else [load_table(table, ablations_dir).name]

@@ -1,0 +1,1 @@
+"""The nightly regression check and its committed baselines."""
