@@ -7,7 +7,8 @@ each name, so that a light user (reports, configs, metrics) never pays for torch
   ``apply_overrides``, ``validate``, ``config_hash`` and the allowed names (``DATASETS`` ...)
 * ``egmf_core.data``: ``load_dataset``, ``find_dataset_folder``; ``egmf_core.data.dataset.SPECS``
 * ``egmf_core.run``: ``run_experiment`` (one config in, one ``RunOutcome`` out), ``build_model``
-* ``egmf_core.train``: ``fit``, ``evaluate``
+* ``egmf_core.train``: ``fit``, ``evaluate`` (tokenizer and dataset spec come from their
+  ``egmf_core.batching.PromptEncoder``); ``egmf_core.checkpoint``: ``Checkpointer``, ``FitState``
 * ``egmf_core.metrics``: ``compute_metrics``, ``METRIC_INFO``, ``key_metric``
 * ``egmf_core.atomic``: ``atomic_write_bytes``; ``egmf_core.paths``: ``REPO_ROOT``, ``REPO_MARKER``
 

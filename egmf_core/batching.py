@@ -33,6 +33,8 @@ class EncodedSplit:
     vision: torch.Tensor  # (N, L_v, d_v)
     vision_lengths: torch.Tensor  # (N,)
     labels: np.ndarray  # (N,) class index or score
+    n_tokens: int  # placeholders per prompt (model.n_tokens): the width of pseudo_index
+    pad_id: int  # the tokenizer's pad id (eos if it has none): fills padded positions
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -106,11 +108,14 @@ class PromptEncoder:
             vision=torch.from_numpy(np.ascontiguousarray(split.vision, dtype=np.float32)),
             vision_lengths=torch.from_numpy(np.asarray(split.vision_lengths, dtype=np.int64)),
             labels=np.asarray(split.labels),
+            n_tokens=self.cfg.n_tokens,
+            pad_id=self.pad,
         )
 
 
-def collate(enc: EncodedSplit, idx, n_tokens: int, pad_id: int, *, with_answer: bool) -> dict[str, torch.Tensor]:
+def collate(enc: EncodedSplit, idx, *, with_answer: bool) -> dict[str, torch.Tensor]:
     """Batch samples `idx`: right-padded with answers (training) or left-padded prompts (eval)."""
+    n_tokens, pad_id = enc.n_tokens, enc.pad_id
     idx = [int(i) for i in idx]
     seqs, starts, answer_lens = [], [], []
     for i in idx:

@@ -3,9 +3,9 @@
 A run's checkpoint directory (the harness uses ``results/<profile>/checkpoints/<run_id>/``)::
 
     step-000012.safetensors  trainable weights at step 12: EGMF's modules and the LoRA adapters
-    step-000012.pt           optimizer, scheduler, RNG states, loop state (step, data order,
-                             early-stopping counters, history); torch.save, read back with
-                             torch.load(weights_only=True)
+    step-000012.pt           optimizer, scheduler, RNG states, loop state (FitState.to_dict():
+                             step, data order, early-stopping counters, history); torch.save,
+                             read back with torch.load(weights_only=True)
     best-000009.safetensors  the best-so-far trainable weights (selected at step 9): written only
                              when the best step changes, never a second copy inside the .pt
     latest.json              {"format", "tag", "step", "files": {name: sha256}}: written last
@@ -57,10 +57,12 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import random
 import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -80,6 +82,40 @@ class CheckpointError(ValueError):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# ---- the training loop's state ---------------------------------------------------------------------
+
+@dataclass
+class FitState:
+    """What fit()'s loop carries from one step to the next: all a checkpoint needs to continue it.
+
+    Saved as a plain dict (:meth:`to_dict`, loadable with ``torch.load(weights_only=True)``) in the
+    ``.pt`` file; ``best_state`` goes to its own ``best-*.safetensors`` file instead.
+    """
+
+    step: int = 0  # optimizer steps taken
+    order: list[int] = field(default_factory=list)  # what is left of the epoch's shuffled order
+    step_time: float = 0.0  # summed wall time of those steps, seconds
+    best: float = -math.inf  # best validation score so far, negated for a lower-is-better metric
+    best_step: int = 0
+    bad_evals: int = 0  # validation passes since the last improvement (early stopping)
+    history: list[dict] = field(default_factory=list)  # one dict per validation pass
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the best step's trainable weights
+
+    _KEYS = ("step", "order", "step_time", "best", "best_step", "bad_evals", "history")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field but ``best_state``, as plain values (the format-2 ``loop`` entry)."""
+        return {k: getattr(self, k) for k in self._KEYS}
+
+    @classmethod
+    def from_dict(cls, loop: dict[str, Any], best_state: dict[str, torch.Tensor] | None = None) -> FitState:
+        """The state :meth:`to_dict` wrote; a missing field raises CheckpointError naming it."""
+        missing = [k for k in cls._KEYS if k not in loop]
+        if missing:
+            raise CheckpointError(f"loop state has no {missing[0]!r}")
+        return cls(**{k: loop[k] for k in cls._KEYS}, best_state=dict(best_state or {}))
 
 
 # ---- RNG states ---------------------------------------------------------------------------------
@@ -156,13 +192,13 @@ class Checkpointer:
 
     # -- save --
 
-    def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, generator: torch.Generator,
-             loop: dict[str, Any], *, best_state: dict[str, torch.Tensor] | None = None,
-             best_step: int | None = None) -> Path:
-        """Write step ``step`` (weights, best weights if they changed, state, then the pointer); drop
-        older files."""
+    def save(self, model: torch.nn.Module, optimizer, scheduler, generator: torch.Generator,
+             state: FitState) -> Path:
+        """Write step ``state.step`` (weights, best weights if they changed, state, then the pointer);
+        drop older files. An empty ``state.best_state`` writes no best weights."""
         from safetensors.torch import save as safetensors_bytes
 
+        step = state.step
         weights = {n: t.detach().to("cpu").contiguous() for n, t in trainable_tensors(model).items()}
         blobs = {
             f"step-{step:06d}.safetensors": safetensors_bytes(weights, metadata={"step": str(step), "tag": self.tag}),
@@ -172,14 +208,14 @@ class Checkpointer:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": capture_rng(generator),
-                "loop": {k: _cpu(v) for k, v in loop.items()},
+                "loop": {k: _cpu(v) for k, v in state.to_dict().items()},
             }),
         }
         for name, data in blobs.items():
             atomic_write_bytes(self.directory / name, data)
         files = {name: sha256_bytes(data) for name, data in blobs.items()}
-        if best_state is not None:
-            files.update(self._save_best(best_state, int(best_step or 0)))
+        if state.best_state:
+            files.update(self._save_best(state.best_state, int(state.best_step)))
         pointer = {"format": CHECKPOINT_FORMAT, "tag": self.tag, "step": int(step), "files": files}
         path = atomic_write_bytes(self.directory / POINTER, (json.dumps(pointer, indent=1) + "\n").encode())
         for old in self.directory.iterdir():
@@ -204,14 +240,16 @@ class Checkpointer:
     # -- resume --
 
     def resume(self, model: torch.nn.Module, optimizer, scheduler, generator: torch.Generator
-               ) -> dict[str, Any] | None:
+               ) -> FitState | None:
         """Restore the latest valid checkpoint into model, optimizer, scheduler and RNGs; its loop
-        state, or None (no checkpoint, or one that cannot be trusted: one warning line)."""
+        state, or None (no checkpoint, or one that cannot be trusted: one warning line). The
+        state's ``best_state`` is empty when the checkpoint has no best weights."""
         pointer_path = self.directory / POINTER
         if not pointer_path.is_file():
             return None
         try:
             weights, state, weights_extra = self._read(pointer_path)
+            fit_state = FitState.from_dict(state["loop"], weights_extra.get("best"))
             params = trainable_tensors(model)
             if set(weights) != set(params):
                 extra = sorted(set(weights) ^ set(params))[0]
@@ -232,10 +270,7 @@ class Checkpointer:
             self._apply(params, *backup, optimizer, scheduler, generator)
             return self._refuse(pointer_path, e)
         self.log(f"resuming from {self.directory} at step {state['step']}")
-        loop = state["loop"]
-        if "best" in weights_extra:
-            loop["best_state"] = weights_extra["best"]
-        return loop
+        return fit_state
 
     @staticmethod
     def _apply(params, weights, optimizer_state, scheduler_state, rng_state, optimizer, scheduler, generator) -> None:

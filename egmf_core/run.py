@@ -105,14 +105,10 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
     None keeps torch's default) are execution settings, not part of the run's id: neither changes
     a result.
     """
-    from egmf_core.batching import PromptEncoder, collate
+    from egmf_core.batching import PromptEncoder
     from egmf_core.checkpoint import Checkpointer
     from egmf_core.config import config_hash
-    from egmf_core.data import load_dataset
-    from egmf_core.data.provenance import portable_source
-    from egmf_core.metrics import METRIC_INFO, key_metric
-    from egmf_core.train import TrainingFailed, evaluate, fit
-    from egmf_core.uncertainty import sampling_ci
+    from egmf_core.train import TrainingFailed, fit
 
     cfg = validate(cfg)
     if threads is not None:
@@ -121,51 +117,25 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
         checkpoint_dir, every=cfg.train.checkpoint_every, minutes=checkpoint_minutes, tag=config_hash(cfg))
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
-    root = resolve_path(cfg.data.root)
-    if root is None:
-        raise ValueError("config field data.root is not set: pass --data-root or set EGMF_DATA_ROOT")
-    data = load_dataset(cfg.data.name, root, verify_checksums=cfg.data.verify_checksums, strict=cfg.data.strict)
-    spec = data.spec
-    train_split = data.train
-    if cfg.data.max_train is not None and len(train_split) > cfg.data.max_train:
-        train_split = train_split.subset(np.arange(cfg.data.max_train))
+    data, root, train_split = load_run_data(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, tokenizer, info = build_model(cfg, data.audio_dim, data.vision_dim, device=device)
     check_special_tokens(tokenizer, info.source)
-    encoder = PromptEncoder(tokenizer, spec, cfg.model)
+    encoder = PromptEncoder(tokenizer, data.spec, cfg.model)
     enc = {"train": encoder.encode(train_split), "valid": encoder.encode(data.valid), "test": encoder.encode(data.test)}
-    km = key_metric(spec.name)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    outcome = RunOutcome(status="ok", device=str(device), data_source=portable_source(data.source, root),
-                         data_cleaning=dict(data.cleaning),
-                         model_source=info.source, trust_remote_code=cfg.model.trust_remote_code)
-    outcome.cost.update(trainable_params=float(trainable), total_params=float(total))
+    outcome = new_outcome(cfg, model, data, root, info, device)
     try:
-        fr = fit(
-            model, enc["train"], enc["valid"], encoder, tokenizer, spec, cfg.train,
-            seed=cfg.seed, train_labels=train_split.labels, key_metric=km,
-            higher_is_better=METRIC_INFO[km].higher_is_better, progress=progress, checkpoint=checkpoint,
-        )
+        fr = fit(model, enc["train"], enc["valid"], encoder, cfg.train, seed=cfg.seed, progress=progress,
+                 checkpoint=checkpoint)
     except TrainingFailed as e:
         outcome.status, outcome.error = "failed", str(e)
         outcome.cost.update(wall_s=time.perf_counter() - t_start, peak_mem_mb=_peak_mem_mb(device))
         return outcome
     outcome.steps, outcome.best_step, outcome.valid_history = fr.steps, fr.best_step, fr.history
-    # the validation split is read the way model selection read it, the test split by train.eval_mode
-    outcome.eval_modes = {"valid": cfg.train.valid_eval_mode or cfg.train.eval_mode, "test": cfg.train.eval_mode}
-    for split in ("valid", "test"):
-        res = evaluate(model, enc[split], encoder, tokenizer, spec, cfg.train,
-                       mode=outcome.eval_modes[split], train_labels=train_split.labels)
-        outcome.metrics[split] = {k: float(v) for k, v in res.metrics.items()}
-        outcome.invalid_rate[split] = res.invalid_rate
-        outcome.gating[split] = res.gating
-        outcome.sampling_ci[split] = {km: sampling_ci(spec.name, enc[split].labels, res.predictions, km)}
-    probe = collate(enc["train"], range(min(cfg.train.batch_size, len(enc["train"]))), cfg.model.n_tokens,
-                    encoder.pad, with_answer=True)
-    share = egmf_step_share(model, {k: v.to(device) for k, v in probe.items()})
+    evaluate_splits(outcome, model, enc, encoder, cfg)
+    share = egmf_step_share(model, _probe_batch(enc["train"], cfg.train.batch_size, device))
     outcome.cost.update(
         wall_s=time.perf_counter() - t_start,
         peak_mem_mb=_peak_mem_mb(device),
@@ -174,3 +144,58 @@ def run_experiment(cfg: RunConfig, *, progress: Callable[[int, int, str], None] 
         egmf_share=share,
     )
     return outcome
+
+
+def load_run_data(cfg: RunConfig):
+    """The run's dataset, its resolved root, and the training split (cut to ``data.max_train``)."""
+    from egmf_core.data import load_dataset
+
+    root = resolve_path(cfg.data.root)
+    if root is None:
+        raise ValueError("config field data.root is not set: pass --data-root or set EGMF_DATA_ROOT")
+    data = load_dataset(cfg.data.name, root, verify_checksums=cfg.data.verify_checksums, strict=cfg.data.strict)
+    train_split = data.train
+    if cfg.data.max_train is not None and len(train_split) > cfg.data.max_train:
+        train_split = train_split.subset(np.arange(cfg.data.max_train))
+    return data, root, train_split
+
+
+def new_outcome(cfg: RunConfig, model, data, root: Path, info, device: torch.device) -> RunOutcome:
+    """The outcome before training: where data and model came from, and the parameter counts."""
+    from egmf_core.data.provenance import portable_source
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    outcome = RunOutcome(status="ok", device=str(device), data_source=portable_source(data.source, root),
+                         data_cleaning=dict(data.cleaning),
+                         model_source=info.source, trust_remote_code=cfg.model.trust_remote_code)
+    outcome.cost.update(trainable_params=float(trainable), total_params=float(total))
+    return outcome
+
+
+def evaluate_splits(outcome: RunOutcome, model, enc: dict, encoder, cfg: RunConfig) -> None:
+    """Score the selected weights on validation and test into ``outcome``, with sampling intervals.
+
+    The validation split is read the way model selection read it, the test split by train.eval_mode.
+    """
+    from egmf_core.train import evaluate
+    from egmf_core.uncertainty import sampling_ci
+
+    spec = encoder.spec
+    outcome.eval_modes = {"valid": cfg.train.valid_eval_mode or cfg.train.eval_mode, "test": cfg.train.eval_mode}
+    for split in ("valid", "test"):
+        res = evaluate(model, enc[split], encoder, cfg.train, mode=outcome.eval_modes[split],
+                       train_labels=enc["train"].labels)
+        outcome.metrics[split] = {k: float(v) for k, v in res.metrics.items()}
+        outcome.invalid_rate[split] = res.invalid_rate
+        outcome.gating[split] = res.gating
+        outcome.sampling_ci[split] = {spec.key_metric: sampling_ci(spec.name, enc[split].labels, res.predictions,
+                                                                   spec.key_metric)}
+
+
+def _probe_batch(train, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The first training batch, on ``device``: what egmf_step_share times."""
+    from egmf_core.batching import collate
+
+    probe = collate(train, range(min(batch_size, len(train))), with_answer=True)
+    return {k: v.to(device) for k, v in probe.items()}

@@ -2,9 +2,11 @@
 
 fit(): AdamW over EGMF's modules and the LoRA adapters, cosine schedule with warmup, gradient
 clipping, validation every `eval_every` steps, early stopping and model selection on the
-validation split only. The test split is evaluated once, by the caller, after fit() returns.
+validation split only, by the dataset spec's key metric. The test split is evaluated once, by
+the caller, after fit() returns. The loop's state between steps is a checkpoint.FitState.
 evaluate(): greedy generation (the paper's way) or label scoring, strict parsing, metrics with
 the invalid answers counted and filled by the configured fallback, and gating statistics.
+Both take the PromptEncoder of the split, and with it its tokenizer and dataset spec.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from egmf_core.answers import fill_invalid, parse_answers
 from egmf_core.batching import EncodedSplit, PromptEncoder, collate
-from egmf_core.checkpoint import Checkpointer
+from egmf_core.checkpoint import Checkpointer, FitState
 from egmf_core.config import DEFAULT_PATIENCE, TrainConfig
-from egmf_core.data.dataset import DatasetSpec
 from egmf_core.decoding import generate_answers, score_labels
 from egmf_core.gating import SENTIMENT_BIN_NAMES, GatingStats, sentiment_bin
 from egmf_core.metrics import compute_metrics
@@ -78,8 +79,6 @@ def evaluate(
     model: EGMF,
     enc: EncodedSplit,
     encoder: PromptEncoder,
-    tokenizer,
-    spec: DatasetSpec,
     cfg: TrainConfig,
     *,
     mode: str,
@@ -87,11 +86,14 @@ def evaluate(
 ) -> EvalResult:
     """Answer every sample of a split, parse strictly, and score with the field's metrics.
 
-    Samples are batched in order of prompt length (less padding; results are put back in split
-    order) and the fusion runs once per batch, shared by the gate statistics and the decoder.
+    The tokenizer and dataset spec are the encoder's. Samples are batched in order of prompt
+    length (less padding; results are put back in split order) and the fusion runs once per
+    batch, shared by the gate statistics and the decoder. ``train_labels`` feed the fallback
+    that fills unparsable answers (``train.invalid_fallback``).
     """
     model.eval()
     device = _device_of(model)
+    spec = encoder.spec
     is_cls = spec.task == "classification"
     if mode == "score" and not is_cls:
         raise ValueError("train.eval_mode='score' ranks label continuations: it needs a classification dataset")
@@ -100,13 +102,13 @@ def evaluate(
     answers: dict[int, str] = {}
     chosen = np.zeros(len(enc), dtype=np.int64)
     for idx in eval_batches(enc, eval_batch_size(model, cfg, device)):
-        batch = _to(collate(enc, idx, model.cfg.n_tokens, encoder.pad, with_answer=False), device)
+        batch = _to(collate(enc, idx, with_answer=False), device)
         with _autocast(device, cfg):
             t_pseudo, gate = model.fuse(batch)
             if mode == "score":
                 chosen[idx] = score_labels(model, batch, encoder.label_answers, t_pseudo).cpu().numpy()
             else:
-                answers.update(zip(idx, generate_answers(model, batch, tokenizer, max_new, t_pseudo)))
+                answers.update(zip(idx, generate_answers(model, batch, encoder.tok, max_new, t_pseudo)))
         labels = enc.labels[idx]
         stats.update(gate, labels if is_cls else sentiment_bin(labels, spec.neutral_band))
     texts = [answers[i] for i in range(len(enc))] if mode != "score" else []
@@ -249,86 +251,132 @@ class LossLog:
         return float(values.mean())
 
 
+@dataclass(frozen=True)
+class FitSchedule:
+    """The step counts and validation mode of one fit, fixed before its first step."""
+
+    total: int  # optimizer steps: train.max_steps, else train.epochs x steps per epoch
+    eval_every: int  # steps between validation passes (train.eval_every, else one epoch)
+    patience: int  # validation passes without improvement before stopping
+    valid_mode: str  # one mode for validation and test unless train.valid_eval_mode is set
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, n_train: int, task: str) -> FitSchedule:
+        steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+        return cls(
+            total=cfg.max_steps or cfg.epochs * steps_per_epoch,
+            eval_every=cfg.eval_every or steps_per_epoch,
+            patience=cfg.patience if cfg.patience is not None else DEFAULT_PATIENCE[task],
+            valid_mode=cfg.valid_eval_mode or cfg.eval_mode,
+        )
+
+
 def fit(
     model: EGMF,
     train: EncodedSplit,
     valid: EncodedSplit,
     encoder: PromptEncoder,
-    tokenizer,
-    spec: DatasetSpec,
     cfg: TrainConfig,
     *,
     seed: int,
-    train_labels: np.ndarray,
-    key_metric: str,
-    higher_is_better: bool,
     progress: Callable[[int, int, str], None] | None = None,
     checkpoint: Checkpointer | None = None,
 ) -> FitResult:
     """Train EGMF's modules (and LoRA) with early stopping on the validation split only.
 
-    With ``checkpoint``, the state is saved when ``checkpoint.due`` says (steps, minutes, validation
-    passes) and a run that finds a checkpoint continues from it, giving the same result as if it had never stopped. The
-    training loss is read back every ``train.log_every`` steps and at validation passes, not
-    every step: the step itself never waits for the device.
+    Model selection uses the dataset spec's key metric and direction (``encoder.spec``); the
+    fallback for unparsable validation answers draws on ``train.labels``; ``seed`` drives the
+    data order. With ``checkpoint``, the state is saved when ``checkpoint.due`` says (steps,
+    minutes, validation passes) and a run that finds a checkpoint continues from it, giving the
+    same result as if it had never stopped. The training loss is read back every
+    ``train.log_every`` steps and at validation passes, not every step: the step itself never
+    waits for the device.
     """
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    trainer = Trainer.build(model, cfg, total)
-    eval_every = cfg.eval_every or steps_per_epoch
-    patience = cfg.patience if cfg.patience is not None else DEFAULT_PATIENCE[spec.task]
-    valid_mode = cfg.valid_eval_mode or cfg.eval_mode  # one mode for validation and test unless set
-    gen = torch.Generator().manual_seed(seed)
+    return FitLoop(model, train, valid, encoder, cfg, seed=seed, checkpoint=checkpoint).run(progress)
 
-    best, best_step, bad_evals = -math.inf, 0, 0
-    best_state = _trainable_state(model)
-    history: list[dict] = []
-    step, step_time = 0, 0.0
-    order: list[int] = []
-    resumed = checkpoint.resume(model, trainer.opt, trainer.sched, gen) if checkpoint is not None else None
-    if resumed is not None:  # continue exactly where the saved run stopped
-        step, order, step_time = resumed["step"], resumed["order"], resumed["step_time"]
-        best, best_step, bad_evals = resumed["best"], resumed["best_step"], resumed["bad_evals"]
-        best_state, history = resumed.get("best_state", best_state), resumed["history"]
-    losses = LossLog()
-    losses.first_step = step + 1
-    while step < total:
-        if not order:
-            order = torch.randperm(len(train), generator=gen).tolist()
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+
+class FitLoop:
+    """One fit's moving parts; ``run`` is the loop and the other methods its named steps."""
+
+    def __init__(self, model: EGMF, train: EncodedSplit, valid: EncodedSplit, encoder: PromptEncoder,
+                 cfg: TrainConfig, *, seed: int, checkpoint: Checkpointer | None):
+        self.model, self.train, self.valid, self.encoder, self.cfg = model, train, valid, encoder, cfg
+        self.schedule = FitSchedule.of(cfg, len(train), encoder.spec.task)
+        self.trainer = Trainer.build(model, cfg, self.schedule.total)
+        self.gen = torch.Generator().manual_seed(seed)  # the data order's own generator
+        self.checkpoint = checkpoint
+        self.state = self._start()
+        self.losses = LossLog()
+        self.losses.first_step = self.state.step + 1
+
+    def _start(self) -> FitState:
+        """A fresh state, or the checkpoint's: continue exactly where the saved run stopped."""
+        fresh = FitState(best_state=_trainable_state(self.model))
+        resumed = None if self.checkpoint is None else self.checkpoint.resume(
+            self.model, self.trainer.opt, self.trainer.sched, self.gen)
+        if resumed is None:
+            return fresh
+        resumed.best_state = resumed.best_state or fresh.best_state
+        return resumed
+
+    def run(self, progress: Callable[[int, int, str], None] | None) -> FitResult:
+        """Step until the schedule ends or patience runs out; leave the best step's weights loaded."""
+        state, total = self.state, self.schedule.total
+        while state.step < total:
+            evaluating = self._train_step()
+            if progress:  # every step, with the last loss read back (reading it now would sync)
+                progress(state.step, total, f"loss {self.losses.last:.3f}")
+            if evaluating and self._validate():
+                break  # early stop: no checkpoint of this step, the run is over
+            self._maybe_checkpoint(evaluating)
+        self.losses.flush()
+        _load_trainable_state(self.model, state.best_state)
+        return self._result()
+
+    def _train_step(self) -> bool:
+        """One optimizer step on the next batch of the shuffled order; whether validation is due."""
+        state, batch_size = self.state, self.cfg.batch_size
+        if not state.order:
+            state.order = torch.randperm(len(self.train), generator=self.gen).tolist()
+        idx, state.order = state.order[:batch_size], state.order[batch_size:]
         t0 = time.perf_counter()
-        losses.add(trainer.step(collate(train, idx, model.cfg.n_tokens, encoder.pad, with_answer=True)))
-        step += 1
-        evaluating = step % eval_every == 0 or step == total
-        if evaluating or step % cfg.log_every == 0:
-            losses.flush()  # syncs: the step time below includes the device's work
-        step_time += time.perf_counter() - t0
-        if progress:  # every step, with the last loss read back (reading it now would sync)
-            progress(step, total, f"loss {losses.last:.3f}")
-        if evaluating:
-            res = evaluate(model, valid, encoder, tokenizer, spec, cfg, mode=valid_mode, train_labels=train_labels)
-            score = res.metrics[key_metric] if higher_is_better else -res.metrics[key_metric]
-            history.append({"step": step, "loss": losses.last, key_metric: res.metrics[key_metric],
-                            "invalid_rate": res.invalid_rate})
-            if score > best:
-                best, best_step, bad_evals = score, step, 0
-                best_state = _trainable_state(model)
-            else:
-                bad_evals += 1
-                if bad_evals >= patience:
-                    break
-        if checkpoint is not None and checkpoint.due(step, evaluated=evaluating):
-            losses.flush()
-            checkpoint.save(step, model, trainer.opt, trainer.sched, gen, dict(
-                step=step, order=order, step_time=step_time, best=best, best_step=best_step,
-                bad_evals=bad_evals, history=history), best_state=best_state, best_step=best_step)
-    losses.flush()
-    _load_trainable_state(model, best_state)
-    return FitResult(
-        steps=step,
-        best_step=best_step,
-        best_valid=best if higher_is_better else -best,
-        history=history,
-        step_time_s=step_time / max(step, 1),
-        samples_per_s=cfg.batch_size * step / max(step_time, 1e-9),
-    )
+        self.losses.add(self.trainer.step(collate(self.train, idx, with_answer=True)))
+        state.step += 1
+        evaluating = state.step % self.schedule.eval_every == 0 or state.step == self.schedule.total
+        if evaluating or state.step % self.cfg.log_every == 0:
+            self.losses.flush()  # syncs: the step time below includes the device's work
+        state.step_time += time.perf_counter() - t0
+        return evaluating
+
+    def _validate(self) -> bool:
+        """A validation pass: record it and keep the best weights; whether patience ran out."""
+        state, spec = self.state, self.encoder.spec
+        res = evaluate(self.model, self.valid, self.encoder, self.cfg, mode=self.schedule.valid_mode,
+                       train_labels=self.train.labels)
+        value = res.metrics[spec.key_metric]
+        score = value if spec.key_metric_higher_is_better else -value
+        state.history.append({"step": state.step, "loss": self.losses.last, spec.key_metric: value,
+                              "invalid_rate": res.invalid_rate})
+        if score > state.best:
+            state.best, state.best_step, state.bad_evals = score, state.step, 0
+            state.best_state = _trainable_state(self.model)
+            return False
+        state.bad_evals += 1
+        return state.bad_evals >= self.schedule.patience
+
+    def _maybe_checkpoint(self, evaluated: bool) -> None:
+        if self.checkpoint is not None and self.checkpoint.due(self.state.step, evaluated=evaluated):
+            self.losses.flush()
+            self.checkpoint.save(self.model, self.trainer.opt, self.trainer.sched, self.gen, self.state)
+
+    def _result(self) -> FitResult:
+        state = self.state
+        best = state.best if self.encoder.spec.key_metric_higher_is_better else -state.best
+        return FitResult(
+            steps=state.step,
+            best_step=state.best_step,
+            best_valid=best,
+            history=state.history,
+            step_time_s=state.step_time / max(state.step, 1),
+            samples_per_s=self.cfg.batch_size * state.step / max(state.step_time, 1e-9),
+        )

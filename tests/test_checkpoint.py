@@ -13,7 +13,7 @@ import torch
 
 from egmf_core import checkpoint as ck
 from egmf_core.atomic import AtomicWriteError, atomic_write_bytes
-from egmf_core.checkpoint import Checkpointer, CheckpointError
+from egmf_core.checkpoint import Checkpointer, CheckpointError, FitState
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,25 +60,25 @@ def _toy_run(directory: Path | None, *, every: int | None = 2, stop_at: int | No
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(12, 4, generator=torch.Generator().manual_seed(2)), torch.randn(12, 1)
     chk = Checkpointer(directory, every=every, tag="toy", log=lambda line: None) if directory else None
-    loop = {"step": 0, "order": [], "losses": []}
+    state = FitState()
     if chk is not None:
-        loop = chk.resume(model, opt, sched, gen) or loop
-    while loop["step"] < steps:
-        if not loop["order"]:
-            loop["order"] = torch.randperm(12, generator=gen).tolist()
-        idx, loop["order"] = loop["order"][:4], loop["order"][4:]
+        state = chk.resume(model, opt, sched, gen) or state
+    while state.step < steps:
+        if not state.order:
+            state.order = torch.randperm(12, generator=gen).tolist()
+        idx, state.order = state.order[:4], state.order[4:]
         loss = (model(x[idx]) - y[idx]).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        loop["step"] += 1
-        loop["losses"].append(loss.item())
-        if chk is not None and chk.due(loop["step"]):
-            chk.save(loop["step"], model, opt, sched, gen, loop)
-        if stop_at == loop["step"]:
+        state.step += 1
+        state.history.append({"loss": loss.item()})
+        if chk is not None and chk.due(state.step):
+            chk.save(model, opt, sched, gen, state)
+        if stop_at == state.step:
             raise Stop
-    return loop["losses"], [p.detach().clone() for p in model.parameters()]
+    return [h["loss"] for h in state.history], [p.detach().clone() for p in model.parameters()]
 
 
 def test_a_resumed_loop_equals_an_uninterrupted_one_bit_for_bit(tmp_path):
@@ -142,6 +142,39 @@ def test_a_checkpoint_that_fails_half_way_through_restoring_leaves_nothing_chang
     assert torch.equal(torch.get_rng_state(), rng_before) and opt.state_dict()["state"] == {}
 
 
+def test_the_loop_state_is_saved_as_the_format_2_plain_dict(tmp_path):
+    """FitState.to_dict() writes exactly the keys the dict-based loop wrote (format 2), so older
+    checkpoints still resume; best weights stay out of the state file."""
+    with pytest.raises(Stop):
+        _toy_run(tmp_path, stop_at=2)
+    loop = torch.load(tmp_path / "step-000002.pt", weights_only=True)["loop"]
+    assert sorted(loop) == ["bad_evals", "best", "best_step", "history", "order", "step", "step_time"]
+    assert FitState.from_dict(loop).step == 2 and len(FitState.from_dict(loop).history) == 2
+
+
+def test_a_loop_state_missing_a_field_is_named_and_the_run_starts_over(tmp_path):
+    import io
+
+    with pytest.raises(Stop):
+        _toy_run(tmp_path, stop_at=2)
+    path = tmp_path / "step-000002.pt"
+    state = torch.load(path, weights_only=True)
+    del state["loop"]["history"]
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path.write_bytes(buf.getvalue())
+    pointer = json.loads((tmp_path / "latest.json").read_text())
+    pointer["files"][path.name] = ck.sha256_bytes(buf.getvalue())
+    (tmp_path / "latest.json").write_text(json.dumps(pointer))
+    lines = []
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    assert Checkpointer(tmp_path, every=2, tag="toy", log=lines.append).resume(
+        model, opt, sched, torch.Generator()) is None
+    assert "loop state has no 'history'" in lines[0] and "starting the run from step 0" in lines[0]
+
+
 @pytest.mark.parametrize("every", [0, -3, 1.5, True])
 def test_checkpoint_every_must_be_a_positive_step_count(tmp_path, every):
     with pytest.raises(CheckpointError, match=rf"config field train.checkpoint_every={every!r}: must be a positive"):
@@ -191,9 +224,8 @@ def test_fit_resumed_after_an_interruption_gives_the_same_history_metrics_and_we
             if step == stop_at:
                 raise Stop
 
-        fr = fit(model, enc, enc, encoder, tok, spec, cfg.train, seed=cfg.seed, train_labels=split.labels,
-                 key_metric="wf1", higher_is_better=True, progress=progress, checkpoint=chk)
-        res = evaluate(model, enc, encoder, tok, spec, cfg.train, mode="score", train_labels=split.labels)
+        fr = fit(model, enc, enc, encoder, cfg.train, seed=cfg.seed, progress=progress, checkpoint=chk)
+        res = evaluate(model, enc, encoder, cfg.train, mode="score", train_labels=split.labels)
         return fr.history, fr.best_step, res.metrics, [p.clone() for p in model.parameters() if p.requires_grad]
 
     plain = run()

@@ -227,7 +227,7 @@ def test_evaluate_names_alpha_columns_in_the_models_k_order():
     split = make_split(12, "meld", seed=3)
     model, tok, _ = build_model(cfg, 6, 5, device=torch.device("cpu"))
     encoder = PromptEncoder(tok, SPECS["meld"], cfg.model)
-    res = evaluate(model, encoder.encode(split), encoder, tok, SPECS["meld"], cfg.train, mode="score",
+    res = evaluate(model, encoder.encode(split), encoder, cfg.train, mode="score",
                    train_labels=split.labels)
     assert model.experts.names == ["E1", "E3"]
     assert list(res.gating["alpha_mean"]) == ["E1", "E3"]

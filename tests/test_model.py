@@ -23,7 +23,7 @@ def _build(**model_overrides):
 def _batch(model, tok, split, idx, with_answer, spec="meld"):
     enc = PromptEncoder(tok, SPECS[spec], model.cfg)
     e = enc.encode(split)
-    return collate(e, idx, model.cfg.n_tokens, enc.pad, with_answer=with_answer), enc, e
+    return collate(e, idx, with_answer=with_answer), enc, e
 
 
 @pytest.fixture(scope="module")

@@ -139,9 +139,9 @@ def test_fit_reads_the_loss_back_every_log_every_steps_not_every_step(monkeypatc
     monkeypatch.setattr(train.LossLog, "flush", lambda self: flushes.append(1) or real_flush(self))
     monkeypatch.setattr(torch.Tensor, "item", item)
     monkeypatch.setattr(torch.Tensor, "__bool__", as_bool)
-    fit(model, enc, enc, enc_train, tok, spec, cfg.train, seed=1, train_labels=split.labels,
-        key_metric="mae", higher_is_better=False)
-    in_step = [r for r in reads if r.startswith(("train.py:step", "train.py:fit", "model.py", "pseudo_tokens.py", "fusion.py",
+    fit(model, enc, enc, enc_train, cfg.train, seed=1)
+    loop = ("train.py:step", "train.py:fit", "train.py:run", "train.py:_train_step", "train.py:_maybe_checkpoint")
+    in_step = [r for r in reads if r.startswith((*loop, "model.py", "pseudo_tokens.py", "fusion.py",
                                                  "experts.py", "gating.py", "encoders.py"))]
     assert in_step == []  # the step itself never reads a value back (transformers' mask checks aside)
     assert 3 <= len(flushes) <= 12 // 4 + 2  # the loss is read back every log_every steps, and at the end
@@ -172,21 +172,21 @@ def test_checkpoints_follow_minutes_and_validation_passes(tmp_path, monkeypatch)
 
 
 def test_best_weights_are_written_once_per_best_step_not_in_every_state_file(tmp_path):
-    from egmf_core.checkpoint import Checkpointer
+    from egmf_core.checkpoint import Checkpointer, FitState
 
     model, opt, sched, gen = _toy()
     best = {n: p.detach().clone() for n, p in model.named_parameters()}
     chk = Checkpointer(tmp_path, every=1, tag="t", log=lambda line: None)
-    chk.save(1, model, opt, sched, gen, {"step": 1}, best_state=best, best_step=1)
+    chk.save(model, opt, sched, gen, FitState(step=1, best_step=1, best_state=best))
     first = (tmp_path / "best-000001.safetensors").stat().st_mtime_ns
-    chk.save(2, model, opt, sched, gen, {"step": 2}, best_state=best, best_step=1)
+    chk.save(model, opt, sched, gen, FitState(step=2, best_step=1, best_state=best))
     assert (tmp_path / "best-000001.safetensors").stat().st_mtime_ns == first  # not rewritten
     state = torch.load(tmp_path / "step-000002.pt", weights_only=True)
     assert "best_state" not in state["loop"]  # no second copy inside the state file
     with torch.no_grad():
         model.weight.add_(1.0)
     loop = Checkpointer(tmp_path, every=1, tag="t", log=lambda line: None).resume(model, opt, sched, gen)
-    assert torch.equal(loop["best_state"]["weight"], best["weight"])
+    assert torch.equal(loop.best_state["weight"], best["weight"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "best-000001.safetensors", "latest.json", "step-000002.pt", "step-000002.safetensors"]
 

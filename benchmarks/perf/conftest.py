@@ -18,7 +18,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EGMF_NO_PROGRESS", "1")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -51,7 +50,6 @@ class TwinBench:
     train: EncodedSplit
     valid: EncodedSplit
     test: EncodedSplit
-    train_labels: np.ndarray
     fit_result: object = None
 
 
@@ -73,19 +71,15 @@ def build_twin_bench(twin: str) -> TwinBench:
     model, tokenizer, _ = build_model(cfg, data.audio_dim, data.vision_dim, device=torch.device("cpu"))
     encoder = PromptEncoder(tokenizer, data.spec, cfg.model)
     return TwinBench(twin, cfg, model, tokenizer, encoder, data.spec, encoder.encode(data.train),
-                     encoder.encode(data.valid), encoder.encode(data.test), np.asarray(data.train.labels))
+                     encoder.encode(data.valid), encoder.encode(data.test))
 
 
 def train_twin(tb: TwinBench, steps: int = TRAIN_STEPS) -> TwinBench:
     """Fit with the one training loop (one validation pass, at the end)."""
-    from egmf_core.metrics import METRIC_INFO, key_metric
     from egmf_core.train import fit
 
-    km = key_metric(tb.spec.name)
     train_cfg = apply_overrides(tb.cfg, {"train.max_steps": steps, "train.eval_every": steps}).train
-    tb.fit_result = fit(tb.model, tb.train, tb.valid, tb.encoder, tb.tokenizer, tb.spec, train_cfg, seed=tb.cfg.seed,
-                        train_labels=tb.train_labels, key_metric=km,
-                        higher_is_better=METRIC_INFO[km].higher_is_better)
+    tb.fit_result = fit(tb.model, tb.train, tb.valid, tb.encoder, train_cfg, seed=tb.cfg.seed)
     return tb
 
 

@@ -4,14 +4,16 @@
 on the synthetic MELD twin (no validation pass inside the window) under torch's profiler and
 counts, per step: aten operators dispatched, and ``Tensor.item`` / ``Tensor.__bool__`` calls made
 by egmf_core's own code (each one a host-device synchronisation on a GPU). It imports only
-``egmf_core`` APIs that older revisions have too, so the same file measures a checkout of
-another revision (``PYTHONPATH=<old checkout> python benchmarks/perf/dispatch.py``): that is how
+``egmf_core`` APIs that older revisions have too, and calls ``fit`` with whichever signature the
+checkout has (older ones also took the tokenizer, spec, training labels and key metric), so the
+same file measures a checkout of another revision (``PYTHONPATH=<old checkout> python benchmarks/perf/dispatch.py``): that is how
 the before/after table in ``reports/smoke/step_dispatch.md`` was made. ``nox -s bench`` reports
 the same counts in ``test_bench_step.py``'s ``extra_info``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import traceback
@@ -50,6 +52,11 @@ def _fit_counts(twin: str, steps: int) -> tuple[int, int]:
     encoder = PromptEncoder(tok, data.spec, cfg.model)
     enc = encoder.encode(data.train)
     valid = encoder.encode(data.valid.subset(range(4)))
+    if "tokenizer" in inspect.signature(fit).parameters:  # a revision before fit read them from the encoder
+        args = (model, enc, valid, encoder, tok, data.spec, cfg.train)
+        extra = {"train_labels": data.train.labels, "key_metric": "wf1", "higher_is_better": True}
+    else:
+        args, extra = (model, enc, valid, encoder, cfg.train), {}
     reads = [0]
     real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
 
@@ -67,8 +74,7 @@ def _fit_counts(twin: str, steps: int) -> tuple[int, int]:
     torch.Tensor.item, torch.Tensor.__bool__ = item, as_bool
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            fit(model, enc, valid, encoder, tok, data.spec, cfg.train, seed=cfg.seed,
-                train_labels=data.train.labels, key_metric="wf1", higher_is_better=True)
+            fit(*args, seed=cfg.seed, **extra)
     finally:
         torch.Tensor.item, torch.Tensor.__bool__ = real_item, real_bool
     return sum(e.name.startswith("aten::") for e in prof.events()), reads[0]

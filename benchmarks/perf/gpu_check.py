@@ -142,7 +142,7 @@ def profile_step(trainer, batch, device) -> dict[str, int]:
     return out
 
 
-def eval_timings(model, encoder, tokenizer, data, cfg) -> dict[str, float]:
+def eval_timings(model, encoder, data, cfg) -> dict[str, float]:
     """Seconds to answer one evaluation batch by generation and by label scoring."""
     import numpy as np
 
@@ -151,9 +151,9 @@ def eval_timings(model, encoder, tokenizer, data, cfg) -> dict[str, float]:
     enc = encoder.encode(data.valid.subset(np.arange(min(len(data.valid), cfg.train.eval_batch_size))))
     out = {}
     for mode in ("generate", "score"):
-        evaluate(model, enc, encoder, tokenizer, data.spec, cfg.train, mode=mode, train_labels=data.train.labels)
+        evaluate(model, enc, encoder, cfg.train, mode=mode, train_labels=data.train.labels)
         t0 = time.perf_counter()
-        res = evaluate(model, enc, encoder, tokenizer, data.spec, cfg.train, mode=mode, train_labels=data.train.labels)
+        res = evaluate(model, enc, encoder, cfg.train, mode=mode, train_labels=data.train.labels)
         out[f"eval_{mode}_s_per_batch"] = time.perf_counter() - t0
         out[f"eval_{mode}_invalid_rate"] = res.invalid_rate
     out["eval_batch_size"] = len(enc)
@@ -164,14 +164,14 @@ def checkpoint_roundtrip(model, trainer) -> dict[str, Any]:
     """Save the training state, perturb the weights, resume: the weights must come back exactly."""
     import torch
 
-    from egmf_core.checkpoint import Checkpointer, trainable_tensors
+    from egmf_core.checkpoint import Checkpointer, FitState, trainable_tensors
 
     gen = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Checkpointer(tmp, every=1, tag="gpu-check", log=lambda line: None)
         before = {n: t.detach().clone() for n, t in trainable_tensors(model).items()}
         t0 = time.perf_counter()
-        ckpt.save(1, model, trainer.opt, trainer.sched, gen, {"step": 1})
+        ckpt.save(model, trainer.opt, trainer.sched, gen, FitState(step=1))
         save_s = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
         with torch.no_grad():
@@ -194,10 +194,10 @@ def measure_backbone(family: str, opts: CheckOptions, peak_tflops: float | None)
 
     if opts.device == "meta":
         return meta_counts(family)
-    model, encoder, tokenizer, data, cfg, build_s, info = build_check_model(family, opts)
+    model, encoder, _, data, cfg, build_s, info = build_check_model(family, opts)
     device = torch.device(opts.device)
     enc = encoder.encode(data.train)
-    batch = collate(enc, range(cfg.train.batch_size), cfg.model.n_tokens, encoder.pad, with_answer=True)
+    batch = collate(enc, range(cfg.train.batch_size), with_answer=True)
     trainer = Trainer.build(model, cfg.train, total_steps=10_000)
     out: dict[str, Any] = {"params": info.n_params, "weight_gib": _weight_bytes(model.llm) / 2**30,
                            "build_s": build_s, "batch_size": cfg.train.batch_size,
@@ -216,7 +216,7 @@ def measure_backbone(family: str, opts: CheckOptions, peak_tflops: float | None)
         out["tflops"] = out["flops_per_step"] / out["step_time_s"] / 1e12
         out["mfu"] = out["tflops"] / peak_tflops if peak_tflops else None
     _phase(out, "profile", lambda: profile_step(trainer, batch, device))
-    _phase(out, "eval", lambda: eval_timings(model, encoder, tokenizer, data, cfg))
+    _phase(out, "eval", lambda: eval_timings(model, encoder, data, cfg))
     _phase(out, "checkpoint", lambda: checkpoint_roundtrip(model, trainer))
     single = {"1": out["tokens_per_step"] * len(times) / sum(times)}
     out["jobs_per_gpu"] = dict(single)
@@ -358,7 +358,7 @@ def worker_main(family: str, size: str, steps: int, sync_dir: str, index: int, s
     dev = torch_device(device)
     model, encoder, _, data, cfg, _, _ = build_check_model(family, opts)
     enc = encoder.encode(data.train)
-    batch = collate(enc, range(cfg.train.batch_size), cfg.model.n_tokens, encoder.pad, with_answer=True)
+    batch = collate(enc, range(cfg.train.batch_size), with_answer=True)
     sync = Path(sync_dir)
     for tag, compiled in (("", False), ("c", True)):
         train_cfg = dataclasses.replace(cfg.train, compile=compiled)

@@ -39,7 +39,7 @@ WHY_BELOW_TARGET = (
 def eval_batches(tb: TwinBench) -> list[dict]:
     """The test split as left-padded evaluation batches of eval_batch_size."""
     size, n = tb.cfg.train.eval_batch_size, len(tb.test)
-    return [collate(tb.test, range(s, min(s + size, n)), tb.cfg.model.n_tokens, tb.encoder.pad, with_answer=False)
+    return [collate(tb.test, range(s, min(s + size, n)), with_answer=False)
             for s in range(0, n, size)]
 
 

@@ -30,17 +30,14 @@ def head(enc: EncodedSplit, n: int) -> EncodedSplit:
 
 @pytest.mark.parametrize("twin", TWINS)
 def test_training_steps(benchmark, twins, twin):
-    from egmf_core.metrics import METRIC_INFO, key_metric
     from egmf_core.train import fit
 
     tb = twins.fresh(twin)
     cfg = apply_overrides(tb.cfg, {"train.max_steps": STEPS, "train.eval_every": STEPS}).train
     valid = head(tb.valid, VALID_SAMPLES)
-    km = key_metric(tb.spec.name)
 
     def run():
-        return fit(tb.model, tb.train, valid, tb.encoder, tb.tokenizer, tb.spec, cfg, seed=tb.cfg.seed,
-                   train_labels=tb.train_labels, key_metric=km, higher_is_better=METRIC_INFO[km].higher_is_better)
+        return fit(tb.model, tb.train, valid, tb.encoder, cfg, seed=tb.cfg.seed)
 
     result = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     assert result.steps == STEPS
