@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from egmf_core.config import ModelConfig
 from egmf_core.lfs import folder_lfs_pointer, lfs_pointer_message, load_failure_message
-from egmf_core.paths import FAMILY_DIRS
+from egmf_core.paths import FAMILY_DIRS, MODEL_ROOT_ENV
 from egmf_core.twins import TWIN_SPECS, load_twin
 
 # config.json model_type accepted for each family ("glm" for glm3 = a directory already converted).
@@ -48,7 +48,6 @@ LORA_TARGETS: dict[str, list[str]] = {
     "glm4": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"],
     "chatglm": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],  # remote code (opt-in)
 }
-MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"
 
 
 class BackboneError(ValueError):

@@ -37,8 +37,8 @@ import torch
 from transformers import GlmConfig, GlmForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from egmf_core import convert_chatglm3
+from egmf_core.paths import FAMILIES
 
-FAMILIES = ("glm3", "glm4", "llama3")
 INIT_STD = 0.02  # transformers' initializer_range for all three releases
 
 # ChatGLM3-6B's config.json (THUDM/chatglm3-6b), in its own field names; converted as a real one is.

@@ -19,6 +19,9 @@ def expand_repo_marker(path: str, root: Path = REPO_ROOT) -> Path:
     return Path(path).expanduser()
 
 
+DATA_ROOT_ENV = "EGMF_DATA_ROOT"  # the paper profile's datasets, when no --data-root is given
+MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"  # backbone weights, when no --model-root / model.model_path is given
+
 # Backbone family -> the folder names its HF checkpoint may have under $EGMF_MODEL_ROOT, the
 # first being where the paper profile expects it (benchmarks.execution.profiles.MODEL_DIRS).
 FAMILY_DIRS: dict[str, tuple[str, ...]] = {
@@ -26,3 +29,4 @@ FAMILY_DIRS: dict[str, tuple[str, ...]] = {
     "glm4": ("glm-4-9b-hf", "glm-4-9b-chat-hf"),  # THUDM/glm-4-9b-hf (GlmForCausalLM)
     "llama3": ("Meta-Llama-3-8B-Instruct",),  # meta-llama/Meta-Llama-3-8B-Instruct
 }
+FAMILIES: tuple[str, ...] = tuple(FAMILY_DIRS)  # the three backbone families: glm3, glm4, llama3

@@ -21,11 +21,6 @@ from egmf_core.outcome import RunOutcome
 from egmf_core.paths import expand_repo_marker
 
 
-def resolve_path(path: str | None) -> Path | None:
-    """Expand the "<repo>" marker (used by the smoke profile so hashes ignore the clone's location)."""
-    return None if path is None else expand_repo_marker(path)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -150,9 +145,9 @@ def load_run_data(cfg: RunConfig):
     """The run's dataset, its resolved root, and the training split (cut to ``data.max_train``)."""
     from egmf_core.data import load_dataset
 
-    root = resolve_path(cfg.data.root)
-    if root is None:
+    if cfg.data.root is None:
         raise ValueError("config field data.root is not set: pass --data-root or set EGMF_DATA_ROOT")
+    root = expand_repo_marker(cfg.data.root)  # "<repo>/...": the smoke profile's data, in this clone
     data = load_dataset(cfg.data.name, root, verify_checksums=cfg.data.verify_checksums, strict=cfg.data.strict)
     train_split = data.train
     if cfg.data.max_train is not None and len(train_split) > cfg.data.max_train:

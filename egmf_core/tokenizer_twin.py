@@ -27,7 +27,6 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-FAMILIES = ("glm3", "glm4", "llama3")
 DEFAULT_VOCAB_SIZE = 2048  # learned pieces incl. 256 bytes; specials come on top
 # Each corpus line is seen this many times, so that every word of the synthetic vocabulary becomes
 # one or two tokens, as common words are in a real LLM's vocabulary. Seen once, a word like

@@ -42,15 +42,15 @@ def sampling_ci(dataset: str, y_true, y_pred, metric: str, *, n_boot: int = N_BO
     return [float(low), float(high)]
 
 
-def _mae(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+def _mae_rows(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.abs(t.astype(float) - p.astype(float)).mean(axis=1)
 
 
-def _acc(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+def _acc_rows(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     return (t == p).mean(axis=1)
 
 
-def _wf1(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+def _wf1_rows(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Weighted F1 per resample row, as egmf_core.metrics.classification_metrics defines it."""
     t, p = t.astype(np.int64), p.astype(np.int64)
     k = int(max(t.max(), p.max())) + 1
@@ -64,4 +64,4 @@ def _wf1(t: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 # The key metrics, computed for all resamples at once (one compute_metrics call each is ~5 ms).
-_VECTORISED = {"mae": _mae, "acc": _acc, "wf1": _wf1}
+_VECTORISED = {"mae": _mae_rows, "acc": _acc_rows, "wf1": _wf1_rows}

@@ -81,6 +81,14 @@ def _toy_run(directory: Path | None, *, every: int | None = 2, stop_at: int | No
     return [h["loss"] for h in state.history], [p.detach().clone() for p in model.parameters()]
 
 
+def _fresh_resume(directory: Path, tag: str, lines: list[str]):
+    """What a new toy model, optimizer and schedule resume from ``directory`` (None: nothing)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return Checkpointer(directory, every=2, tag=tag, log=lines.append).resume(model, opt, sched, torch.Generator())
+
+
 def test_a_resumed_loop_equals_an_uninterrupted_one_bit_for_bit(tmp_path):
     plain_losses, plain_weights = _toy_run(None)
     for stop_at in (3, 4):  # between two checkpoints, and right after one
@@ -117,11 +125,7 @@ def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path):
     with pytest.raises(Stop):
         _toy_run(tmp_path, stop_at=2)
     lines = []
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
-    opt = torch.optim.AdamW(model.parameters())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    assert Checkpointer(tmp_path, every=2, tag="other", log=lines.append).resume(
-        model, opt, sched, torch.Generator()) is None
+    assert _fresh_resume(tmp_path, "other", lines) is None
     assert "another configuration" in lines[0]
 
 
@@ -167,11 +171,7 @@ def test_a_loop_state_missing_a_field_is_named_and_the_run_starts_over(tmp_path)
     pointer["files"][path.name] = ck.sha256_bytes(buf.getvalue())
     (tmp_path / "latest.json").write_text(json.dumps(pointer))
     lines = []
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
-    opt = torch.optim.AdamW(model.parameters())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    assert Checkpointer(tmp_path, every=2, tag="toy", log=lines.append).resume(
-        model, opt, sched, torch.Generator()) is None
+    assert _fresh_resume(tmp_path, "toy", lines) is None
     assert "loop state has no 'history'" in lines[0] and "starting the run from step 0" in lines[0]
 
 

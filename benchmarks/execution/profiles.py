@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from egmf_core.config import DATASETS, DEFAULT_PATIENCE, ConfigError, RunConfig, apply_overrides, validate
 from egmf_core.data import find_dataset_folder
 from egmf_core.data.dataset import SPECS
-from egmf_core.paths import FAMILY_DIRS, REPO_MARKER, REPO_ROOT, expand_repo_marker
+from egmf_core.paths import DATA_ROOT_ENV, FAMILY_DIRS, MODEL_ROOT_ENV, REPO_MARKER, REPO_ROOT, expand_repo_marker
 
 if TYPE_CHECKING:
     from benchmarks.execution.grid import GridArgs
@@ -43,8 +43,6 @@ MODEL_ROOT_MARKER = "<model-root>"
 SMOKE_DATA_VERSION = 5  # = egmf_core.data.synth.SYNTH_VERSION (checked by a test; no import: keeps this light)
 SMOKE_DATA_MARKER = f"{REPO_MARKER}/.cache/smoke-data/v{SMOKE_DATA_VERSION}"
 SCALE_DATA_MARKER = f"{REPO_MARKER}/.cache/scale-data/v{SMOKE_DATA_VERSION}"  # synth --full shapes
-DATA_ROOT_ENV = "EGMF_DATA_ROOT"
-MODEL_ROOT_ENV = "EGMF_MODEL_ROOT"
 
 # Paper profile: backbone -> directory under the model root holding the HF checkpoint.
 MODEL_DIRS: dict[str, str] = {family: names[0] for family, names in FAMILY_DIRS.items()}

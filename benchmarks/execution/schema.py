@@ -41,3 +41,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "valid_history_json",  # the run's validation passes [{"step", "loss", <key metric>, "invalid_rate"}]
     "timestamp",  # ISO 8601, UTC
 )
+
+# The run-level measurements among RESULT_COLUMNS (numbers; the same on every row of a run).
+COST_COLUMNS: tuple[str, ...] = ("wall_s", "peak_mem_mb", "trainable_params", "total_params", "step_time_s",
+                                 "samples_per_s", "egmf_share")

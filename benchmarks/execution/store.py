@@ -40,18 +40,14 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from benchmarks.execution.schema import RESULT_COLUMNS
+from benchmarks.execution.schema import COST_COLUMNS, RESULT_COLUMNS
 from benchmarks.usage import one_line
 from egmf_core.atomic import AtomicWriteError, atomic_write_bytes, missing_parents
-from egmf_core.checkpoint import remove_checkpoint  # noqa: F401 (runner.py calls store.remove_checkpoint)
 from egmf_core.config import config_hash
 
 RECORD_KEYS = ("run_id", "config", "outcome", "provenance")
 TRAIN_SPLITS = ("valid", "test")
 STATS_SPLITS = ("train", "valid", "test", "all")
-COST_COLUMNS = ("wall_s", "peak_mem_mb", "trainable_params", "total_params", "step_time_s", "samples_per_s",
-                "egmf_share")
-
 
 PART_CHECKSUMS = "part_checksums"
 TEMP_MAX_AGE_S = 3600.0  # a temp file this old belongs to a killed writer (a write takes milliseconds)

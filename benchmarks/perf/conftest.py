@@ -24,8 +24,9 @@ import torch  # noqa: E402
 from egmf_core.batching import EncodedSplit, PromptEncoder  # noqa: E402
 from egmf_core.config import RunConfig, apply_overrides  # noqa: E402
 from egmf_core.data.dataset import DatasetSpec  # noqa: E402
+from egmf_core.twins import TWIN_NAMES  # noqa: E402
 
-TWINS = ("llama3-tiny", "glm4-tiny", "glm3-tiny")
+TWINS = TWIN_NAMES  # llama3-tiny, glm4-tiny, glm3-tiny
 BENCH_DATASET = "meld"  # classification: both evaluation modes apply
 BENCH_SEED = 1111
 TRAIN_STEPS = 150  # the smoke profile's max_steps: enough for valid answers on the planted cues

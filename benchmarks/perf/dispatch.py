@@ -19,8 +19,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from egmf_core.twins import TWIN_NAMES
+
 STEPS = 20
-TWINS = ("glm3-tiny", "glm4-tiny", "llama3-tiny")
 
 
 def measure(twin: str, steps: int = STEPS) -> dict[str, float]:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         before, after = (json.loads(Path(p).read_text()) for p in argv[1:3])
         print(render_comparison(before, after, argv[3], argv[4]), end="")
         return 0
-    result = {twin: measure(twin) for twin in TWINS}
+    result = {twin: measure(twin) for twin in sorted(TWIN_NAMES)}
     text = json.dumps(result, indent=1)
     if argv[:1] == ["--json"]:
         Path(argv[1]).write_text(text + "\n")

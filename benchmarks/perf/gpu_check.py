@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("glm3", "glm4", "llama3")
+from benchmarks.perf.overhead import sync
+from egmf_core.paths import FAMILIES
+
 LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 CHECK_DATASET = "meld"  # classification: both generation and label scoring apply; 65-token utterances
@@ -88,7 +90,7 @@ def build_check_model(family: str, opts: CheckOptions):
     device = torch.device(opts.device)
     t0 = time.perf_counter()
     model, tokenizer, info = build_model(cfg, data.audio_dim, data.vision_dim, device=device)
-    _sync(device)
+    sync(device)
     build_s = time.perf_counter() - t0
     encoder = PromptEncoder(tokenizer, data.spec, cfg.model)
     return model, encoder, tokenizer, data, cfg, build_s, info
@@ -131,7 +133,7 @@ def profile_step(trainer, batch, device) -> dict[str, int]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         trainer.step(batch)
-        _sync(device)
+        sync(device)
     names = [e.name for e in prof.events()]
     del torch
     out = {"aten_ops_per_step": sum(n.startswith("aten::") for n in names),
@@ -270,7 +272,7 @@ def compiled_step(model, cfg, batch, opts: CheckOptions, device) -> dict[str, An
     trainer = Trainer.build(model, dataclasses.replace(cfg.train, compile=True), total_steps=10_000)
     for _ in range(2):
         trainer.step(batch)
-    _sync(device)
+    sync(device)
     compile_s = time.perf_counter() - t0
     times = timed_steps(trainer, batch, opts.steps, device)
     tokens = int(batch["attention_mask"].sum())
@@ -338,7 +340,7 @@ def _packed_phases(sync: Path, tag: str, ks: list[int], opts: CheckOptions, trai
         start = time.time()
         for _ in range(opts.steps):
             trainer.step(batch)
-        _sync(device)
+        sync(device)
         spans = [(start, time.time())]
         if not _wait_for(sync, [f"done{tag}-{k}-{i}" for i in range(1, k)], 120.0, procs):
             raise RuntimeError(f"packing workers did not finish phase K={k}{tag}")
@@ -365,7 +367,7 @@ def worker_main(family: str, size: str, steps: int, sync_dir: str, index: int, s
         trainer = Trainer.build(model, train_cfg, total_steps=10_000)
         for _ in range(opts.warmup):
             trainer.step(batch)
-        _sync(dev)
+        sync(dev)
         (sync / f"ready{tag}-{index}").touch()
         k = index + 1  # the first phase this worker joins
         while not (sync / "exit").exists() and not (not compiled and (sync / "compile").exists()):
@@ -373,7 +375,7 @@ def worker_main(family: str, size: str, steps: int, sync_dir: str, index: int, s
                 start = time.time()
                 for _ in range(steps):
                     trainer.step(batch)
-                _sync(dev)
+                sync(dev)
                 (sync / f"done{tag}-{k}-{index}").write_text(json.dumps([start, time.time()]))
                 k += 1
             time.sleep(0.01)
@@ -434,13 +436,6 @@ def torch_device(name: str):
     import torch
 
     return torch.device(name)
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _free(device) -> None:

@@ -147,7 +147,8 @@ def mosei_paper_batch(batch: int = STEP_BATCH, *, lengths: tuple[int, int, int] 
 
 # ---- timing -----------------------------------------------------------------------------------------
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -156,12 +157,12 @@ def median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device, wa
     """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

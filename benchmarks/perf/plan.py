@@ -146,21 +146,21 @@ def run_steps(cell: Cell) -> tuple[int, int]:
     return total, n_evals + 2
 
 
-def _shape(cell: Cell):
+def _full_shape(cell: Cell):
     from egmf_core.data.synth import FULL_SHAPES
 
     return FULL_SHAPES[cell.config.data.name]
 
 
 def train_size(cell: Cell) -> int:
-    n = _shape(cell).sizes[0]
+    n = _full_shape(cell).sizes[0]
     return min(n, cell.config.data.max_train) if cell.config.data.max_train else n
 
 
 def tokens_per_sample(cell: Cell) -> int:
     """Prompt template + pseudo tokens + utterance (the dataset's longest, capped) + answer."""
     m = cell.config.model
-    text = min(_shape(cell).lengths[0], m.max_text_tokens) if m.text_in_prompt else 0
+    text = min(_full_shape(cell).lengths[0], m.max_text_tokens) if m.text_in_prompt else 0
     return PROMPT_TEMPLATE_TOKENS + m.n_tokens + text + ANSWER_TOKENS
 
 
@@ -172,7 +172,7 @@ def run_cost(cell: Cell, gpu: str = DEFAULT_GPU, measured: dict[str, Any] | None
     family = _family(cell)
     steps, evals = run_steps(cell)
     t = cell.config.train
-    sizes = _shape(cell).sizes
+    sizes = _full_shape(cell).sizes
     eval_samples = (evals - 1) * sizes[1] + sizes[2]  # every pass but the last reads valid
     tokens = tokens_per_sample(cell)
     m = (measured or {}).get(family)
@@ -191,7 +191,7 @@ def run_cost(cell: Cell, gpu: str = DEFAULT_GPU, measured: dict[str, Any] | None
 
 
 def _family(cell: Cell) -> str:
-    from egmf_core.full_twins import FAMILIES
+    from egmf_core.paths import FAMILIES
 
     name = cell.config.model.backbone
     if name not in FAMILIES:

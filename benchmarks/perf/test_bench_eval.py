@@ -36,14 +36,14 @@ WHY_BELOW_TARGET = (
 )
 
 
-def eval_batches(tb: TwinBench) -> list[dict]:
+def collated_test_batches(tb: TwinBench) -> list[dict]:
     """The test split as left-padded evaluation batches of eval_batch_size."""
     size, n = tb.cfg.train.eval_batch_size, len(tb.test)
     return [collate(tb.test, range(s, min(s + size, n)), with_answer=False)
             for s in range(0, n, size)]
 
 
-def generate(tb: TwinBench, batch: dict) -> list[str]:
+def generate_texts(tb: TwinBench, batch: dict) -> list[str]:
     return generate_answers(tb.model, batch, tb.tokenizer, tb.cfg.train.max_new_tokens_cls)
 
 
@@ -52,21 +52,14 @@ def score(tb: TwinBench, batch: dict) -> np.ndarray:
 
 
 @pytest.mark.parametrize("twin", TWINS)
-def test_generation_batch(benchmark, twins, twin):
+@pytest.mark.parametrize("mode", ["generate", "score"])
+def test_evaluation_batch(benchmark, twins, twin, mode):
+    """One test batch answered by free generation (texts) or label scoring (a class per sample)."""
     tb = twins.trained(twin)
     tb.model.eval()
-    batch = eval_batches(tb)[0]
-    texts = benchmark(generate, tb, batch)
-    assert len(texts) == len(batch["input_ids"])
-
-
-@pytest.mark.parametrize("twin", TWINS)
-def test_label_scoring_batch(benchmark, twins, twin):
-    tb = twins.trained(twin)
-    tb.model.eval()
-    batch = eval_batches(tb)[0]
-    chosen = benchmark(score, tb, batch)
-    assert chosen.shape == (len(batch["input_ids"]),)
+    batch = collated_test_batches(tb)[0]
+    answers = benchmark(generate_texts if mode == "generate" else score, tb, batch)
+    assert len(answers) == len(batch["input_ids"])
 
 
 def prefill_only(tb: TwinBench, batch: dict) -> list[str]:
@@ -92,8 +85,8 @@ def measure_modes(tb: TwinBench, repeats: int = REPEATS) -> dict:
     pass and the decoding steps after it.
     """
     tb.model.eval()
-    batches = eval_batches(tb)
-    runs = {"generate": lambda b: generate(tb, b), "score": lambda b: score(tb, b),
+    batches = collated_test_batches(tb)
+    runs = {"generate": lambda b: generate_texts(tb, b), "score": lambda b: score(tb, b),
             "prefill": lambda b: prefill_only(tb, b)}
     times = {mode: [] for mode in runs}
     texts, chosen = [], []
@@ -117,7 +110,7 @@ def measure_modes(tb: TwinBench, repeats: int = REPEATS) -> dict:
         "score_s": score_s,
         "prefill_s": statistics.median(times["prefill"]),
         "speedup": gen_s / score_s,
-        "forwards_generate": llm_forwards(tb, lambda: generate(tb, batches[0])),
+        "forwards_generate": llm_forwards(tb, lambda: generate_texts(tb, batches[0])),
         "forwards_score": llm_forwards(tb, lambda: score(tb, batches[0])),
         "valid_share": float(valid.mean()),
         "identical_where_valid": bool(np.array_equal(parsed.values[valid], scored[valid])),

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.reporting.markdown import md_table
 from benchmarks.reporting.stats import (
     display_name,
     format_delta,
@@ -342,7 +343,7 @@ def _metric_text(metric: str) -> str:
     return display_name(metric)
 
 
-def _rows(df: pd.DataFrame) -> list[list[str]]:
+def _comparison_rows(df: pd.DataFrame) -> list[list[str]]:
     out = []
     for _, r in df.iterrows():
         verdict = f"**{r['verdict']}**" if r["verdict"] in FAILING else r["verdict"]
@@ -353,11 +354,8 @@ def _rows(df: pd.DataFrame) -> list[list[str]]:
     return out
 
 
-def _md_table(rows: list[list[str]]) -> list[str]:
-    headers = ["cell (table / row / dataset / split)", "metric", "baseline", "now", "change", "tolerance", "verdict"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return lines
+COMPARISON_HEADERS = ("cell (table / row / dataset / split)", "metric", "baseline", "now", "change", "tolerance",
+                      "verdict")
 
 
 def render_markdown(comparison: pd.DataFrame, profile: str, *, baseline_file: str, k: float = DEFAULT_K,
@@ -374,11 +372,11 @@ def render_markdown(comparison: pd.DataFrame, profile: str, *, baseline_file: st
                 ("Cells not in the baseline (pass)", comparison["verdict"] == "new")]
     for title, mask in sections:
         if mask.any():
-            lines += [f"## {title}", ""] + _md_table(_rows(comparison[mask])) + [""]
+            lines += [f"## {title}", ""] + md_table(COMPARISON_HEADERS, _comparison_rows(comparison[mask])) + [""]
     if not comparison["verdict"].isin([*FAILING, "improved", "new"]).any():
         lines += ["Every cell is within its tolerance.", ""]
     lines += [f"<details><summary>All {len(comparison)} cells</summary>", ""]
-    lines += _md_table(_rows(comparison)) + ["", "</details>", ""]
+    lines += md_table(COMPARISON_HEADERS, _comparison_rows(comparison)) + ["", "</details>", ""]
     floor_f, floor_r = TOLERANCE_FLOOR["fraction"], TOLERANCE_FLOOR["raw"]
     lines += ["## How the tolerance is set", "",
               "tolerance = max(floor, k · √(2·std²/n + 2·numerics_std²)) with the baseline's seed std and n seeds "

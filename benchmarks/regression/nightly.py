@@ -320,7 +320,7 @@ def _update(profile: str, tables: list[str], results: pd.DataFrame, baseline_fil
     if failures:
         raise NightlyInputError(f"refusing to update the baseline: {len(failures)} run(s) failed ({failures[0]})")
     for frame, where in [(results, baseline_file.parent.parent), *((o, "a --settings / --repeats root") for o in others)]:
-        _check_complete(frame, tables, profile, where)
+        _check_results_complete(frame, tables, profile, where)
     new = baselines.make_baseline(results, k=k, others=list(others))
     old = baselines.read_baseline(baseline_file) if baseline_file.is_file() else None
     if old is not None:
@@ -332,7 +332,7 @@ def _update(profile: str, tables: list[str], results: pd.DataFrame, baseline_fil
     return NightlyResult(0, None, None, baseline_file, lines)
 
 
-def _check_complete(results: pd.DataFrame, tables: list[str], profile: str, where) -> None:
+def _check_results_complete(results: pd.DataFrame, tables: list[str], profile: str, where) -> None:
     """Refuse a baseline from a table with no results, or with a failed or empty one."""
     for table in tables:
         rows = results[results["table"].astype(str) == table]

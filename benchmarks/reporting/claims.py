@@ -66,7 +66,7 @@ NOT_APPLICABLE = "not applicable to synthetic data"
 HELD_STD_FACTOR = 1.0
 TOLERANCE_STD_FACTOR = 2.0
 HELD_FLOOR = {"fraction": 0.5, "raw": 0.005}
-TOLERANCE_FLOOR = {"fraction": 2.0, "raw": 0.02}
+WITHIN_FLOOR = {"fraction": 2.0, "raw": 0.02}
 
 DATASET_GROUPS: dict[str, Callable[[str], bool]] = {
     "erc": lambda d: SPECS[d].task == "classification",
@@ -120,7 +120,7 @@ def cell_verdict(metric: str, ours_mean: float, ours_std: float, paper_value: fl
     better = None if hib is None or delta == 0 else (delta > 0) == hib
     if abs(delta) <= max(HELD_STD_FACTOR * std, HELD_FLOOR[scale]):
         verdict = HELD
-    elif abs(delta) <= max(TOLERANCE_STD_FACTOR * std, TOLERANCE_FLOOR[scale]):
+    elif abs(delta) <= max(TOLERANCE_STD_FACTOR * std, WITHIN_FLOOR[scale]):
         verdict = WITHIN
     else:
         verdict = NOT_HELD

@@ -43,6 +43,7 @@ from benchmarks.reporting.claims import (
     not_comparable_note,
     reading,
 )
+from benchmarks.reporting.markdown import md_table
 from benchmarks.reporting.stats import (
     MIN_PAIRS,
     MIN_PAIRS_BOOTSTRAP,
@@ -117,15 +118,6 @@ def _for_table(df: pd.DataFrame, spec: TableSpec, profile: str) -> pd.DataFrame:
 
 
 # ---- small formatting helpers --------------------------------------------------------------------
-
-def _md_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    def cell(x: object) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-    return lines
-
 
 def _uniq(values: Iterable[str]) -> list[str]:
     return sorted({str(v) for v in values if str(v) not in ("", "nan")})
@@ -246,7 +238,7 @@ def build_table_report(spec: TableSpec, df: pd.DataFrame, profile: str,
         lines += _statistics_section(spec, df)
     lines += _claims_section(spec, df, profile)
     if spec.trains:
-        lines += training_section(spec, df, figures.get("training", []), _md_table)
+        lines += training_section(spec, df, figures.get("training", []), md_table)
         lines += _gating_section(spec, df, figures.get("gating", []))
         lines += _cost_section(spec, df)
     lines += _assumptions_section(df, profile)
@@ -262,7 +254,7 @@ def _assumptions_section(df: pd.DataFrame, profile: str) -> list[str]:
              "ours = neither states it, setting = not a reading of the paper. default: shown only where the "
              "runs differ from it.", ""]
     rows = as_run_rows(configs)
-    lines += _md_table(["field", "as run", "source", "default"], rows) if rows else ["No run configs recorded."]
+    lines += md_table(["field", "as run", "source", "default"], rows) if rows else ["No run configs recorded."]
     lines += ["", f"Evaluation mode (validation passes / test): {eval_modes(df)}.", ""]
     if profile == "smoke":
         lines += [f"- {smoke_data_note(configs)}"]
@@ -314,7 +306,7 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
     if len(trc):
         items.append(("trust_remote_code",
                       f"**ON** in {len(trc)} run(s): the model source's own Python code was executed"))
-    return _md_table(["", ""], items)
+    return md_table(["", ""], items)
 
 
 def _set_overrides(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -337,7 +329,7 @@ def _failed_runs(df: pd.DataFrame) -> list[str]:
              "These runs are excluded from every mean below; each is listed with its error.", ""]
     rows = [(r.row, r.dataset, r.seed, f"`{r.run_id}`" if r.run_id else MISSING, r.status,
              r.error or "(no error recorded)") for r in failed.itertuples(index=False)]
-    return lines + _md_table(["row", "dataset", "seed", "run_id", "status", "error"], rows)
+    return lines + md_table(["row", "dataset", "seed", "run_id", "status", "error"], rows)
 
 
 def _results_section(spec: TableSpec, df: pd.DataFrame, summary: pd.DataFrame, profile: str,
@@ -381,7 +373,7 @@ def _results_section(spec: TableSpec, df: pd.DataFrame, summary: pd.DataFrame, p
             fallbacks = sorted({str(_safe_json(c).get("train", {}).get("invalid_fallback", ""))
                                 for c in ok["config_json"]} - {""}) if len(ok) else []
             table_rows.append([row, n_cell, *vals, _sampling_cell(ok, key), inv_cell, ", ".join(fallbacks) or MISSING])
-        lines += _md_table(["row", "n", *[display_name(m) for m in metrics], "test-set ± (key)", "invalid",
+        lines += md_table(["row", "n", *[display_name(m) for m in metrics], "test-set ± (key)", "invalid",
                             "fallback"], table_rows)
         others = sorted(set(test.loc[test["dataset"] == ds, "metric"]) - set(metrics) - {"invalid_rate"})
         if others:
@@ -437,7 +429,7 @@ def _paper_comparison(spec: TableSpec, ds: str, cells: dict, profile: str) -> li
         rows.append([p.row, display_name(p.metric), ours, f"{paper} ({p.source})", delta, verdict, p.note])
     lines = ["", f"Paper values for {ds} (delta = ours - paper; held: |delta| <= max(1 std, 0.5 points), "
                  "within tolerance: <= max(2 std, 2 points); 0.005 / 0.02 for MAE and Corr):", ""]
-    return lines + _md_table(["row", "metric", "ours", "paper (source)", "delta", "verdict", "note"], rows)
+    return lines + md_table(["row", "metric", "ours", "paper (source)", "delta", "verdict", "note"], rows)
 
 
 def paired_family(spec: TableSpec, df: pd.DataFrame) -> dict[tuple[str, str], tuple[PairedResult, float]]:
@@ -483,7 +475,7 @@ def _paired_section(spec: TableSpec, df: pd.DataFrame, ds: str, key: str,
     lines = ["", f"Paired by seed against `{ref}` on {display_name(key)}, matched seeds only (delta > 0: the row "
                  f"is better): 95% t-interval and paired t-test; p (Holm) corrected over every comparison in this "
                  f"table; bootstrap only from {MIN_PAIRS_BOOTSTRAP} pairs; under {MIN_PAIRS} pairs: {TOO_FEW}.", ""]
-    return lines + _md_table(["row", "pairs", "mean delta", "95% CI (t)", "p", "p (Holm)", "95% CI (bootstrap)"],
+    return lines + md_table(["row", "pairs", "mean delta", "95% CI (t)", "p", "p (Holm)", "95% CI (bootstrap)"],
                              rows)
 
 
@@ -563,7 +555,7 @@ def _lora_section(spec: TableSpec, df: pd.DataFrame, figures: list[str]) -> list
              "intervals and p-values as in the paired tables above (Holm over this table's LoRA comparisons). "
              f"A side with more than {100 * spec.report.invalid_threshold:.0f}% unparseable answers is not "
              "comparable.", ""]
-    lines += _md_table(["backbone", "dataset", "language", "metric", "pairs", "mean delta", "95% CI (t)", "p",
+    lines += md_table(["backbone", "dataset", "language", "metric", "pairs", "mean delta", "95% CI (t)", "p",
                         "p (Holm)", "95% CI (bootstrap)"], rows)
     return lines + [f"\n![{Path(f).stem}]({f})" for f in figures]
 
@@ -585,7 +577,7 @@ def _statistics_section(spec: TableSpec, df: pd.DataFrame) -> list[str]:
             cells.setdefault((m, s), v)  # first value (statistics do not depend on the seed)
         rows = [[m, *[_stat_value(cells.get((m, s))) for s in splits]] for m in metrics]
         src = ", ".join(data_sources(sel)) or MISSING
-        lines += ["", f"### {ds}", "", f"Source: {src}", ""] + _md_table(["statistic", *splits], rows)
+        lines += ["", f"### {ds}", "", f"Source: {src}", ""] + md_table(["statistic", *splits], rows)
     return lines
 
 
@@ -662,7 +654,7 @@ def _gating_section(spec: TableSpec, df: pd.DataFrame, figures: list[str]) -> li
             rows.append([row, str(len(r)), *alphas, _fmt_num(beta, ".3f"), _fmt_num(ent, ".3f"), top, col,
                          f"{n_static}/{len(r)}"])
         lines += ["", f"### {ds}", ""]
-        lines += _md_table(["row", "runs", *[f"alpha {e}" for e in experts], "beta", "norm. entropy",
+        lines += md_table(["row", "runs", *[f"alpha {e}" for e in experts], "beta", "norm. entropy",
                             "top expert (share)", "collapsed", "static"], rows)
     return lines + [f"\n![{Path(f).stem}]({f})" for f in figures]
 
@@ -727,7 +719,7 @@ def _cost_section(spec: TableSpec, df: pd.DataFrame) -> list[str]:
                          _fmt_num(100 * share, ".2f"), _fmt_num(1000 * m["step_time_s"], ".1f"),
                          _fmt_num(m["samples_per_s"], ".1f"), _fmt_num(m["peak_mem_mb"], ",.0f"),
                          _fmt_num(100 * m["egmf_share"], ".1f"), _fmt_num(m["wall_s"], ".1f")])
-    return lines + [""] + _md_table(["dataset", "row", "runs", "trainable params", "total params", "trainable %",
+    return lines + [""] + md_table(["dataset", "row", "runs", "trainable params", "total params", "trainable %",
                                      "step (ms)", "samples/s", "peak mem (MB)", "EGMF share %", "wall (s)"], rows)
 
 
@@ -807,7 +799,7 @@ def build_index(profile: str, entries: Sequence[tuple[TableSpec, pd.DataFrame]])
             claims = apart if claims == MISSING else f"{claims}; apart: {apart}"
         status = f"{n_ok} ok" + (f", **{n_failed} failed**" if n_failed else "")
         rows.append([spec.number, link, spec.caption, status, claims, _latest_timestamp(df)])
-    return "\n".join(lines + _md_table(["no.", "table", "caption", "runs", "claims", "latest run"], rows)) + "\n"
+    return "\n".join(lines + md_table(["no.", "table", "caption", "runs", "claims", "latest run"], rows)) + "\n"
 
 
 def render_index(profile: str, *, results_root: Path = Path("results"), reports_root: Path = Path("reports"),

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from benchmarks.execution.schema import COST_COLUMNS
 from egmf_core.metrics import METRIC_INFO, key_metric
 
 SUMMARY_KEYS = ("row", "dataset", "split", "metric")
@@ -217,8 +218,6 @@ def holm(p_values: list[float]) -> list[float]:
 # ---- one row per run: provenance, cost, validity, gating ------------------------------------------
 
 RUN_KEYS = ("row", "dataset", "seed", "run_id")
-COST_COLUMNS = ("trainable_params", "total_params", "step_time_s", "samples_per_s", "peak_mem_mb",
-                "egmf_share", "wall_s")
 
 
 def run_table(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:

@@ -34,7 +34,7 @@ REQUIRED_KEYS = ("audio_file", "video_file", "video_label", "text")
 LABEL_KEYS = ("video_label", "txt_label", "audio_label", "visual_label")
 # Release spellings that differ from spec.label_names_zh, mapped to the spec's class index.
 # The LFMIM code writes surprise as 惊奇 (our spec: 惊讶) and uses English happy/neutral/sad.
-LABEL_ALIASES = {"惊奇": "surprise", "happy": "happiness", "neutral": "calm", "sad": "sadness"}
+RELEASE_LABEL_SPELLINGS = {"惊奇": "surprise", "happy": "happiness", "neutral": "calm", "sad": "sadness"}
 STAGE_FILES = {"train": ("train",), "valid": ("valid", "dev"), "test": ("test",)}
 
 
@@ -42,7 +42,7 @@ def label_index(spec: DatasetSpec) -> dict[str, int]:
     """Every accepted label string (Chinese, English, release aliases) -> class index."""
     index = {name: i for i, name in enumerate(spec.label_names_zh)}
     index.update({name: i for i, name in enumerate(spec.labels)})
-    index.update({alias: spec.labels.index(name) for alias, name in LABEL_ALIASES.items()})
+    index.update({alias: spec.labels.index(name) for alias, name in RELEASE_LABEL_SPELLINGS.items()})
     return index
 
 

@@ -32,6 +32,7 @@ class DatasetSpec:
 
 
 # MELD's official order (datasets.md). CHERMA's order follows the proxy's label list.
+SPLITS = ("train", "valid", "test")  # every dataset's, in this order
 MELD_LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 CHERMA_LABELS = ("anger", "disgust", "fear", "happiness", "calm", "sadness", "surprise")
 CHERMA_LABELS_ZH = ("愤怒", "厌恶", "恐惧", "高兴", "平静", "悲伤", "惊讶")

@@ -33,7 +33,7 @@ COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_I
            "Utterance_ID", "Season", "Episode", "StartTime", "EndTime")
 SPLIT_FILES = {"train": "train_sent_emo.csv", "valid": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
 FEATURE_DIRS = {"train": "train", "valid": "dev", "test": "test"}  # features/<dir>/ per split
-FEATURE_KEYS = {"audio": "audio", "vision": "visual"}  # canonical modality -> key in each .npz
+NPZ_FEATURE_KEYS = {"audio": "audio", "vision": "visual"}  # canonical modality -> key in each .npz
 
 # ---- decoding ------------------------------------------------------------------------------
 _UNDECODABLE = "\uffff"  # stands in for a byte neither utf-8 nor cp1252 accepts
@@ -102,7 +102,7 @@ def _load_feature_file(path: Path, context: str) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             out = {}
-            for modality, key in FEATURE_KEYS.items():
+            for modality, key in NPZ_FEATURE_KEYS.items():
                 if key not in npz.files:
                     raise DataError(path, key, f"missing (keys present: {sorted(npz.files)})")
                 out[modality] = npz[key]
@@ -139,7 +139,7 @@ def read_split(folder: Path, split: str, spec: DatasetSpec, dims: dict[str, tupl
         feature_path = feature_dir / f"{sample_id}.npz"
         arrays = _load_feature_file(feature_path, f"row {line} of {csv_path.name}")
         for modality, arr in arrays.items():
-            key = FEATURE_KEYS[modality]
+            key = NPZ_FEATURE_KEYS[modality]
             if arr.ndim != 2 or arr.dtype.kind != "f":
                 raise DataError(feature_path, key, f"has shape {arr.shape} dtype {arr.dtype}, "
                                                    "expected float (frames, dim)")
@@ -156,7 +156,7 @@ def read_split(folder: Path, split: str, spec: DatasetSpec, dims: dict[str, tupl
         labels.append(label_of[emotion])
         files.append(str(feature_path))
     padded = {}
-    for modality, key in FEATURE_KEYS.items():
+    for modality, key in NPZ_FEATURE_KEYS.items():
         arr, lengths = v.pad_sequences(seqs.pop(modality), dims[modality][0])
         arr = v.clean_features(
             arr, lengths, csv_path, modality, modality=modality, cleaning=cleaning, strict=strict,

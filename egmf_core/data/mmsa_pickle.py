@@ -105,7 +105,7 @@ def split_from_arrays(data: Mapping[str, Any], spec: DatasetSpec, file: Path, sp
     if spec.task == "classification":
         labels = v.class_labels(data[label_key], file, f"{split}.{label_key}", n, spec.labels)
     else:
-        labels = v.score_labels(data[label_key], file, f"{split}.{label_key}", n, spec.label_range)
+        labels = v.check_scores(data[label_key], file, f"{split}.{label_key}", n, spec.label_range)
     audio = v.clean_features(audio, audio_lengths, file, f"{split}.audio", modality="audio",
                              cleaning=cleaning, strict=strict)
     vision = v.clean_features(vision, vision_lengths, file, f"{split}.vision", modality="vision",

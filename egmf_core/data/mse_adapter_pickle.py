@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import validate as v
-from .cherma_json import LABEL_ALIASES
+from .cherma_json import RELEASE_LABEL_SPELLINGS
 from .dataset import DatasetSpec, MultimodalDataset, Split
 from .errors import DataError
 from .mmsa_pickle import label_field, split_from_arrays
@@ -31,7 +31,7 @@ from .valid_split import MANIFEST_NAME, carve_valid, describe, missing_valid_err
 
 FORMAT = "mse-adapter-pickle"
 FOLDER_NAMES = {"meld": ("meld", "MELD"), "cherma": ("cherma", "CHERMA0723")}  # ours, then MSE-Adapter's
-FEATURE_KEYS = ("text", "audio", "video", "audio_len", "video_len")
+PICKLE_FEATURE_KEYS = ("text", "audio", "video", "audio_len", "video_len")
 
 
 def split_file(folder: Path, name: str, split: str) -> Path:
@@ -48,7 +48,7 @@ def label_lookup(spec: DatasetSpec) -> dict[str, int]:
     """Every accepted label string (lower-cased English, Chinese, release aliases) -> class index."""
     index = {name.lower(): i for i, name in enumerate(spec.labels)}
     index.update({name: i for i, name in enumerate(spec.label_names_zh)})
-    for alias, name in LABEL_ALIASES.items():  # 惊奇 -> surprise; happy -> happiness (CHERMA)
+    for alias, name in RELEASE_LABEL_SPELLINGS.items():  # 惊奇 -> surprise; happy -> happiness (CHERMA)
         if alias not in index and name in spec.labels:
             index[alias] = spec.labels.index(name)
     return index
@@ -62,7 +62,7 @@ def _sample(item: Any, file: Path, i: int) -> Mapping[str, Any]:
     features = item["features"]
     if not isinstance(features, Mapping):
         raise DataError(file, f"[{i}].features", f"is {type(features).__name__}, expected a dict")
-    v.require_keys(features, FEATURE_KEYS, file, f"[{i}].features")
+    v.require_keys(features, PICKLE_FEATURE_KEYS, file, f"[{i}].features")
     return features
 
 

@@ -27,7 +27,7 @@ from .mse_adapter_pickle import holds_processed, split_arrays, split_file
 from .safe_pickle import load_pickle
 from .valid_split import MANIFEST_NAME, make_manifest
 
-DATASETS = ("cherma",)  # the releases without a validation split
+UNSPLIT_DATASETS = ("cherma",)  # the releases without a validation split
 
 
 def read_train(folder: Path, spec: DatasetSpec) -> tuple[Path, Split]:
@@ -62,7 +62,7 @@ def write_valid_split(name: str, root: str | Path, fraction: float, seed: int) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m egmf_core.data.split", description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("dataset", choices=UNSPLIT_DATASETS)
     parser.add_argument("root", type=Path, help="the data root (holding cherma/ or CHERMA0723/) or the dataset folder")
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of each label moved (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="draw seed (default 0)")

@@ -61,8 +61,9 @@ from typing import Any
 
 import numpy as np
 
+from . import PICKLE_NAMES as _loader_pickle_names
 from .cherma_json import write_cherma_split
-from .dataset import CHERMA_LABELS_ZH, MELD_LABELS, SPECS, MultimodalDataset, Split
+from .dataset import CHERMA_LABELS_ZH, MELD_LABELS, SPECS, SPLITS, MultimodalDataset, Split
 from .meld_csv import FEATURE_DIRS, SPLIT_FILES, write_feature_file, write_meld_csv
 from .mmsa_pickle import write_mmsa_pickle
 
@@ -124,9 +125,9 @@ FULL_SHAPES = {
     "cherma": FullShape((22974, 2872, 2871), (78, 50, 16), (1024, 2048)),
 }
 DEFAULT_FORMAT = {"mosei": "pickle", "sims_v2": "pickle", "meld": "release", "cherma": "release"}
-PICKLE_NAMES = {"mosei": "unaligned_50.pkl", "sims_v2": "unaligned.pkl", "meld": "meld.pkl",
-                "cherma": "cherma.pkl"}
-SPLITS = ("train", "valid", "test")
+# The file each processed twin is written to: the first name the loader looks for. (Its name
+# and value are part of ``fingerprint``: keep both.)
+PICKLE_NAMES = {name: names[0] for name, names in _loader_pickle_names.items()}
 
 # ---- vocabulary ----------------------------------------------------------------------------
 EN_FILLERS = (

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .dataset import SPLITS
 from .errors import DataError
 
-SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "dev": "valid", "test": "test"}
 CHUNK_ELEMENTS = 1 << 24  # scan features ~16M floats (64 MB) at a time
 
@@ -154,7 +154,7 @@ def class_labels(value: Any, file: str | Path, field: str, n: int,
     return arr
 
 
-def score_labels(value: Any, file: str | Path, field: str, n: int,
+def check_scores(value: Any, file: str | Path, field: str, n: int,
                  label_range: tuple[float, float]) -> np.ndarray:
     """Scores of shape (n,) (or (n, 1)) inside ``label_range``, as float32; NaN is an error."""
     arr = _vector(value, file, field, n)
