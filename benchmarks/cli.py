@@ -21,7 +21,7 @@ from benchmarks.execution import numerics
 from benchmarks.execution.grid import Grid, GridArgs, GridError, parse_names, parse_seeds, parse_sets, parse_shard
 from benchmarks.execution.runner import RunOptions
 from benchmarks.execution.tables import ABLATIONS_DIR
-from benchmarks.usage import OneLineParser, UsageError, error_line, offline_and_quiet  # noqa: F401 (UsageError: the CLI's error type)
+from benchmarks.usage import OneLineParser, error_line, offline_and_quiet
 
 VALUE_FLAGS = ("--rows", "--datasets", "--seeds", "--shard")  # values may start with "-" ("-T,-A")
 

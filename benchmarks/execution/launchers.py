@@ -2,23 +2,23 @@
 
 ``launch`` is what ``python -m benchmarks reproduce`` calls once it has parsed its flags.
 
-Parallelism: ``--jobs N`` (local) starts N worker processes on this machine that share one grid
-(each takes the next run nobody holds; ``runner.reproduce``'s run locks arbitrate); they call
-``runner.reproduce_all`` and report each finished run back as a ``runner.RunEvent`` through a
-queue. ``--shard i/n`` or
-``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split it. A local shard i of n
-holds the runs whose id hashes to i (see ``benchmarks.execution.grid.shard``); Slurm shards are balanced
-by the planner's cost (``benchmarks.perf.plan.balance_shards``: longest run first onto the
-least-loaded shard), and one submission can cover every table ("all"). Either way n workers
-never train the same run and their run files never collide. One GPU per shard, one run at a time.
+Parallelism: ``--jobs N`` (local) starts N worker processes on this machine that share one
+grid (each takes the next run nobody holds; ``runner.reproduce``'s run locks arbitrate); they
+call ``runner.reproduce_all`` and report each finished run back as a ``runner.RunEvent``
+through a queue. ``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split a
+grid instead. A local shard i of n holds the runs whose id hashes to i (see
+``benchmarks.execution.grid.shard``); Slurm shards are balanced by the planner's cost
+(``benchmarks.perf.plan.balance_shards``: longest run first onto the least-loaded shard), and
+one submission can cover every table ("all"). Either way n workers never train the same run
+and their run files never collide. One GPU per shard, one run at a time.
 
 A single large backbone is placed on the devices of its node by accelerate (``device_map`` in
 the backbone loader, ``egmf_core.backbones``), not here; ask Slurm for as many GPUs per task as
 one run needs (``gpus_per_task``).
 
 ``slurm`` needs submitit (``pip install 'egmf-repro[slurm]'``). Every task of the array runs
-``runner.reproduce`` with ``RunOptions(only_runs=<its runs>, render=False)`` for each table it has runs of, against
-the shared results directory (each run file is written atomically, so tasks need no
+``runner.reproduce`` with ``RunOptions(only_runs=<its runs>, render=False)`` for each table it
+has runs of, against the shared results directory (each run file is written atomically, so tasks need no
 coordination); a task Slurm times out or preempts is requeued and resumes (``ShardTask``). When
 all tasks have ended the launcher merges, i.e. rebuilds the table CSVs from every run file, and
 renders the reports.
@@ -331,9 +331,9 @@ def launch_slurm(grid: Grid, options: RunOptions, *, shards: int | None = None,
     merged = runner.merge([], grid.profile, options.results_root, ablations_dir=grid.ablations_dir)
     summary.csv = next((p for p in merged.tables if p.stem == name), None)
     if render:
-        paths, summary.report_error = runner.render_reports(grid.profile, list(grids), results_root=options.results_root,
-                                                            reports_root=options.reports_root,
-                                                            ablations_dir=grid.ablations_dir)
+        paths, summary.report_error = runner.render_reports(
+            grid.profile, list(grids), results_root=options.results_root, reports_root=options.reports_root,
+            ablations_dir=grid.ablations_dir)
         summary.report = paths[-1] if paths else None
     if len(summary.failures) > summary.failed:  # dead tasks count as failures in the summary line
         summary.failed = len(summary.failures)

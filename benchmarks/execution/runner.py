@@ -16,8 +16,9 @@ named and rebuilt.
 
 Determinism. On CPU the same seed and profile give identical metrics across invocations, across
 ``shard`` splits (each run seeds itself from its config alone) and across kill/resume, and across
-x86-64 machines under the pinned kernel settings (``benchmarks.execution.numerics``, recorded per run). What GPU
-runs do and do not repeat, and the flags that help, is in ``egmf_core.checkpoint``'s docstring.
+x86-64 machines under the pinned kernel settings (``benchmarks.execution.numerics``, recorded
+per run). What GPU runs do and do not repeat, and the flags that help, is in
+``egmf_core.checkpoint``'s docstring.
 """
 
 from __future__ import annotations
@@ -280,8 +281,8 @@ def pending_runs(grid: Grid, options: RunOptions = RunOptions()) -> int:
     for table in grid.tables():
         runs.update(unique_runs(table.cells()))
     root = Path(options.results_root)
-    return sum(1 for run_id in runs
-               if options.force or not _quiet_stored_ok(store.run_path(root, grid.profile, run_id), options.redo_before))
+    stored = (_quiet_stored_ok(store.run_path(root, grid.profile, run_id), options.redo_before) for run_id in runs)
+    return sum(1 for ok in stored if options.force or not ok)
 
 
 def stored_ok(path: Path, not_before: str | None = None) -> bool:
