@@ -99,3 +99,11 @@ def run_nightly(profile: str = "smoke", tables=None, *, run_fn=None, train_varia
             kwargs[key] = tuple(kwargs[key])
     opts = nightly.NightlyOptions(profile=profile, tables=tuple(tables) if tables else None, **kwargs)
     return nightly.run_nightly(opts, run_fn=run_fn, train_variant=train_variant)
+
+
+def sleepy_run(cfg, *, progress=None, checkpoint_dir=None) -> RunOutcome:
+    """A run that takes a minute: for killing its process mid-run."""
+    import time
+
+    time.sleep(60)
+    return hashed_run(cfg)

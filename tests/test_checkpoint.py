@@ -14,8 +14,9 @@ import torch
 from egmf_core import checkpoint as ck
 from egmf_core.atomic import AtomicWriteError, atomic_write_bytes
 from egmf_core.checkpoint import Checkpointer, CheckpointError, FitState
+from egmf_core.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 
 
 class Stop(Exception):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ from egmf_core.data.cherma_json import AUDIO_MAX_FRAMES
 from egmf_core.data.meld_csv import decode_csv_bytes
 from egmf_core.data.mmsa_pickle import write_mmsa_pickle
 from egmf_core.data.validate import fix_text
+from egmf_core.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SIZE = 24  # 24 / 8 / 8 samples: seconds for the whole file
 
 

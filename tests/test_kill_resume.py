@@ -22,11 +22,12 @@ from benchmarks.execution import profiles, store
 from benchmarks.execution.grid import GridArgs, expand
 from benchmarks.execution.tables import load_table
 from egmf_core.outcome import RunOutcome
+from egmf_core.paths import REPO_ROOT
 from tests import fakes
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 PROFILE = "smoke"
 # Columns that measure time or where/when a run happened: everything else must match exactly.
 VOLATILE = ["timestamp", "wall_s", "peak_mem_mb", "step_time_s", "samples_per_s", "egmf_share", "git_rev"]

@@ -18,9 +18,10 @@ import pytest
 
 from benchmarks.execution.profiles import MODEL_DIRS
 from egmf_core.data.synth import write_synthetic
+from egmf_core.paths import REPO_ROOT
 from egmf_core.twins import save_twin_real_layout
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 
 
 def make_paper_roots(tmp: Path, datasets=("sims_v2",), families=("glm3",)) -> tuple[Path, Path]:

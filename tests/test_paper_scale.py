@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 
 import pytest
@@ -223,3 +224,49 @@ def test_the_scale_profile_is_the_paper_setting_on_full_size_twins_and_full_shap
     assert cfg.model.backbone == "glm3-full" and cfg.data.root == SCALE_DATA_MARKER
     assert (cfg.train.lr, cfg.train.batch_size, cfg.model.d_h) == (5e-5, 8, 256)  # the paper profile's
     assert cfg.model.model_path is None
+
+
+SIGTERM_DRIVER = """
+import sys
+from functools import partial
+from pathlib import Path
+from benchmarks.execution import launchers
+from tests import fakes
+tmp = Path(sys.argv[1])
+grid, options = fakes.grid_and_options("3", seeds=[1111], results_root=tmp / "results", run_fn=fakes.sleepy_run)
+how = launchers.Launch(jobs=2, worker_init=partial(fakes.isolated_worker, tmp / "repo", tmp / "seen"))
+launchers.run_local_jobs(grid, options, how)
+"""
+
+
+def test_workers_end_with_their_parent_on_sigterm(tmp_path):
+    """A scheduler's SIGTERM to the launching process ends its --jobs workers too (no orphans)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from egmf_core.paths import REPO_ROOT as REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    parent = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(tmp_path)], env=env, cwd=tmp_path)
+    seen = tmp_path / "seen"
+    deadline = time.monotonic() + 60
+    while (not seen.is_dir() or len(list(seen.iterdir())) < 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.name) for p in seen.iterdir()]
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
 yaml = pytest.importorskip("yaml")  # PyYAML comes with transformers (huggingface_hub)
 
-from benchmarks import cli
+from benchmarks import cli  # noqa: E402
 from benchmarks.regression import nightly  # noqa: E402
+from egmf_core.paths import REPO_ROOT  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 WORKFLOW = REPO / ".github" / "workflows" / "nightly.yml"
 NOX_CALL = re.compile(r"\bnox\s+-s\s+(\S+)(.*)")
 

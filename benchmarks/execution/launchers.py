@@ -26,6 +26,7 @@ renders the reports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -161,17 +162,39 @@ def start_workers(grid: Grid, options: RunOptions, gpus: list[str | None], init:
     events = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(i, len(gpus), grid, options, gpu, init, events), daemon=True)
              for i, gpu in enumerate(gpus)]
-    for proc in procs:
-        proc.start()
-    try:
-        trained, errors = _relay(events, procs, total)
-    except KeyboardInterrupt:
+    with _terminate_on_sigterm():
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.join()
-        raise
+            proc.start()
+        try:
+            trained, errors = _relay(events, procs, total)
+        except BaseException:  # Ctrl-C, or SIGTERM (a scheduler, kill): no worker outlives this process
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.join()
+            raise
     return trained, errors, [proc.exitcode or 0 for proc in procs]
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm():
+    """SIGTERM raises SystemExit(143) here while workers run, so they are terminated with us
+    (the default handler would end this process at once and leave them running)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _relay(events, procs: list, total: int) -> tuple[int, list[str]]:
