@@ -218,6 +218,26 @@ def test_bad_jobs_arguments_are_one_line_errors(extra, message, tmp_path, capsys
     assert message in capsys.readouterr().err
 
 
+def test_a_run_that_failed_in_a_worker_is_not_trained_again_by_the_collecting_pass(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def flaky(cfg, *, progress=None, checkpoint_dir=None):
+        calls.append(cfg.data.name)
+        if cfg.data.name == "mosei":
+            return RunOutcome(status="failed", error="CUDA error: out of memory")
+        return hashed_run(cfg)
+
+    def start(grid, options, gpus, init, total):  # one worker's part, done here
+        runner.reproduce_all(grid, dataclasses.replace(options, run_fn=flaky))
+        return len(calls), [], [1] * len(gpus)
+
+    monkeypatch.setattr(launchers, "start_workers", start)
+    monkeypatch.setattr(runner, "_default_run_fn", lambda cell: pytest.fail("the collecting pass trained a run"))
+    assert main(["reproduce", "3", "--jobs", "2", "--seeds", "1111", "--no-report", *_roots(tmp_path)]) == 1
+    assert sorted(calls) == ["mosei", "sims_v2"]  # each trained once, in the worker
+    assert "2 runs (0 trained, 1 cached, 1 failed)" in capsys.readouterr().out
+
+
 def test_a_worker_that_rejects_its_input_ends_the_command_with_exit_2(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(launchers, "start_workers", lambda *a: (0, ["x.csv: missing column 'label'"] * 2, [2, 2]))
     assert main(["reproduce", "3", "--jobs", "2", *_roots(tmp_path)]) == 2

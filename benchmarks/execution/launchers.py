@@ -72,7 +72,8 @@ class Launch:
 def launch(grid: Grid, options: RunOptions, how: Launch = Launch()) -> list[Summary]:
     """Reproduce ``grid`` (a table or "all") as ``how`` says: a summary per table, or one for a
     Slurm submission. With ``--jobs`` the workers train and this process then collects every
-    run file into the table CSVs and renders the reports."""
+    run file into the table CSVs and renders the reports, training nothing itself: a run that
+    failed in a worker, or that no worker stored (one died), counts as failed; rerun to retry it."""
     check_launcher(how.launcher)
     if how.launcher == "slurm":
         if options.shard is not None:
@@ -84,7 +85,7 @@ def launch(grid: Grid, options: RunOptions, how: Launch = Launch()) -> list[Summ
         if options.shard is not None:
             raise GridError("--jobs shares the whole grid between its workers; drop --shard")
         run_local_jobs(grid, options, how)
-        options = replace(options, force=False, redo_before=None)  # the workers trained what was asked
+        options = replace(options, force=False, redo_before=None, train=False)  # the workers trained it all
     return runner.reproduce_all(grid, options)
 
 

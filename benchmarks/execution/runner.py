@@ -91,6 +91,7 @@ class RunOptions:
     render: bool = True  # render the table's report and the index afterwards
     raise_render_errors: bool = False
     run_fn: RunFn | None = None  # default: egmf_core.run.run_experiment (dataset_statistics for Table 1)
+    train: bool = True  # False: collect only, a run without an ok result counts as failed (--jobs, after its workers)
     progress_bars: bool | None = None  # None: on a terminal unless $EGMF_NO_PROGRESS=1
     on_run: Callable[[RunEvent], None] | None = None  # each run trained or skipped as busy (default: _log_busy)
     log: Callable[[str], None] | None = None  # warnings and failures, one line each (default: runner.log)
@@ -227,6 +228,9 @@ class _RunWorker:
                     if lock.acquired:  # (a --force elsewhere holds it while retraining)
                         remove_checkpoint(ckpt)
             return
+        if not opts.train:
+            self._count_untrained(run_id, cell, path)
+            return
         with store.RunLock(lock_file) as lock:
             if not lock.acquired:
                 self.summary.busy += 1
@@ -259,6 +263,15 @@ class _RunWorker:
                 summary.failures.append(f"run {run_id} ({cell.label}) failed: {outcome.error}")
                 opts.say(summary.failures[-1])
         remove_checkpoint(ckpt)
+
+    def _count_untrained(self, run_id: str, cell: Cell, path: Path) -> None:
+        """Collect-only: a run with no ok result is a failure, with its stored error if any."""
+        try:
+            error = store.read_run(path)["outcome"].get("error") if path.exists() else None
+        except store.CorruptResult:  # already reported by _stored_ok
+            error = None
+        self.summary.failed += 1
+        self.summary.failures.append(f"run {run_id} ({cell.label}) failed: {error or 'not trained (no run file)'}")
 
     def _stored_ok(self, path: Path, cell: Cell, *, report: bool) -> bool:
         """Whether a valid "ok" run file is there (stored at ``redo_before`` or later, when given);
