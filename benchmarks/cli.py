@@ -179,7 +179,8 @@ def cmd_reproduce(args) -> int:
         shard=parse_shard(args.shard) if args.shard is not None else None, strict_data=args.strict_data,
         render=not args.no_report, raise_render_errors=args.debug)
     how = launchers.Launch(
-        launcher=launchers.check_launcher(args.launcher), jobs=resolve_jobs(args), gpus=_worker_gpus(args),
+        launcher=launchers.check_launcher(args.launcher), jobs=resolve_jobs(args),
+        gpus=_worker_gpus(args) if args.launcher == "local" else None,
         shards=args.shards, slurm={"slurm_partition": args.slurm_partition} if args.slurm_partition else None)
     if args.profile == "paper" and not args.no_estimate:
         _print_estimate(grid, how)

@@ -266,7 +266,7 @@ class OtherSettings:
     def __init__(self, offsets: dict[str, float]):
         self.offsets, self.calls = offsets, []
 
-    def __call__(self, profile, table, setting, root, *, data_root, model_root):
+    def __call__(self, profile, table, setting, root, *, data_root, model_root, grid=None):
         self.calls.append((setting, root.name))
         write_results(root, tidy(shifted(FAKE_VALUES, "mae", self.offsets[setting])))
 
@@ -347,6 +347,22 @@ def test_a_setting_is_trained_by_the_cli_in_a_fresh_process_without_the_pins(tmp
     with pytest.raises(nightly.NightlyInputError, match="training 'main_msa' under setting 'aten-default'"):
         nightly.train_under_setting("smoke", "main_msa", "aten-default", tmp_path / "r", data_root=None,
                                     model_root=None)
+
+
+def test_the_paper_spread_trains_the_nightly_grid_not_the_full_tables(tmp_path, monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env, cwd: calls.append(cmd) or SimpleNamespace(returncode=0))
+    grid = nightly.NightlyGrid(["main_msa"], [1111, 1112], {"train.max_steps": 4000, "model.modalities": ["text"]})
+    nightly.train_under_setting("paper", "main_msa", "pinned", tmp_path / "r", data_root="d", model_root="m", grid=grid)
+    (cmd,) = calls
+    assert "--seeds=1111,1112" in cmd and "--set=train.max_steps=4000" in cmd
+    assert '--set=model.modalities=["text"]' in cmd
+    from benchmarks.execution.grid import parse_sets
+
+    assert parse_sets([a[len("--set="):] for a in cmd if a.startswith("--set=")]) == grid.overrides  # read back alike
 
 
 # ---- through the runner (fake runs, no training) ------------------------------------------------------

@@ -163,3 +163,10 @@ def test_lpt_shards_are_deterministic_and_balanced():
     assert [sorted(s.values(), reverse=True) for s in shards] == [[7.0, 3.0], [5.0, 3.0, 2.0], [4.0, 4.0, 2.0]]
     assert plan.balance_shards(costs, 3) == shards
     assert math.isclose(sum(sum(s.values()) for s in shards), sum(costs.values()))
+
+
+def test_a_nightly_grid_without_seeds_plans_each_tables_own():
+    """ablations/nightly.toml may leave seeds out (smoke does): the tables' seeds are used."""
+    grids = dict(plan.planned_grids(Grid("nightly", "smoke")))
+    assert sorted(grids) == ["main_erc", "main_msa"]
+    assert {c.seed for c in grids["main_msa"]} == {1111, 1112, 1113, 1114, 1115}

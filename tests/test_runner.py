@@ -264,3 +264,27 @@ def test_run_files_record_the_data_root_as_its_marker_not_this_machines_path(tmp
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "smoke" / "runs").glob("*.json")]
     assert records and {r["provenance"]["data_root"] for r in records} == {"<repo>/.cache/smoke-data/v5"}
     assert not any(str(tmp_path) in json.dumps(r["provenance"]) for r in records)
+
+
+@pytest.mark.parametrize("age_s, kept", [(3600, False), (-60, True)])
+def test_a_redo_drops_an_older_checkpoint_and_resumes_one_written_since(tmp_path, age_s, kept):
+    """--force as a redo time (--jobs, Slurm): a requeued task resumes the checkpoint it wrote itself."""
+    import os
+    import time
+
+    from benchmarks.execution.provenance import utc_timestamp
+
+    t = utc_timestamp()
+    grid, _ = fakes.grid_and_options("main_msa", seeds=[1111], datasets=["mosei"])
+    ckpt = store.checkpoint_dir(tmp_path / "results", "smoke", grid.cells()[0].run_id)
+    ckpt.mkdir(parents=True)
+    (ckpt / "latest.json").write_text("{}")
+    os.utime(ckpt / "latest.json", (time.time() - age_s,) * 2)
+    seen = []
+
+    def run(cfg, *, progress=None, checkpoint_dir=None):
+        seen.append((checkpoint_dir / "latest.json").is_file())
+        return fakes.hashed_run(cfg)
+
+    _go(tmp_path, run_fn=run, seeds=[1111], datasets=["mosei"], redo_before=t)
+    assert seen == [kept]

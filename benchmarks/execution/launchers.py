@@ -147,10 +147,13 @@ def run_local_jobs(grid: Grid, options: RunOptions, how: Launch) -> int:
     t0 = time.monotonic()
     trained, errors, codes = start_workers(grid, options, worker_gpus(min(how.jobs, pending), how.gpus),
                                            how.worker_init, pending)
+    for i, code in enumerate(codes):
+        if code < 0:  # killed (the kernel's out-of-memory killer, a signal): its run is reported as not trained
+            runner.log(f"[job {i + 1}/{len(codes)}] ended by signal {-code}")
     runner.log(f"{len(codes)} jobs: {trained} runs trained in {runner.format_duration(time.monotonic() - t0)}")
     if errors:
         raise LauncherError(errors[0])
-    return max(codes)
+    return max(code if code >= 0 else 1 for code in codes)  # killed by a signal: some runs not trained
 
 
 def start_workers(grid: Grid, options: RunOptions, gpus: list[str | None], init: Callable[[], None] | None,
@@ -174,7 +177,7 @@ def start_workers(grid: Grid, options: RunOptions, gpus: list[str | None], init:
             for proc in procs:
                 proc.join()
             raise
-    return trained, errors, [proc.exitcode or 0 for proc in procs]
+    return trained, errors, [proc.exitcode if proc.exitcode is not None else 0 for proc in procs]
 
 
 @contextlib.contextmanager
@@ -209,10 +212,11 @@ def _relay(events, procs: list, total: int) -> tuple[int, list[str]]:
     with tqdm(total=total, desc=f"{len(procs)} jobs", unit="run", dynamic_ncols=True,
               disable=not runner.progress_enabled()) as bar:
         while True:
+            running = any(p.is_alive() for p in procs)  # before the read: what a worker sent last is read
             try:
                 kind, payload = events.get(timeout=0.2)
             except queue.Empty:
-                if not any(p.is_alive() for p in procs):
+                if not running:
                     break
                 continue
             if kind == "error":
@@ -234,6 +238,9 @@ def _worker(i: int, n: int, grid: Grid, options: RunOptions, gpu: str | None,
     offline_and_quiet()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything imports torch
+    from benchmarks.execution.provenance import process_git_revision
+
+    process_git_revision()  # the code this worker runs, read now (not after its first run)
     tag = f"[job {i + 1}/{n}] "
 
     def say(line: str) -> None:

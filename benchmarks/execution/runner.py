@@ -42,7 +42,9 @@ from egmf_core.atomic import atomic_write_bytes
 from egmf_core.checkpoint import remove_checkpoint
 from egmf_core.outcome import RunOutcome
 
-RunFn = Callable[..., RunOutcome]  # run_fn(cfg, *, progress=callback) -> RunOutcome
+# run_fn(cfg, *, progress, checkpoint_dir) -> RunOutcome: progress(step, total, message) draws the
+# run's bar; checkpoint_dir (None: none) is where the run checkpoints and resumes.
+RunFn = Callable[..., RunOutcome]
 
 
 def log(message: str) -> None:
@@ -243,8 +245,8 @@ class _RunWorker:
 
     def _train(self, run_id: str, cell: Cell, path: Path, ckpt: Path) -> None:
         opts, summary = self.options, self.summary
-        if opts.force or opts.redo_before is not None:
-            remove_checkpoint(ckpt)
+        if opts.force or (opts.redo_before is not None and _checkpointed_before(ckpt, opts.redo_before)):
+            remove_checkpoint(ckpt)  # a redo starts over; a requeued task resumes what it checkpointed since
         prior = _ok_checksum(path)
         t_run = time.monotonic()
         if self.fn is None:
@@ -313,6 +315,18 @@ def _quiet_stored_ok(path: Path, not_before: str | None) -> bool:
         return stored_ok(path, not_before)
     except store.CorruptResult:
         return False
+
+
+def _checkpointed_before(ckpt: Path, when: str) -> bool:
+    """Whether the run's last checkpoint was written before ``when`` (ISO 8601 UTC)."""
+    from datetime import datetime, timezone
+
+    from egmf_core.checkpoint import POINTER
+
+    pointer = ckpt / POINTER
+    if not pointer.is_file():
+        return ckpt.exists()  # a folder without a complete checkpoint: nothing worth keeping
+    return datetime.fromtimestamp(pointer.stat().st_mtime, tz=timezone.utc) < datetime.fromisoformat(when)
 
 
 def _ok_checksum(path: Path) -> str | None:

@@ -237,7 +237,7 @@ def planned_grids(grid: Grid, *, check_roots: bool = False) -> list[tuple[str, l
         from benchmarks.regression.nightly import nightly_grid
 
         nightly = nightly_grid(grid.profile)
-        args = replace(grid.args, seeds=grid.args.seeds or tuple(nightly.seeds),
+        args = replace(grid.args, seeds=grid.args.seeds or nightly.seeds,
                        overrides={**nightly.overrides, **(grid.args.overrides or {})})
         tables = [replace(grid, table=name, args=args) for name in nightly.tables]
     else:

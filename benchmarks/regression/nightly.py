@@ -266,8 +266,7 @@ def run_nightly(opts: NightlyOptions, *, run_fn: Callable | None = None,
     if missing_baseline:
         return _without_baseline(profile, baseline_file, reports_root, lines, failures)
     if opts.update_baseline:
-        others = spread_results(profile, tables, variants, Path(opts.spread_root), data_root=opts.data_root,
-                                model_root=opts.model_root, train=train_variant or train_under_setting)
+        others = spread_results(opts, tables, variants, grid, train_variant or train_under_setting)
         if variants:
             lines.append(f"numerics spread over {len(variants) + 1} trainings: {numerics.mode()} (these results), "
                          + ", ".join(name for name, _ in variants) + f" (under {opts.spread_root})")
@@ -363,8 +362,11 @@ def spread_variants(settings: list[str], repeats: int, update_baseline: bool) ->
     return [(name, name) for name in settings if name != own] + [(f"repeat-{i}", own) for i in range(2, repeats + 1)]
 
 
-def train_under_setting(profile: str, table: str, setting: str, results_root: Path, *, data_root, model_root) -> None:
-    """Train one table in a fresh process under a numerical setting (resumable: stored runs are kept)."""
+def train_under_setting(profile: str, table: str, setting: str, results_root: Path, *, data_root, model_root,
+                        grid: NightlyGrid | None = None) -> None:
+    """Train one table on the nightly grid (its seeds and overrides) in a fresh process under a
+    numerical setting (resumable: stored runs are kept)."""
+    import json
     import subprocess
 
     from benchmarks.execution.profiles import REPO_ROOT
@@ -373,6 +375,10 @@ def train_under_setting(profile: str, table: str, setting: str, results_root: Pa
            "--results-root", str(Path(results_root).resolve()), "--no-report"]
     if profile == "smoke":
         cmd += ["--jobs", str(os.cpu_count() or 1)]
+    if grid is not None and grid.seeds:
+        cmd.append("--seeds=" + ",".join(str(s) for s in grid.seeds))
+    for key, value in (grid.overrides if grid is not None else {}).items():
+        cmd.append(f"--set={key}={json.dumps(value)}")  # JSON scalars and lists read back as TOML literals
     for flag, value in (("--data-root", data_root), ("--model-root", model_root)):
         if value:
             cmd += [flag, str(value)]
@@ -382,15 +388,15 @@ def train_under_setting(profile: str, table: str, setting: str, results_root: Pa
                                 f"into {results_root} failed (exit {code}); rerun to resume")
 
 
-def spread_results(profile: str, tables: list[str], variants: list[tuple[str, str]], spread_root: Path, *,
-                   data_root, model_root, train: Callable) -> list[pd.DataFrame]:
-    """The tables' compared results under each variant, trained into ``spread_root/<folder>``."""
+def spread_results(opts: NightlyOptions, tables: list[str], variants: list[tuple[str, str]], grid: NightlyGrid,
+                   train: Callable) -> list[pd.DataFrame]:
+    """The nightly grid's compared results under each variant, trained into ``spread_root/<folder>``."""
     frames = []
     for folder, setting in variants:
-        root = Path(spread_root) / folder
+        root = Path(opts.spread_root) / folder
         for table in tables:
-            train(profile, table, setting, root, data_root=data_root, model_root=model_root)
-        frames.append(compared_results(profile, tables, root))
+            train(opts.profile, table, setting, root, data_root=opts.data_root, model_root=opts.model_root, grid=grid)
+        frames.append(of_grid(compared_results(opts.profile, tables, root), grid))
     return frames
 
 
