@@ -125,8 +125,7 @@ class LayerPlan:
     slots: torch.Tensor | None  # (K_l,) slot indices; None = every slot, in order
     slot_list: list[int]
     a_t: torch.Tensor  # (K_l, in, r) stacked A^T
-    b_t: torch.Tensor  # (K_l, r, out) stacked B^T
-    scaling: torch.Tensor  # (K_l, 1, 1) alpha / r per slot
+    b_t: torch.Tensor  # (K_l, r, out) stacked (alpha / r) B^T
     dropout: list[float]  # per listed slot
 
 
@@ -159,11 +158,11 @@ def _stack_plans(adapters: list[LoRAAdapters | None]) -> dict[str, LayerPlan]:
         pairs = [adapters[k].pair(path) for k in slots]
         r = max(a.shape[0] for a, _ in pairs)
         a_t = torch.stack([F.pad(a, (0, 0, 0, r - a.shape[0])).t() for a, _ in pairs])  # (K_l, in, r)
-        b_t = torch.stack([F.pad(b, (0, r - b.shape[1])).t() for _, b in pairs])  # (K_l, r, out)
-        device = a_t.device
-        scaling = torch.tensor([adapters[k].scaling for k in slots], device=device, dtype=a_t.dtype).view(-1, 1, 1)
+        # (alpha / r) B^T, scaled here on (r, out) rather than on every row's delta (peft scales the delta:
+        # the same product, rounded once differently)
+        b_t = torch.stack([F.pad(b, (0, r - b.shape[1])).t() * adapters[k].scaling for k, (_, b) in zip(slots, pairs)])
         every = slots == list(range(len(adapters)))
-        plans[path] = LayerPlan(None if every else torch.tensor(slots, device=device), slots, a_t, b_t, scaling,
+        plans[path] = LayerPlan(None if every else torch.tensor(slots, device=a_t.device), slots, a_t, b_t,
                                 [adapters[k].dropout for k in slots])
     return plans
 
@@ -191,7 +190,7 @@ class GroupedLoRALinear(nn.Module):
         x3 = x.reshape(n_slots, -1, x.shape[-1])  # (K, rows * L, in)
         xs = x3 if plan.slots is None else x3.index_select(0, plan.slots)  # (K_l, rows * L, in)
         xs = self._dropout(xs.to(plan.a_t.dtype), x.shape, plan)
-        delta = torch.bmm(torch.bmm(xs, plan.a_t), plan.b_t) * plan.scaling  # (alpha/r) B A x: (K_l, rows*L, out)
+        delta = torch.bmm(torch.bmm(xs, plan.a_t), plan.b_t)  # (alpha / r) B A x: (K_l, rows * L, out)
         y3 = y.reshape(n_slots, -1, y.shape[-1])
         delta = delta.to(y.dtype)
         y3 = y3 + delta if plan.slots is None else y3.index_add(0, plan.slots, delta)
