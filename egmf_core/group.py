@@ -59,12 +59,21 @@ def group_key(cfg: RunConfig) -> str:
 
 class SlotEGMF(EGMF):
     """EGMF's modules of one run in a group, around the group's shared backbone, plus the run's
-    own LoRA adapters (``lora``; None for a LoRA-off run). Called outside a group forward, the
-    backbone applies no adapter."""
+    own LoRA adapters (``lora``; None for a LoRA-off run). Called on its own (``model(batch)``,
+    outside a group forward) it is the run alone: the backbone applies this run's adapters only."""
 
-    def __init__(self, cfg, llm, audio_dim: int, vision_dim: int, adapters: LoRAAdapters | None):
+    def __init__(self, cfg, llm, audio_dim: int, vision_dim: int, adapters: LoRAAdapters | None,
+                 router: LoRARouter):
         super().__init__(cfg, llm, audio_dim, vision_dim)
         self.lora = adapters
+        self._router = router  # the shared backbone's (a plain attribute: not a submodule, not in state_dict)
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        if self._router.plans is not None:  # inside a group forward: the group's plan applies
+            return super().forward(batch)
+        rows, length = batch["input_ids"].shape
+        with self._router.activate([self.lora], SlotLayout(rows, [(rows, length)])):
+            return super().forward(batch)
 
     def egmf_parameters(self):
         """EGMF's own parameters: neither the backbone's nor the LoRA adapters (lr, not fusion_lr)."""
@@ -117,7 +126,7 @@ def run_group(configs: Sequence[RunConfig], *, group_size: int,
     batching.padded_length) sets the padded length of a training step's batch; it is an
     execution setting like ``threads``: it changes float rounding, never a run's id.
     """
-    from egmf_core.run import check_special_tokens, load_run_data
+    from egmf_core.run import check_special_tokens
 
     configs = [validate(c) for c in configs]
     keys = {group_key(c) for c in configs}
@@ -130,17 +139,17 @@ def run_group(configs: Sequence[RunConfig], *, group_size: int,
     if threads is not None:
         torch.set_num_threads(threads)
     dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(configs)
-    shared = build_shared(configs, load_run_data)
+    shared = build_shared(configs)
     check_special_tokens(shared.tokenizer, shared.info.source)
     group = RunGroup(shared, group_size, pad_to, on_done, progress)
     group.queue = [(i, c, dirs[i], checkpoint_minutes) for i, c in enumerate(configs)]
     return group.run(len(configs))
 
 
-def build_shared(configs: Sequence[RunConfig], load_run_data) -> SharedBackbone:
+def build_shared(configs: Sequence[RunConfig]) -> SharedBackbone:
     """The group's one backbone (frozen, each LoRA-targeted Linear wrapped once) and its data."""
     from egmf_core.backbones import BackboneError, build_backbone, default_lora_targets
-    from egmf_core.run import seed_everything
+    from egmf_core.run import load_run_data, seed_everything
 
     first = configs[0]
     seed_everything(first.seed)
@@ -174,7 +183,7 @@ def build_run(shared: SharedBackbone, index: int, cfg: RunConfig, checkpoint_dir
     if cfg.model.lora:  # drawn under the run seed, as apply_lora does (leaves the global RNG alone)
         adapters = LoRAAdapters(llm, cfg.model, list(cfg.model.lora_targets or default_lora_targets(llm)), cfg.seed)
     seed_everything(cfg.seed)  # EGMF's own init depends on the run seed only
-    model = SlotEGMF(cfg.model, llm, data.audio_dim, data.vision_dim, adapters)
+    model = SlotEGMF(cfg.model, llm, data.audio_dim, data.vision_dim, adapters, shared.router)
     for name, module in model.named_children():
         if name != "llm":
             module.to(shared.device)
@@ -396,6 +405,4 @@ def slot_step_share(group: RunGroup, r: GroupRun) -> float:
     from egmf_core.run import _probe_batch, egmf_step_share
 
     batch = _probe_batch(r.enc["train"], r.cfg.train.batch_size, group.shared.device)
-    layout = SlotLayout(batch["input_ids"].shape[0], [tuple(batch["input_ids"].shape)])
-    with group.shared.router.activate([r.model.lora], layout):
-        return egmf_step_share(r.model, batch)
+    return egmf_step_share(r.model, batch)  # SlotEGMF alone: its own adapters, stacked per forward
