@@ -18,6 +18,7 @@ numerics.pin()  # ATen / MKL / oneDNN kernel pins, before torch's first op (EGMF
 
 import torch  # noqa: E402
 
+numerics.pin_kernels()  # exact CPU sqrt, as the harness's run function does (pinned mode only)
 torch.set_num_threads(1)  # tiny matrices: one thread is fastest and immune to CPU contention
 
 from egmf_core.config import ModelConfig, TrainConfig  # noqa: E402

@@ -348,6 +348,7 @@ def _default_run_fn(cell: Cell) -> RunFn:
         from benchmarks.execution.profiles import CHECKPOINT_MINUTES, run_threads
         from egmf_core.run import run_experiment
 
+        numerics.pin_kernels()  # exact CPU sqrt (pinned mode), in whichever process trains
         return run_experiment(cfg, progress=progress, checkpoint_dir=checkpoint_dir,
                               checkpoint_minutes=CHECKPOINT_MINUTES.get(cfg.profile), threads=run_threads(cfg.profile))
 
