@@ -99,7 +99,7 @@ def _add_gpu_check(sub) -> None:
                    help="measure train.compile too (default: on CUDA only)")
     g.add_argument("--budget-s", type=float, default=330.0, help="skip optional phases past this many seconds")
     g.add_argument("--json", type=Path, help="write the measurements as JSON here")
-    g.add_argument("--report", type=Path, help="markdown report (default: reports/<profile>/gpu_check.md)")
+    g.add_argument("--report", type=Path, help="write the markdown report here (e.g. reports/scale/gpu_check.md)")
     g.add_argument("--debug", action="store_true")
 
 
@@ -338,13 +338,13 @@ def cmd_gpu_check(args) -> int:
     opts = gpu_check.CheckOptions(
         size=args.size, device=args.device, backbones=tuple(families), steps=args.steps,
         jobs_per_gpu=tuple(int(k) for k in parse_names(args.jobs_per_gpu)), compile=args.compile,
-        budget_s=args.budget_s, json_path=args.json)
-    opts.report_path = args.report or Path("reports") / opts.profile / "gpu_check.md"
+        budget_s=args.budget_s, json_path=args.json, report_path=args.report)
     result = gpu_check.run_gpu_check(opts)
     for family, r in result["backbones"].items():
         print(f"{family}: " + (r["error"] if "error" in r else f"{params_text(r['params'])} params"
               + (f", step {r['step_time_s'] * 1e3:.1f} ms" if "step_time_s" in r else "")))
-    print(f"report: {opts.report_path}" + (f"; json: {args.json}" if args.json else ""))
+    written = [f"{what}: {path}" for what, path in (("report", args.report), ("json", args.json)) if path]
+    print("; ".join(written) or "nothing written (--report PATH, --json PATH)")
     return 1 if gpu_check.failed_backbones(result) else 0
 
 
