@@ -232,7 +232,7 @@ def _worker_gpus(args) -> tuple[str, ...] | None:
 def _print_estimate(grid: Grid, how) -> None:
     """The planner's one-line estimate before a paper grid starts (never stops it). On stdout:
     stderr stays one ``error:`` line when the grid then fails on bad input."""
-    from benchmarks.perf import plan
+    from benchmarks.execution import planner as plan
 
     pricing = plan.Pricing(gpu=plan.detect_gpu(), gpus=how.shards or max(1, len(how.gpus or ())))
     try:
@@ -243,7 +243,7 @@ def _print_estimate(grid: Grid, how) -> None:
 
 
 def cmd_plan(args) -> int:
-    from benchmarks.perf import plan
+    from benchmarks.execution import planner as plan
 
     if args.profile != "paper":
         raise plan.PlanError(f"--profile {args.profile}: the planner prices the paper profile's GPU runs")

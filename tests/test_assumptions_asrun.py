@@ -5,10 +5,10 @@ import json
 
 import pandas as pd
 
-from benchmarks.execution.schema import RESULT_COLUMNS
 from benchmarks.execution.tables import Row, TableSpec
 from benchmarks.reporting.assumptions import as_run_rows
 from benchmarks.reporting.report import build_table_report, portable_data_source
+from benchmarks.results.schema import RESULT_COLUMNS
 
 SEEDS = (1, 2, 3)
 

@@ -405,7 +405,7 @@ def _fake_grid(tmp_path, monkeypatch, table="main_msa", **kwargs):
 
 
 def test_an_edited_run_file_is_named_by_file_and_line_and_redone(tmp_path, monkeypatch):
-    from benchmarks.execution import store
+    from benchmarks.results import store
 
     first, _ = _fake_grid(tmp_path, monkeypatch)
     victim = sorted(store.runs_dir(tmp_path / "r", "smoke").glob("*.json"))[0]

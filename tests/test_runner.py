@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 import benchmarks.reporting
-from benchmarks.execution import profiles, runner, store
+from benchmarks.execution import profiles, runner
 from benchmarks.execution.dataset_stats import dataset_statistics, split_statistics
 from benchmarks.execution.grid import GridArgs, GridError
+from benchmarks.results import store
 from egmf_core.config import ConfigError, config_hash
 from egmf_core.data.dataset import SPECS
 from egmf_core.outcome import RunOutcome

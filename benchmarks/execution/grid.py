@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmarks.execution.profiles import build_run_config, check_profile
+from benchmarks.execution.profiles import SEEDS_FROM, build_run_config, check_profile
 from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from egmf_core.config import DATASETS, RunConfig, config_hash
 
@@ -56,8 +56,6 @@ def run_identity(cfg: RunConfig, trains: bool = True, overrides: dict[str, Any] 
 
 def table_seeds(table, profile: str):
     """The seeds a table plans for a profile; the scale profile runs the paper's unless it names its own."""
-    from benchmarks.execution.profiles import SEEDS_FROM
-
     return table.seeds.get(profile, table.seeds.get(SEEDS_FROM.get(profile, profile)))
 
 

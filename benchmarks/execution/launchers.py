@@ -8,7 +8,7 @@ call ``runner.reproduce_all`` and report each finished run back as a ``runner.Ru
 through a queue. ``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split a
 grid instead. A local shard i of n holds the runs whose id hashes to i (see
 ``benchmarks.execution.grid.shard``); Slurm shards are balanced by the planner's cost
-(``benchmarks.perf.plan.balance_shards``: longest run first onto the least-loaded shard), and
+(``benchmarks.execution.planner.balance_shards``: longest run first onto the least-loaded shard), and
 one submission can cover every table ("all"). Either way n workers never train the same run
 and their run files never collide. One GPU per shard, one run at a time.
 
@@ -306,7 +306,7 @@ def slurm_grid(grid: Grid) -> dict[str, tuple[Grid, list[Cell]]]:
 def run_costs(cells: list[Cell]) -> dict[str, float]:
     """run id -> the planner's estimated GPU seconds; 1 each where it has no price (tiny twins).
     Dataset statistics train nothing: they cost a run's start-up."""
-    from benchmarks.perf import plan
+    from benchmarks.execution import planner as plan
 
     trains = [c for c in cells if c.trains]
     costs = {run_id: plan.RUN_START_S for run_id in unique_runs(c for c in cells if not c.trains)}
@@ -319,7 +319,7 @@ def run_costs(cells: list[Cell]) -> dict[str, float]:
 def shard_tasks(grids: dict[str, tuple[Grid, list[Cell]]], n: int, options: RunOptions) -> list[dict[str, Any]]:
     """n balanced shards (longest run first onto the least-loaded shard), empty ones dropped;
     each a task: (grid, options limited to the shard's runs) for every table with runs there."""
-    from benchmarks.perf import plan
+    from benchmarks.execution import planner as plan
 
     every = [c for _, cells in grids.values() for c in cells]
     shards = [s for s in plan.balance_shards(run_costs(every), n) if s]

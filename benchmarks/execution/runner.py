@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.execution import numerics, provenance, store
+from benchmarks.execution import numerics, provenance
 from benchmarks.execution.grid import Cell, Grid, GridArgs, expand, unique_runs
 from benchmarks.execution.grid import shard as shard_cells
 from benchmarks.execution.preflight import preflight
 from benchmarks.execution.profiles import model_source, resolve_run_config
 from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
+from benchmarks.results import store
 from benchmarks.usage import one_line
 from egmf_core.atomic import atomic_write_bytes
 from egmf_core.checkpoint import remove_checkpoint
