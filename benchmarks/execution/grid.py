@@ -6,6 +6,7 @@ full model asked for by five tables is one run, trained once and shared.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -315,3 +316,41 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) -> list[Cell]:
+    """The table's cells among ``runs`` (run id -> record), for commands that expanded no grid
+    (``report``, ``merge``): the default grid plus any other seed (or trust_remote_code setting,
+    or ``--set`` overrides) found among the run files of this table's datasets."""
+    seeds = set(spec.seeds.get(profile, ()))
+    trust = {False}
+    sets = {"{}": {}}
+    if spec.trains:
+        for run in runs.values():
+            cfg = run["config"]
+            if cfg.get("profile") == profile and (cfg.get("data") or {}).get("name") in spec.datasets:
+                if isinstance(cfg.get("seed"), int):
+                    seeds.add(cfg["seed"])
+                trust.add(bool((cfg.get("model") or {}).get("trust_remote_code", False)))
+                if isinstance(cfg.get("overrides"), dict):
+                    sets[json.dumps(cfg["overrides"], sort_keys=True)] = cfg["overrides"]
+    if not seeds:
+        return []
+    cells = []
+    for t in sorted(trust):
+        for overrides in sets.values():
+            try:
+                grid = expand(spec, profile, GridArgs(seeds=tuple(sorted(seeds)), trust_remote_code=t,
+                                                      overrides=overrides), check_roots=False)
+            except ValueError:  # overrides of another table's runs that do not fit this table's rows
+                continue
+            cells.extend(c for c in grid if c.run_id in runs)
+    return cells
+
+
+def narrow(cells: list[Cell], table: TableSpec, args: GridArgs) -> list[Cell]:
+    """The cells of ``args.rows`` and ``args.datasets`` (None keeps all), names checked as ``expand``
+    checks them: ``expand`` with those filters, without expanding again."""
+    rows = set(_check_names(args.rows, [r.name for r in table.rows], "--rows", f"rows of table {table.name}"))
+    datasets = set(_check_names(args.datasets, list(table.datasets), "--datasets", f"datasets of table {table.name}"))
+    return [c for c in cells if c.row in rows and c.dataset in datasets]

@@ -4,7 +4,7 @@
         [--data-root DIR] [--model-root DIR] [--results-root results] [--reports-root reports]
         [--baseline FILE] [--tolerance-k 3] [--force] [--skip-reproduce] [--update-baseline]
 
-Reproduces each table with ``benchmarks.execution.runner.reproduce`` (cached runs are reused; ``--force``
+Reproduces each table with ``benchmarks.recipes.reproduce`` (cached runs are reused; ``--force``
 retrains them), then compares the test split of ``results/<profile>/<table>.csv`` with
 ``results/baselines/<profile>.csv`` (rule and verdicts: ``benchmarks.regression.baselines``) and writes
 ``reports/<profile>/regression.md`` atomically, appending it to ``$GITHUB_STEP_SUMMARY`` when set.
@@ -36,10 +36,10 @@ from typing import Callable
 
 import pandas as pd
 
+from benchmarks.commandline import OneLineParser, error_line
 from benchmarks.execution import numerics
 from benchmarks.execution.nightly_grid import NightlyGrid, NightlyInputError, nightly_grid
 from benchmarks.regression import baselines
-from benchmarks.usage import OneLineParser, error_line
 
 COMPARED_SPLIT = "test"
 NO_BASELINE_EXIT = 3  # results stored, no baseline to compare with yet
@@ -140,14 +140,17 @@ def write_report(markdown: str, path: Path) -> Path:
 
 def reproduce_tables(opts: NightlyOptions, tables: list[str], grid: NightlyGrid,
                      run_fn: Callable | None = None) -> list:
-    """runner.reproduce for each table on the nightly grid's seeds and overrides; their Summary objects."""
+    """recipes.reproduce for each table on the nightly grid's seeds and overrides; their Summary objects."""
+    from benchmarks import recipes
+    from benchmarks.commandline import progress_bars_setting
     from benchmarks.execution import runner
     from benchmarks.execution.grid import Grid, GridArgs
 
     args = GridArgs(seeds=grid.seeds, overrides=grid.overrides, data_root=opts.data_root, model_root=opts.model_root)
     options = runner.RunOptions(results_root=Path(opts.results_root), reports_root=Path(opts.reports_root),
-                                force=opts.force, render=opts.render, run_fn=run_fn)
-    return [runner.reproduce(Grid(t, opts.profile, args), options) for t in tables]
+                                force=opts.force, render=opts.render, run_fn=run_fn,
+                                progress_bars=progress_bars_setting())
+    return [s for t in tables for s in recipes.reproduce(Grid(t, opts.profile, args), options)]
 
 
 def of_grid(results: pd.DataFrame, grid: NightlyGrid) -> pd.DataFrame:
