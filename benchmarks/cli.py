@@ -133,6 +133,7 @@ def _join_dash_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pin_numerics()  # first: before torch's first op, for this process and the --jobs workers it starts
     offline_and_quiet()  # before transformers / huggingface_hub are imported
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -153,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
+
+
+def pin_numerics() -> None:
+    """Pin the CPU numerics (``benchmarks.execution.numerics``; ``EGMF_NUMERICS=native`` opts out)
+    where a harness process starts, never on import. A bad $EGMF_NUMERICS is left to the command,
+    which reports it as bad input (exit 2) before any run."""
+    try:
+        numerics.pin()
+    except numerics.NumericsError:
+        pass
 
 
 # ---- commands -----------------------------------------------------------------------------------

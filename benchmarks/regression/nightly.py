@@ -365,6 +365,9 @@ def spread_results(opts: NightlyOptions, tables: list[str], variants: list[tuple
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.cli import pin_numerics
+
+    pin_numerics()  # first: before torch's first op
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
