@@ -168,9 +168,9 @@ def expand_table(grid: Grid) -> TableGrid:
     cells = expand(spec, grid.profile, replace(grid.args, rows=None, datasets=None), check_roots=False)
     chosen = narrow(cells, spec, grid.args)
     if grid.profile == "paper":  # the roots of what is trained only: a dataset not asked for may be absent
-        check_paper_roots(grid.args.data_root, grid.args.model_root if spec.trains else None,
-                          datasets=list(dict.fromkeys(c.dataset for c in chosen)),
-                          backbones=list(dict.fromkeys(c.config.model.backbone for c in chosen if c.trains)))
+        for dataset, backbone in dict.fromkeys((c.dataset, c.config.model.backbone) for c in chosen):
+            check_paper_roots(grid.args.data_root, grid.args.model_root if spec.trains else None,
+                              datasets=[dataset], backbones=[backbone] if spec.trains else [])
     return TableGrid(grid, spec, cells, chosen)
 
 
