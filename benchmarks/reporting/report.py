@@ -165,26 +165,9 @@ def _row_names(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None) ->
     return names + sorted(set(present["row"]) - set(names) - {""})
 
 
-_OLD_SOURCE = re.compile(r"^(?P<path>[/~\\].*|[A-Za-z]:\\.*) \((?P<fmt>[\w-]+)\)$")
-
-
-def portable_data_source(source: str) -> str:
-    """A data source without the machine's path. Run files record "<format>: <path relative to
-    the data root> sha256:<digest>"; older ones recorded "<absolute path> (<format>)", shown here
-    as the format and the path's last two parts.
-
-    >>> portable_data_source("/tmp/x/.cache/smoke-data/v5/mosei/unaligned_50.pkl (mmsa-pickle)")
-    'mmsa-pickle: mosei/unaligned_50.pkl (fingerprint not recorded: older run file)'
-    """
-    m = _OLD_SOURCE.match(source)
-    if m is None:
-        return source
-    tail = "/".join(Path(m["path"]).parts[-2:])
-    return f"{m['fmt']}: {tail} (fingerprint not recorded: older run file)"
-
-
 def data_sources(df: pd.DataFrame) -> list[str]:
-    return sorted({portable_data_source(s) for s in _uniq(df["data_source"])})
+    """The run files' data sources ("<format>: <path relative to the data root> sha256:<digest>"), sorted."""
+    return sorted(set(_uniq(df["data_source"])))
 
 
 def model_sources(df: pd.DataFrame) -> list[str]:
