@@ -1,7 +1,7 @@
 """The harness's commands as recipes: short functions that read as the steps they take.
 
-``reproduce``: expand each table's grid (once), check the paper profile's roots, print the
-planner's estimate, train what is not stored (``execution.launchers``: here, ``--jobs`` workers
+``reproduce``: expand each table's grid (once), print the planner's estimate (paper), check
+the paper profile's data and weights (preflight), train what is not stored (``execution.launchers``: here, ``--jobs`` workers
 or a Slurm array), read the runs folder once, tabulate each table it touched from the cells it
 expanded (``results.tabulate``), render those tables and the index (``reporting.report``). Each
 step is one call a test can make alone. ``report`` and ``merge`` expanded no grid: they find a
@@ -33,9 +33,9 @@ def reproduce(grid: Grid, options: RunOptions = RunOptions(), how: launchers.Lau
     """``python -m benchmarks reproduce``: a summary per table (one for a Slurm submission)."""
     t0 = time.monotonic()
     tables = runner.expand_tables(grid)
-    runner.preflight_tables(tables, options)
     if estimate:
-        print_estimate(grid, how)
+        print_estimate(grid, how)  # first: a paper user sees the cost even when the preflight refuses the roots
+    runner.preflight_tables(tables, options)
     summaries = launchers.launch(grid, options, how, tables)
     runs = tabulate.load_runs(options.results_root, grid.profile)
     csvs = tabulate_tables(tables, runs, options, summaries)

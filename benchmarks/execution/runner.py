@@ -1,9 +1,8 @@
-"""Reproduce a paper table: expand its grid, train what is not cached, store, tabulate, report.
+"""Train a paper table's grid: expand it once, train what is not stored, store each run file.
 
-``reproduce`` is resumable by construction: every run is written to its own file as soon as it
+``run_table`` is resumable by construction: every run is written to its own file as soon as it
 finishes, and a run whose file is valid and "ok" is never trained again (unless ``force``); a
-failed or corrupt one is run again. The table's CSV is then rebuilt from all run files of the
-table (on a shard too: it covers what exists), and its report rendered.
+failed or corrupt one is run again. Tabulating and rendering are ``benchmarks.recipes``' steps.
 
 Crash safety. A run in progress holds a lock (``store.RunLock``: a second process skips it) and,
 when ``train.checkpoint_every`` is set, checkpoints into ``results/<profile>/checkpoints/<run_id>/``;
