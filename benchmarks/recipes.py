@@ -61,8 +61,9 @@ def print_estimate(grid: Grid, how: launchers.Launch) -> None:
 
 def tabulate_tables(tables: list[TableGrid], runs: dict[str, dict], options: RunOptions,
                     summaries: list[Summary]) -> list[Path]:
-    """Each table's CSV from the cells its grid expanded, once; a corrupt CSV is named in the
-    table's summary and logged. The summaries get their CSV paths."""
+    """Each table's CSV, once: the cells its grid expanded, plus the seeds and settings other
+    commands stored for it (a run another table shares at its own seeds), expanded for those
+    only. A corrupt CSV is named in the table's summary and logged; the summaries get their CSVs."""
     csvs = []
     for t in tables:
         summary = _summary_of(summaries, t.spec.name)
@@ -71,7 +72,8 @@ def tabulate_tables(tables: list[TableGrid], runs: dict[str, dict], options: Run
             summary.corrupt.append(line)
             options.say(f"warning: {line}")
 
-        path = tabulate.write_table_csv(t.spec, t.cells, runs, store.table_csv_path(
+        cells = cells_on_disk(t.spec, t.grid.profile, runs, expanded=t.cells)  # + runs other tables share
+        path = tabulate.write_table_csv(t.spec, cells, runs, store.table_csv_path(
             options.results_root, t.grid.profile, t.spec.name), on_corrupt=corrupt)
         if summary.table == t.spec.name or summary.csv is None:
             summary.csv = path

@@ -318,11 +318,13 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
-def cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) -> list[Cell]:
-    """The table's cells among ``runs`` (run id -> record), for commands that expanded no grid
-    (``report``, ``merge``): the default grid plus any other seed (or trust_remote_code setting,
-    or ``--set`` overrides) found among the run files of this table's datasets."""
-    seeds = set(spec.seeds.get(profile, ()))
+def cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict], expanded: list[Cell] | None = None) -> list[Cell]:
+    """The table's cells among ``runs`` (run id -> record): its default grid plus any other seed
+    (or trust_remote_code setting, or ``--set`` overrides) found among the run files of this
+    table's datasets, e.g. a run another table shares at its own seeds. ``expanded``: cells a
+    command already expanded; only the seeds and settings they lack are expanded here."""
+    # A training table's cells with a run file have that run's seed: the seeds on disk are enough.
+    seeds = set() if spec.trains else set(spec.seeds.get(profile, ()))
     trust = {False}
     sets = {"{}": {}}
     if spec.trains:
@@ -334,17 +336,24 @@ def cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) -> list[
                 trust.add(bool((cfg.get("model") or {}).get("trust_remote_code", False)))
                 if isinstance(cfg.get("overrides"), dict):
                     sets[json.dumps(cfg["overrides"], sort_keys=True)] = cfg["overrides"]
+    settings = {(t, key): overrides for t in sorted(trust) for key, overrides in sets.items()}
     if not seeds:
         return []
-    cells = []
-    for t in sorted(trust):
-        for overrides in sets.values():
-            try:
-                grid = expand(spec, profile, GridArgs(seeds=tuple(sorted(seeds)), trust_remote_code=t,
-                                                      overrides=overrides), check_roots=False)
-            except ValueError:  # overrides of another table's runs that do not fit this table's rows
-                continue
-            cells.extend(c for c in grid if c.run_id in runs)
+    have: dict[tuple, set[int]] = {}
+    for c in expanded or ():
+        key = (bool(c.config.model.trust_remote_code), json.dumps(c.overrides or {}, sort_keys=True))
+        have.setdefault(key, set()).add(c.seed)
+    cells = [c for c in expanded or () if c.run_id in runs]
+    for (t, key), overrides in settings.items():
+        missing = sorted(seeds - have.get((t, key), set()) if spec.trains else seeds)
+        if not missing or (not spec.trains and expanded):
+            continue
+        try:
+            grid = expand(spec, profile, GridArgs(seeds=tuple(missing), trust_remote_code=t, overrides=overrides),
+                          check_roots=False)
+        except ValueError:  # overrides of another table's runs that do not fit this table's rows
+            continue
+        cells.extend(c for c in grid if c.run_id in runs)
     return cells
 
 
