@@ -10,7 +10,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("EGMF_NO_PROGRESS", "1")
 
 from benchmarks.execution import numerics  # noqa: E402
 

@@ -10,7 +10,8 @@ import pytest
 
 from benchmarks import usage
 from benchmarks.cli import main
-from benchmarks.execution import runner, store
+from benchmarks.execution import runner
+from benchmarks.results import store
 from tests import fakes
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run

@@ -8,8 +8,9 @@ import platform
 import pandas as pd
 import pytest
 
-from benchmarks.execution import numerics, store
+from benchmarks.execution import numerics
 from benchmarks.execution.numerics import PINNED_ENV, PINNED_LABEL
+from benchmarks.results import store
 from tests.test_runner import _go
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")

@@ -115,8 +115,8 @@ def setting_environment(name: str, base: MutableMapping[str, str] | None = None)
 def pin(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set the pins in ``environ`` (default os.environ), overriding what it asked for; returns them.
 
-    Must run before torch's first op (and MKL's first call): entry points call it at import
-    (``benchmarks/__init__.py``, ``tests/conftest.py``). Subprocesses inherit the variables.
+    Must run before torch's first op (and MKL's first call): entry points call it first
+    (``benchmarks.cli.main``, ``tests/conftest.py``). Subprocesses inherit the variables.
     """
     env = os.environ if environ is None else environ
     pins = pinned_environment(env)

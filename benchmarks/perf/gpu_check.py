@@ -427,7 +427,7 @@ def device_name(device) -> str:
 
 def datasheet_tflops(name: str) -> float | None:
     """The bf16 dense peak of the planner's GPU table entry whose model this device is."""
-    from benchmarks.perf.plan import GPUS
+    from benchmarks.execution.planner import GPUS
 
     return next((g.bf16_tflops for key, g in GPUS.items() if key.split("-")[0].upper() in name.upper()), None)
 
