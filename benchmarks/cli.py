@@ -75,6 +75,9 @@ def _add_reproduce(sub) -> None:
                    help="GPU profiles: runs sharing one GPU (--jobs auto = this x visible GPUs; gpu-check says which is best)")
     r.add_argument("--jobs", default="1",
                    help="local: N worker processes sharing the grid, one run each at a time (smoke: one per CPU core)")
+    r.add_argument("--group", default="1", metavar="K|auto",
+                   help="train up to K runs that share a backbone and a dataset at once, over one copy of its "
+                        "weights (auto: from free GPU memory, or the measured CPU sweet spot); 1: each run alone")
     r.add_argument("--launcher", default="local", help="local (default) or slurm (needs submitit)")
     r.add_argument("--shards", type=int, help="slurm: array tasks (default: one per run)")
     r.add_argument("--slurm-partition", help="slurm: partition to submit to")
@@ -189,7 +192,8 @@ def cmd_reproduce(args) -> int:
         results_root=args.results_root, reports_root=args.reports_root, force=args.force,
         redo_before=_parse_time(args.redo_before) if args.redo_before is not None else None,
         shard=parse_shard(args.shard) if args.shard is not None else None, strict_data=args.strict_data,
-        render=not args.no_report, raise_render_errors=args.debug, progress_bars=progress_bars_setting())
+        render=not args.no_report, raise_render_errors=args.debug, progress_bars=progress_bars_setting(),
+        group=parse_group(args.group))
     how = launchers.Launch(
         launcher=launchers.check_launcher(args.launcher), jobs=resolve_jobs(args),
         gpus=_worker_gpus(args) if args.launcher == "local" else None,
@@ -208,6 +212,19 @@ def grid_args(args) -> GridArgs:
         datasets=parse_names(args.datasets) if args.datasets is not None else None,
         overrides=parse_sets(args.sets), data_root=args.data_root, model_root=args.model_root,
         trust_remote_code=args.trust_remote_code)
+
+
+def parse_group(text: str) -> int | str:
+    """``--group``: a positive number of runs, or "auto" (resolved where the group's backbone is built)."""
+    if text == "auto":
+        return "auto"
+    try:
+        k = int(text)
+    except ValueError:
+        raise GridError(f"--group {text!r}: a number of runs trained at once, or auto") from None
+    if k < 1:
+        raise GridError(f"--group {k}: must be at least 1")
+    return k
 
 
 def resolve_jobs(args) -> int:

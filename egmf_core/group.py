@@ -25,14 +25,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable
 
 import torch
 from torch.nn import functional as F
 
 from egmf_core.batching import EncodedSplit, PromptEncoder, collate, padded_length
 from egmf_core.config import RunConfig, config_hash, validate
-from egmf_core.lora import LoRAAdapters, LoRARouter, SlotLayout, SlotRNG, install_grouped_lora
+from egmf_core.lora import GroupedLoRALinear, LoRAAdapters, LoRARouter, SlotLayout, SlotRNG, install_grouped_lora
 from egmf_core.model import EGMF
 from egmf_core.outcome import RunOutcome
 
@@ -43,6 +43,30 @@ GROUP_KEY_FIELDS = (
     "train.eval_mode", "train.valid_eval_mode", "train.eval_batch_size", "train.max_new_tokens_cls",
     "train.max_new_tokens_reg", "train.mixed_precision", "train.compile", "data",
 )
+
+
+# ``--group auto``. On CPU: the group size past which a run-step stops getting cheaper, measured on
+# the smoke profile (2-core x86-64, one thread, sims_v2, glm3-tiny, batch 16; ms per run-step, one
+# run: K=1 47.4, K=2 40.6, K=4 39.8, K=8 38.6): the tiny twins are bound by their matmuls there
+# (aten::mm ~46% of a decoder step), so grouping saves only the shared dispatch. On a GPU: as many
+# runs as fit in MEMORY_HEADROOM of the memory left after the weights, from the first run's
+# measured step (``auto_group_size``), at most MAX_GROUP.
+CPU_GROUP = 4
+MAX_GROUP = 32
+MEMORY_HEADROOM = 0.85
+
+
+def auto_group_size(device_type: str, *, free_bytes: int | None = None, per_run_bytes: int | None = None,
+                    cap: int = MAX_GROUP) -> int:
+    """The group size ``--group auto`` uses: CPU_GROUP on CPU; on CUDA
+    floor(MEMORY_HEADROOM * free_bytes / per_run_bytes) runs, where ``free_bytes`` is the device
+    memory free with the weights and one run loaded and ``per_run_bytes`` that run's own peak
+    (its modules, adapters, optimizer state and one step's activations); at least 1, at most ``cap``."""
+    if device_type != "cuda":
+        return max(1, min(CPU_GROUP, cap))
+    if not free_bytes or not per_run_bytes or per_run_bytes <= 0:
+        raise ValueError("auto_group_size: a CUDA group size needs the free memory and one run's measured peak")
+    return max(1, min(cap, 1 + int(MEMORY_HEADROOM * free_bytes // per_run_bytes)))
 
 
 def group_key(cfg: RunConfig) -> str:
@@ -84,7 +108,8 @@ class SlotEGMF(EGMF):
 class GroupRun:
     """One run inside a group: its config, modules, encoded splits, fit loop, RNG and outcome."""
 
-    index: int  # position in run_group's configs
+    index: object  # the item's tag (its position in run_group's items by default)
+    position: int  # the order it was taken in
     cfg: RunConfig
     model: SlotEGMF
     encoder: PromptEncoder
@@ -109,79 +134,128 @@ class SharedBackbone:
     device: torch.device
 
 
-def run_group(configs: Sequence[RunConfig], *, group_size: int,
-              on_done: Callable[[int, RunOutcome], None] | None = None,
-              progress: Callable[[int, int, int, str], None] | None = None,
-              checkpoint_dirs: Sequence[str | Path | None] | None = None,
+@dataclass
+class GroupItem:
+    """One run handed to ``run_group``: its config, a tag ``on_done`` gets back (default: its
+    position), and its checkpoint directory (None: no checkpoints)."""
+
+    cfg: RunConfig
+    tag: object = None
+    checkpoint_dir: str | Path | None = None
+    position: int = 0  # set by the queue: the order it was taken in
+
+
+def run_group(items: Iterable[RunConfig | GroupItem], *, group_size: int | str,
+              on_done: Callable[[object, RunOutcome], None] | None = None,
+              progress: Callable[[object, int, int, str], None] | None = None,
               checkpoint_minutes: float | None = None, threads: int | None = None,
               pad_to: str = "longest") -> list[RunOutcome]:
-    """Train and evaluate ``configs`` (one group_key) in groups of at most ``group_size`` at once.
+    """Train and evaluate ``items`` (one group_key) in groups of at most ``group_size`` at once
+    ("auto": ``auto_group_size``; on CUDA the first run trains its first step alone to measure it).
 
-    Each run's outcome is what ``run_experiment`` returns for it, with ``cost["group_size"]`` (the
-    group's size when it joined); outcomes come back in the order of ``configs`` and, as each run
-    ends, through ``on_done(index, outcome)``. ``progress(index, step, total, text)`` is called
-    for every run and step. ``checkpoint_dirs[i]`` is run i's checkpoint directory (as
-    ``run_experiment``'s ``checkpoint_dir``: saved by its ``train.checkpoint_every`` and
-    ``checkpoint_minutes``, resumed when found). ``pad_to`` ("longest" | "bucket",
-    batching.padded_length) sets the padded length of a training step's batch; it is an
-    execution setting like ``threads``: it changes float rounding, never a run's id.
+    ``items`` is read lazily: the next item is taken when a slot frees, so a caller can decide
+    then whether a run is still to be trained (e.g. take its lock). Each run's outcome is what
+    ``run_experiment`` returns for it, with ``cost["group_size"]`` (the most runs it shared a
+    step with); outcomes come back in the order items were taken and, as each run ends, through
+    ``on_done(tag, outcome)``. ``progress(tag, step, total, text)`` is called for every run and
+    step. A run's checkpoint directory is used as ``run_experiment``'s ``checkpoint_dir``
+    (saved by its ``train.checkpoint_every`` and ``checkpoint_minutes``, resumed when found).
+    ``pad_to`` ("longest" | "bucket", batching.padded_length) sets the padded length of a
+    training step's batch; it is an execution setting like ``threads``: it changes float
+    rounding, never a run's id. Raises ValueError for a run whose group_key differs from the first's.
     """
     from egmf_core.run import check_special_tokens
 
-    configs = [validate(c) for c in configs]
-    keys = {group_key(c) for c in configs}
-    if len(keys) > 1:
-        raise ValueError("run_group: the configs differ in a field a group shares (GROUP_KEY_FIELDS); "
-                         "split them with group_key()")
-    if group_size < 1:
-        raise ValueError(f"run_group: group_size={group_size!r} must be positive")
+    if group_size != "auto" and (not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"run_group: group_size={group_size!r} must be a positive number or 'auto'")
     padded_length(1, pad_to)  # checks the name
+    queue = _GroupQueue(items)
+    first = queue.peek()
+    if first is None:
+        return []
     if threads is not None:
         torch.set_num_threads(threads)
-    dirs = list(checkpoint_dirs) if checkpoint_dirs is not None else [None] * len(configs)
-    shared = build_shared(configs)
+    shared = build_shared(first.cfg)
     check_special_tokens(shared.tokenizer, shared.info.source)
-    group = RunGroup(shared, group_size, pad_to, on_done, progress)
-    group.queue = [(i, c, dirs[i], checkpoint_minutes) for i, c in enumerate(configs)]
-    return group.run(len(configs))
+    auto = group_size == "auto"
+    size = (1 if shared.device.type == "cuda" else auto_group_size(shared.device.type)) if auto else group_size
+    group = RunGroup(shared, size, pad_to, on_done, progress, checkpoint_minutes)
+    group.measure_size = auto and shared.device.type == "cuda"
+    return group.run(queue)
 
 
-def build_shared(configs: Sequence[RunConfig]) -> SharedBackbone:
-    """The group's one backbone (frozen, each LoRA-targeted Linear wrapped once) and its data."""
-    from egmf_core.backbones import BackboneError, build_backbone, default_lora_targets
+class _GroupQueue:
+    """The runs waiting for a slot: items validated as they are taken, all of one group_key."""
+
+    def __init__(self, items: Iterable[RunConfig | GroupItem]):
+        self._items, self._next, self._taken, self.key = iter(items), None, 0, None
+
+    def peek(self) -> GroupItem | None:
+        if self._next is None:
+            item = next(self._items, None)
+            if item is None:
+                return None
+            item = item if isinstance(item, GroupItem) else GroupItem(item)
+            cfg = validate(item.cfg)
+            key = group_key(cfg)
+            if self.key is not None and key != self.key:
+                raise ValueError("run_group: a config differs from the group's in a field a group shares "
+                                 "(GROUP_KEY_FIELDS); split the runs with group_key()")
+            self.key = key
+            tag = self._taken if item.tag is None else item.tag
+            self._next = GroupItem(cfg, tag, item.checkpoint_dir, self._taken)
+        return self._next
+
+    def take(self) -> GroupItem | None:
+        item = self.peek()
+        self._next = None
+        self._taken += item is not None
+        return item
+
+
+def build_shared(first: RunConfig) -> SharedBackbone:
+    """The group's one backbone (frozen; LoRA-targeted Linears are wrapped as runs join) and its data."""
+    from egmf_core.backbones import build_backbone
     from egmf_core.run import load_run_data, seed_everything
 
-    first = configs[0]
     seed_everything(first.seed)
     data, root, train_split = load_run_data(first)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     llm, tokenizer, info = build_backbone(first.model, device=device)
-    targets = sorted({t for c in configs if c.model.lora for t in (c.model.lora_targets or default_lora_targets(llm))})
-    leaves = {n.rsplit(".", 1)[-1] for n, m in llm.named_modules() if isinstance(m, torch.nn.Linear)}
+    router = install_grouped_lora(llm, [])
+    return SharedBackbone(llm, router, tokenizer, info, data, root, train_split, device)
+
+
+def run_lora_targets(shared: SharedBackbone, cfg: RunConfig) -> list[str]:
+    """A LoRA run's target layers (checked against the backbone), wrapped for the group if new."""
+    from egmf_core.backbones import BackboneError, default_lora_targets
+
+    llm = shared.llm
+    targets = list(cfg.model.lora_targets or default_lora_targets(llm))
+    leaves = {n.rsplit(".", 1)[-1] for n, m in llm.named_modules() if isinstance(m, (torch.nn.Linear, GroupedLoRALinear))}
     unknown = [t for t in targets if t not in leaves]
     if unknown:
         raise BackboneError(f"config field model.lora_targets: {unknown[0]!r} is not a Linear layer of "
                             f"{type(llm).__name__} (has: {', '.join(sorted(leaves))})")
-    router = install_grouped_lora(llm, targets)
-    return SharedBackbone(llm, router, tokenizer, info, data, root, train_split, device)
+    install_grouped_lora(llm, targets, shared.router)
+    return targets
 
 
-def build_run(shared: SharedBackbone, index: int, cfg: RunConfig, checkpoint_dir, checkpoint_minutes) -> GroupRun:
+def build_run(shared: SharedBackbone, item: GroupItem, checkpoint_minutes: float | None = None) -> GroupRun:
     """One run's modules, initialised exactly as ``build_model`` does for its seed, and its fit loop
-    (resumed from ``checkpoint_dir`` when a checkpoint is there)."""
-    from egmf_core.backbones import default_lora_targets
+    (resumed from its checkpoint directory when a checkpoint is there)."""
     from egmf_core.checkpoint import Checkpointer
     from egmf_core.run import new_outcome, seed_everything
     from egmf_core.train import FitLoop
 
-    t_start = time.perf_counter()
+    t_start, cfg, checkpoint_dir = time.perf_counter(), item.cfg, item.checkpoint_dir
     seed_everything(cfg.seed)
     llm, data = shared.llm, shared.data
     adapters = None
     if cfg.model.lora:  # drawn under the run seed, as apply_lora does (leaves the global RNG alone)
-        adapters = LoRAAdapters(llm, cfg.model, list(cfg.model.lora_targets or default_lora_targets(llm)), cfg.seed)
+        adapters = LoRAAdapters(llm, cfg.model, run_lora_targets(shared, cfg), cfg.seed)
     seed_everything(cfg.seed)  # EGMF's own init depends on the run seed only
     model = SlotEGMF(cfg.model, llm, data.audio_dim, data.vision_dim, adapters, shared.router)
     for name, module in model.named_children():
@@ -195,31 +269,40 @@ def build_run(shared: SharedBackbone, index: int, cfg: RunConfig, checkpoint_dir
         checkpoint_dir, every=cfg.train.checkpoint_every, minutes=checkpoint_minutes, tag=config_hash(cfg))
     loop = FitLoop(model, enc["train"], enc["valid"], encoder, cfg.train, seed=cfg.seed, checkpoint=checkpoint)
     rng = SlotRNG(shared.device.type == "cuda")  # after init or the checkpoint's restore: the run's own stream
-    return GroupRun(index, cfg, model, encoder, enc, loop, rng, outcome, t_start)
+    return GroupRun(item.tag, item.position, cfg, model, encoder, enc, loop, rng, outcome, t_start)
 
 
 class RunGroup:
     """The runs training together now, the queue of those waiting, and the grouped step."""
 
-    def __init__(self, shared: SharedBackbone, size: int, pad_to: str, on_done, progress):
+    def __init__(self, shared: SharedBackbone, size: int, pad_to: str, on_done, progress,
+                 checkpoint_minutes: float | None = None):
         self.shared, self.size, self.pad_to = shared, size, pad_to
-        self.on_done, self.progress = on_done, progress
+        self.on_done, self.progress, self.checkpoint_minutes = on_done, progress, checkpoint_minutes
         self.runs: list[GroupRun] = []
-        self.queue: list[tuple] = []
         self.outcomes: dict[int, RunOutcome] = {}
+        self.measure_size = False  # --group auto on CUDA: size the group after the first run's first step
 
-    def run(self, n: int) -> list[RunOutcome]:
-        """Step the group until every run has ended; the outcomes in config order."""
-        while self.runs or self.queue:
-            while self.queue and len(self.runs) < self.size:
-                self.runs.append(build_run(self.shared, *self.queue.pop(0)))
+    def fill(self, queue: _GroupQueue) -> None:
+        """Free slots take the next queued runs."""
+        while len(self.runs) < self.size and (item := queue.take()) is not None:
+            self.runs.append(build_run(self.shared, item, self.checkpoint_minutes))
+
+    def run(self, queue: _GroupQueue) -> list[RunOutcome]:
+        """Step the group until every run has ended; the outcomes in the order the runs were taken."""
+        base = _allocated(self.shared.device)
+        self.fill(queue)
+        while self.runs:
             for r in self.runs:
                 r.outcome.cost["group_size"] = float(max(r.outcome.cost.get("group_size", 0), len(self.runs)))
             evaluating, failed = self.train_step()
             ended = self.after_step(evaluating, failed)
             if ended:
                 self.finish(ended, failed)
-        return [self.outcomes[i] for i in range(n)]
+            if self.measure_size:
+                self.size, self.measure_size = _measured_size(self.shared.device, base), False
+            self.fill(queue)
+        return [self.outcomes[k] for k in sorted(self.outcomes)]
 
     def train_step(self) -> tuple[list[bool], dict[int, str]]:
         """One grouped optimizer step; per run whether validation is due, and the runs that failed."""
@@ -292,9 +375,20 @@ class RunGroup:
             r.outcome.cost["egmf_share"] = slot_step_share(self, r)
         r.outcome.cost.update(wall_s=time.perf_counter() - r.t_start, peak_mem_mb=_peak_mem_mb(self.shared.device))
         self.runs.remove(r)
-        self.outcomes[r.index] = r.outcome
+        self.outcomes[r.position] = r.outcome
         if self.on_done:
             self.on_done(r.index, r.outcome)
+
+
+def _allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def _measured_size(device: torch.device, base: int) -> int:
+    """``--group auto`` on CUDA after one run's first step: its peak above ``base`` (the weights)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    per_run = torch.cuda.max_memory_allocated(device) - base
+    return auto_group_size("cuda", free_bytes=free, per_run_bytes=per_run)
 
 
 def _pad_rows(t: torch.Tensor, rows: int, length: int, *, left: bool, value=0) -> torch.Tensor:

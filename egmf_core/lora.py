@@ -216,11 +216,14 @@ class GroupedLoRALinear(nn.Module):
         return torch.stack(out)
 
 
-def install_grouped_lora(backbone: nn.Module, targets: list[str]) -> LoRARouter:
-    """Wrap each targeted Linear of the backbone once (in place); returns the backbone's router."""
-    router = LoRARouter()
+def install_grouped_lora(backbone: nn.Module, targets: list[str], router: LoRARouter | None = None) -> LoRARouter:
+    """Wrap each targeted Linear of the backbone once (in place; a layer already wrapped is kept)
+    and return the backbone's router (``router``, or a new one)."""
+    router = router or LoRARouter()
     for path in lora_target_paths(backbone, targets):
         parent_path, _, leaf = path.rpartition(".")
         parent = backbone.get_submodule(parent_path) if parent_path else backbone
-        setattr(parent, leaf, GroupedLoRALinear(getattr(parent, leaf), path, router))
+        layer = getattr(parent, leaf)
+        if not isinstance(layer, GroupedLoRALinear):
+            setattr(parent, leaf, GroupedLoRALinear(layer, path, router))
     return router

@@ -46,9 +46,9 @@ def _variants(root, **train):
 
 
 def _group(configs) -> G.RunGroup:
-    shared = G.build_shared(configs)
+    shared = G.build_shared(configs[0])
     grp = G.RunGroup(shared, len(configs), "longest", None, None)
-    grp.runs = [G.build_run(shared, i, c, None, None) for i, c in enumerate(configs)]
+    grp.runs = [G.build_run(shared, G.GroupItem(c, i, None, i)) for i, c in enumerate(configs)]
     return grp
 
 
@@ -185,10 +185,11 @@ def test_a_killed_group_resumes_each_run_from_its_own_checkpoint(data_root, tmp_
             raise Killed()
 
     with pytest.raises(Killed):
-        G.run_group(configs, group_size=3, checkpoint_dirs=dirs, progress=kill_at_7)
+        G.run_group([G.GroupItem(c, i, d) for i, (c, d) in enumerate(zip(configs, dirs))], group_size=3,
+                    progress=kill_at_7)
     steps = [int(__import__("json").loads((d / "latest.json").read_text())["step"]) for d in dirs]
     assert steps == [6, 5, 6]  # each run's own cadence (and its validation pass at step 5)
-    resumed = G.run_group(configs, group_size=3, checkpoint_dirs=dirs)
+    resumed = G.run_group([G.GroupItem(c, i, d) for i, (c, d) in enumerate(zip(configs, dirs))], group_size=3)
     for got, want in zip(resumed, whole):
         assert got.steps == want.steps == 10
         assert [h["step"] for h in got.valid_history] == [h["step"] for h in want.valid_history]
