@@ -98,6 +98,8 @@ def _add_gpu_check(sub) -> None:
     g.add_argument("--backbones", default="glm3,glm4,llama3", help="comma-separated (default: all three)")
     g.add_argument("--steps", type=int, default=10, help="timed training steps per backbone (default 10)")
     g.add_argument("--jobs-per-gpu", default="1,2,3,4", help="K runs sharing one GPU to measure (CUDA only)")
+    g.add_argument("--group", default="", metavar="K,K,...",
+                   help="run-group sizes to measure (e.g. 1,2,4,8,16): K runs over one backbone copy")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="measure train.compile too (default: on CUDA only)")
     g.add_argument("--budget-s", type=float, default=330.0, help="skip optional phases past this many seconds")
@@ -212,6 +214,14 @@ def grid_args(args) -> GridArgs:
         datasets=parse_names(args.datasets) if args.datasets is not None else None,
         overrides=parse_sets(args.sets), data_root=args.data_root, model_root=args.model_root,
         trust_remote_code=args.trust_remote_code)
+
+
+def parse_group_sizes(text: str) -> list[int]:
+    """gpu-check ``--group 1,2,4``: the group sizes to measure ("" none)."""
+    sizes = [parse_group(k) for k in parse_names(text)] if text else []
+    if "auto" in sizes:
+        raise GridError("gpu-check --group: sizes to measure, e.g. 1,2,4 (auto is reproduce's)")
+    return sizes
 
 
 def parse_group(text: str) -> int | str:
@@ -352,6 +362,7 @@ def cmd_gpu_check(args) -> int:
     opts = gpu_check.CheckOptions(
         size=args.size, device=args.device, backbones=tuple(families), steps=args.steps,
         jobs_per_gpu=tuple(int(k) for k in parse_names(args.jobs_per_gpu)), compile=args.compile,
+        groups=tuple(parse_group_sizes(args.group)),
         budget_s=args.budget_s, json_path=args.json, report_path=args.report)
     result = gpu_check.run_gpu_check(opts)
     for family, r in result["backbones"].items():

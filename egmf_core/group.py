@@ -45,13 +45,16 @@ GROUP_KEY_FIELDS = (
 )
 
 
-# ``--group auto``. On CPU: the group size past which a run-step stops getting cheaper, measured on
-# the smoke profile (2-core x86-64, one thread, sims_v2, glm3-tiny, batch 16; ms per run-step, one
-# run: K=1 47.4, K=2 40.6, K=4 39.8, K=8 38.6): the tiny twins are bound by their matmuls there
-# (aten::mm ~46% of a decoder step), so grouping saves only the shared dispatch. On a GPU: as many
-# runs as fit in MEMORY_HEADROOM of the memory left after the weights, from the first run's
-# measured step (``auto_group_size``), at most MAX_GROUP.
-CPU_GROUP = 4
+# ``--group auto``. On CPU: 1, each run alone. Measured on the smoke profile (2-core x86-64, one
+# thread, sims_v2, glm3-tiny, batch 16; ms per run-step): K=1 47.4, K=2 40.6, K=4 39.8, K=8 38.6.
+# The tiny twins are bound by their own arithmetic there (aten::mm ~46% of a decoder step, and the
+# elementwise ops grow with the rows), so a group saves only the shared dispatch, ~15%; and a
+# grouped run is not bit for bit the run alone (larger GEMMs round differently: 2.6e-5 of a step's
+# change after one step), while a smoke run id must name one set of numbers on every x86-64
+# machine (benchmarks/execution/numerics.py). ``--group 4`` is there for who wants the 15%.
+# On a GPU: as many runs as fit in MEMORY_HEADROOM of the memory left after the weights, from the
+# first run's measured step (``auto_group_size``), at most MAX_GROUP.
+CPU_GROUP = 1
 MAX_GROUP = 32
 MEMORY_HEADROOM = 0.85
 

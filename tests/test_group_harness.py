@@ -132,7 +132,20 @@ def test_auto_on_cuda_measures_the_first_runs_step(monkeypatch):
     assert G._measured_size(G.torch.device("cuda"), 20 * gib) == 12
 
 
-def test_the_runner_passes_the_group_size_and_each_runs_outcome_is_stored(tmp_path):
+def test_auto_trains_each_run_alone_on_cpu_and_hands_auto_to_the_group_on_a_gpu(tmp_path, monkeypatch):
+    from benchmarks.execution import runner
+
+    assert G.CPU_GROUP == 1 and runner.group_size("auto") == 1 and runner.group_size(3) == 3
+    ablations = write_tiny_ablations(tmp_path / "ablations")
+    s = _go(tmp_path, ablations, "cpu", group="auto", run_fn=fakes.hashed_run,
+            group_fn=lambda *a, **k: pytest.fail("a group on CPU under auto"))
+    assert s.trained == 4
+    monkeypatch.setattr(__import__("torch").cuda, "is_available", lambda: True)
+    assert runner.group_size("auto") == "auto"
+
+
+def test_the_runner_passes_the_group_size_and_each_runs_outcome_is_stored(tmp_path, monkeypatch):
+    monkeypatch.setattr(__import__("torch").cuda, "is_available", lambda: True)  # auto is sized on a GPU
     ablations = write_tiny_ablations(tmp_path / "ablations")
     sizes = []
 

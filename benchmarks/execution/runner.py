@@ -230,18 +230,31 @@ def train_runs(spec: TableSpec, runs: dict[str, Cell], grid: Grid, options: RunO
     store.sweep_temp_files(root / grid.profile)
     bars = progress_enabled(options)
     worker = _RunTask(grid, options, summary, bars)
-    grouped = options.group != 1 and spec.trains and options.train and (options.run_fn is None or options.group_fn)
+    size = group_size(options.group)
+    grouped = size != 1 and spec.trains and options.train and (options.run_fn is None or options.group_fn)
     with tqdm(total=len(runs), desc=f"{spec.name} [{grid.profile}]", unit="run", position=0, disable=not bars,
               dynamic_ncols=True) as grid_bar:
         if grouped:
             from benchmarks.execution.grouped import train_in_groups
 
             group_fn = options.group_fn or _default_group_fn(grid.profile)
-            train_in_groups(worker, list(runs.items()), options.group, group_fn, advance=lambda: grid_bar.update(1))
+            train_in_groups(worker, list(runs.items()), size, group_fn, advance=lambda: grid_bar.update(1))
             return
         for index, (run_id, cell) in enumerate(runs.items(), 1):
             worker.handle(run_id, cell, index, len(runs))
             grid_bar.update(1)
+
+
+def group_size(requested: int | str) -> int | str:
+    """``--group``: a number as given; "auto" stays "auto" on a GPU (sized from its memory by
+    egmf_core.group) and is ``egmf_core.group.CPU_GROUP`` (1: each run alone) without one."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    from egmf_core.group import auto_group_size
+
+    return "auto" if torch.cuda.is_available() else auto_group_size("cpu")
 
 
 class _RunTask:

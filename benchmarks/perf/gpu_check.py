@@ -48,6 +48,7 @@ class CheckOptions:
     warmup: int = 3
     samples: int = 64  # synthetic training samples (full shapes for --size full)
     jobs_per_gpu: tuple[int, ...] = (1, 2, 3, 4)
+    groups: tuple[int, ...] = ()  # run-group sizes to measure (gpu_check_groups); () skips the phase
     compile: bool | None = None  # None: on CUDA only
     budget_s: float = 330.0  # optional phases (packing, compile) are skipped past this
     json_path: Path | None = None
@@ -475,6 +476,11 @@ def run_gpu_check(opts: CheckOptions) -> dict[str, Any]:
         except Exception as e:  # one backbone's failure is a finding; the others still run
             result["backbones"][family] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"}
         _free(device)
+        if opts.groups and "error" not in result["backbones"][family]:  # the single run's model is freed first
+            from benchmarks.perf.gpu_check_groups import measure_groups
+
+            _phase(result["backbones"][family], "groups", lambda: measure_groups(family, opts, peak))
+            _free(device)
         result["backbones"][family]["check_s"] = time.monotonic() - t0
         write_outputs(result, opts)
     result["total_s"] = time.monotonic() - opts.t_start
@@ -503,7 +509,7 @@ def failed_backbones(result: dict[str, Any]) -> list[str]:
             bad.append(family)
         elif result["size"] == "tiny" and len(losses) >= 2 and not losses[-1] < losses[0]:
             bad.append(family)  # the same batch at the smoke lr must be learned; at the paper lr 14 steps are noise
-        elif r.get("checkpoint_resumed_exactly") is False or r.get("errors"):
+        elif r.get("checkpoint_resumed_exactly") is False or r.get("errors") or r.get("grouped_equals_single") is False:
             bad.append(family)
     return bad
 
