@@ -115,6 +115,8 @@ def _add_plan(sub) -> None:
     pl.add_argument("--gpu", default="h100", help="h100 (default), h200 or a100-80g")
     pl.add_argument("--gpus", type=int, default=1, help="GPUs for the wall time (default 1)")
     pl.add_argument("--jobs-per-gpu", type=int, help="runs sharing one GPU (default: gpu-check's best, else 1)")
+    pl.add_argument("--group", type=int, help="price run groups of K (gpu-check --group measured them; "
+                                              "default: the fastest measured setting)")
     pl.add_argument("--from", dest="measured", type=Path, metavar="GPU_CHECK_JSON",
                     help="use the step and evaluation times a gpu-check measured instead of the FLOP count")
     pl.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
@@ -277,7 +279,8 @@ def cmd_plan(args) -> int:
 
         args.table = resolve_table(args.table, ablations_dir)
     grid = Grid(args.table, args.profile, GridArgs(overrides=parse_sets(args.sets)), ablations_dir)
-    pricing = plan.Pricing(gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, measured_path=args.measured)
+    pricing = plan.Pricing(gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, measured_path=args.measured,
+                           group=args.group)
     print(plan.render_plan(plan.make_plan(grid, pricing)), end="")
     return 0
 

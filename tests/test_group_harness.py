@@ -183,3 +183,25 @@ def test_the_report_header_says_how_runs_were_grouped():
     df = pd.DataFrame({"run_id": ["a", "a", "b", "c", "d"], "group_size": [4, 4, 4, 1, ""]})
     assert group_note(df).startswith("2 run(s) in groups of 4, 2 alone")  # "" (an older file): alone
     assert group_note(df.assign(group_size=1)) == "none: all 4 runs trained alone"
+
+
+def test_slurm_shards_keep_the_runs_of_a_group_in_one_task():
+    from dataclasses import replace
+
+    from benchmarks.execution import launchers
+    from benchmarks.execution.runner import expand_table
+
+    grid, options = fakes.grid_and_options("main_msa", PROFILE, rows=["EGMF"])
+    cells = expand_table(grid).chosen  # 2 datasets x 5 seeds
+    by_id = {c.run_id: c for c in cells}
+    assert launchers.group_units(cells, 1) == {rid: [rid] for rid in by_id}
+    units = launchers.group_units(cells, 2)
+    assert sorted(r for ids in units.values() for r in ids) == sorted(by_id)
+    for ids in units.values():
+        assert len(ids) <= 2 and len({by_id[r].dataset for r in ids}) == 1  # one backbone and dataset each
+    assert len(units) == 6  # 5 runs per dataset: 2 + 2 + 1
+    tasks = launchers.shard_tasks({"main_msa": (grid, cells)}, 3, replace(options, group=2))
+    owner = {r: i for i, t in enumerate(tasks) for _, opts in t["tables"] for r in opts.only_runs}
+    assert sorted(owner) == sorted(by_id)
+    for ids in units.values():
+        assert len({owner[r] for r in ids}) == 1  # a unit is never split between tasks
