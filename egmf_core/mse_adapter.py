@@ -9,13 +9,17 @@ This module is the plugin alone: features in, ``T_pseudo`` out, so that the call
 where EGMF's fusion sits (``EGMF.fuse`` -> ``T_pseudo``) and keep the prompt and the LLM.
 
 Sources, in order of trust:
-  [P] the paper (arXiv 2502.12478; its abstract and the public summaries of its method
-      section: "only introduces approximately 2.6M to 2.8M trainable parameters upon the 6/7B
-      models"; TGM = Hadamard product of text with LSTM-encoded audio/visual; MSF = MLPs of
-      three hidden sizes, stacked and integrated by a convolution; a projector to pseudo
-      tokens; "the results presented in the paper are the average of 5 random seeds");
-  [R] the public repository's description and per-dataset configs (README, config_*.py),
-      read through its public forks, where the paper is silent on a width;
+  [P] the paper (arXiv 2502.12478): its abstract ("only introduces approximately 2.6M to 2.8M
+      trainable parameters upon the 6/7B models"; TGM "through the Hadamard product") and
+      public summaries of its method section (themoonlight.io's review of 2502.12478: text
+      embeddings are globally average-pooled, audio and visual go through LSTMs, a linear
+      layer brings every modality to one width before the Hadamard product; MSF runs three
+      MLPs of different hidden sizes, stacks them and compresses them with a convolution; a
+      linear projector makes the pseudo tokens). The paper body itself was not readable here;
+  [R] the public repository's README and per-dataset configs (config_regression.py,
+      config_classification.py), read through its public forks (the original repository is not
+      in the index), for the widths the paper leaves out; its README says the paper's numbers
+      are the mean of 5 seeds;
   [C] our choice where both are silent (each one listed below).
 
 Computation, for one batch (symbols as in the paper where it names them):

@@ -16,7 +16,9 @@ outer product, which is the paper's point. DNN_m = BatchNorm -> dropout -> 3 x (
 
 Sources: [P] the TFN paper (a 128-unit LSTM and a 128-d z_l; mean acoustic and visual features
 over the utterance; three hidden layers of 32 ReLU units for each of them; the 3-fold outer
-product with appended 1s; an inference network of two 128-unit ReLU layers); [R] MMSA's
+product with appended 1s; an inference network of two 128-unit ReLU layers; its body was not
+re-read here, these widths are as the paper is usually described and as MMSA's SubNet
+implements the structure); [R] MMSA's
 implementation and configs (thuiar/MMSA ``models/singleTask/TFN.py``, ``subNets/FeatureNets.py``,
 ``config/config_regression.json``: the LSTM's final state then one Linear to text_out,
 BatchNorm before the audio/visual layers, three Linear layers after the fusion, an optional
@@ -28,7 +30,10 @@ the suite's tokenizer instead, because (1) the suite's canonical Split keeps raw
 pickles' ``text`` arrays, (2) MSE-Adapter's MELD and CHERMA files, the recommended source,
 carry no text features at all, and (3) the harness may load no GloVe/BERT weights. A learned
 embedding is weaker than GloVe/BERT features, so our TFN numbers are a lower bound of the
-paper's; the report should say so.
+paper's; the report should say so. (MMSA 2.2.1 installs under constraints.txt and its
+``MMSA.models.singleTask.TFN.TFN(args)`` runs offline, but it takes the pickles' (B, L, 768)
+``text`` features and audio/vision already averaged over time, ``(B, 1, d)``, which our
+canonical Split does not carry; the harness does not depend on it.)
 
 Proposed ModelConfig fields (name, default, tag, reason):
     tfn_text_embed_dim: int = 300       [P] the paper's GloVe width (here a learned embedding).
