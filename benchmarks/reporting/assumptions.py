@@ -21,10 +21,13 @@ SOURCE_TAGS = {
     "S": "from the paper's summary",
     "C": "our choice: neither the paper nor the proxy states it",
     "P": "from the proxy, MSE-Adapter: the paper does not state it",
+    "B": "from the baseline's own paper or implementation (TFN: Zadeh et al. 2017, MMSA)",
 }
 # Fields whose one-line comment is too terse to stand alone in a report: a fuller sentence.
 CLEARER = {
     "model.d_h": "Fusion width d_h",
+    "model.method": "Which model: EGMF, or a baseline of the main tables (\"mse_adapter\": MSE-Adapter's "
+                    "plugin in EGMF's place, same prompt, frozen LLM and loop; \"tfn\": TFN, no LLM)",
     "model.prompt_format": "Prompts are raw text (\"raw\"), even for the chat models Llama-3-Instruct and "
                            "GLM-4-chat; \"chat\" wraps pseudo tokens and utterance in the tokenizer's chat "
                            "template as the user turn, the answer as the assistant turn",
@@ -51,7 +54,7 @@ CLEARER = {
     "train.patience": "Early-stopping patience: 8 (classification) or 10 (regression) "
                       "evaluations without improvement of the key metric when unset",
 }
-_TAG = re.compile(r"\[(C|P|S)\]")
+_TAG = re.compile(r"\[(C|P|S|B)\]")
 
 # Choices outside the config dataclasses, in plain sentences.
 HAND_WRITTEN: tuple[str, ...] = (
@@ -165,7 +168,7 @@ def config_assumptions(source: str) -> list[str]:
             for f in config_fields(source) if f.tag in ("C", "P")]
 
 
-SOURCE_NAMES = {"S": "paper", "P": "proxy", "C": "ours", "": "setting"}
+SOURCE_NAMES = {"S": "paper", "P": "proxy", "C": "ours", "B": "baseline", "": "setting"}
 
 
 def field_defaults(source: str) -> dict[str, object]:
