@@ -30,6 +30,7 @@ from benchmarks.execution.store import table_csv_path
 from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from benchmarks.reporting import plots
 from benchmarks.reporting.assumptions import HAND_WRITTEN, as_run_rows
+from benchmarks.reporting.baseline_comparison import baseline_section
 from benchmarks.reporting.claims import (
     INCONCLUSIVE,
     NOT_APPLICABLE,
@@ -233,6 +234,7 @@ def build_table_report(spec: TableSpec, df: pd.DataFrame, profile: str,
     summary = summarise(df)
     if spec.trains:
         lines += _results_section(spec, df, summary, profile, figures.get("results", []))
+        lines += baseline_section(spec, df, profile)
         lines += _lora_section(spec, df, figures.get("lora", []))
     else:
         lines += _statistics_section(spec, df)
@@ -502,6 +504,8 @@ def lora_pairs(spec: TableSpec, df: pd.DataFrame) -> list[tuple[str, str, str]]:
         cfg = _config(df, row).get("model", {})
         row_spec = next((r for r in spec.rows if r.name == row), None)
         overrides = row_spec.overrides if row_spec else {}
+        if cfg.get("method", overrides.get("model.method", "egmf")) != "egmf":
+            continue  # a baseline's LLM setting is not an EGMF LoRA ablation
         lora = cfg.get("lora", overrides.get("model.lora", spec.base.get("model.lora")))
         backbone = cfg.get("backbone", overrides.get("model.backbone", spec.base.get("model.backbone")))
         if lora is None or backbone is None:
