@@ -17,11 +17,11 @@ import os
 import sys
 from pathlib import Path
 
+from benchmarks.commandline import OneLineParser, error_line, offline_and_quiet, progress_bars_setting
 from benchmarks.execution import numerics
 from benchmarks.execution.grid import Grid, GridArgs, GridError, parse_names, parse_seeds, parse_sets, parse_shard
 from benchmarks.execution.runner import RunOptions
 from benchmarks.execution.tables import ABLATIONS_DIR
-from benchmarks.usage import OneLineParser, error_line, offline_and_quiet
 
 VALUE_FLAGS = ("--rows", "--datasets", "--seeds", "--shard")  # values may start with "-" ("-T,-A")
 
@@ -99,7 +99,7 @@ def _add_gpu_check(sub) -> None:
                    help="measure train.compile too (default: on CUDA only)")
     g.add_argument("--budget-s", type=float, default=330.0, help="skip optional phases past this many seconds")
     g.add_argument("--json", type=Path, help="write the measurements as JSON here")
-    g.add_argument("--report", type=Path, help="markdown report (default: reports/<profile>/gpu_check.md)")
+    g.add_argument("--report", type=Path, help="write the markdown report here (e.g. reports/scale/gpu_check.md)")
     g.add_argument("--debug", action="store_true")
 
 
@@ -133,6 +133,7 @@ def _join_dash_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pin_numerics()  # first: before torch's first op, for this process and the --jobs workers it starts
     offline_and_quiet()  # before transformers / huggingface_hub are imported
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -155,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def pin_numerics() -> None:
+    """Pin the CPU numerics (``benchmarks.execution.numerics``; ``EGMF_NUMERICS=native`` opts out)
+    where a harness process starts, never on import. A bad $EGMF_NUMERICS is left to the command,
+    which reports it as bad input (exit 2) before any run."""
+    try:
+        numerics.pin()
+    except numerics.NumericsError:
+        pass
+
+
 # ---- commands -----------------------------------------------------------------------------------
 
 def _ablations_dir(args) -> Path:
@@ -168,6 +179,7 @@ def _ablations_dir(args) -> Path:
 
 
 def cmd_reproduce(args) -> int:
+    from benchmarks import recipes
     from benchmarks.execution import launchers
     from benchmarks.execution.profiles import check_profile
 
@@ -177,14 +189,12 @@ def cmd_reproduce(args) -> int:
         results_root=args.results_root, reports_root=args.reports_root, force=args.force,
         redo_before=_parse_time(args.redo_before) if args.redo_before is not None else None,
         shard=parse_shard(args.shard) if args.shard is not None else None, strict_data=args.strict_data,
-        render=not args.no_report, raise_render_errors=args.debug)
+        render=not args.no_report, raise_render_errors=args.debug, progress_bars=progress_bars_setting())
     how = launchers.Launch(
         launcher=launchers.check_launcher(args.launcher), jobs=resolve_jobs(args),
         gpus=_worker_gpus(args) if args.launcher == "local" else None,
         shards=args.shards, slurm={"slurm_partition": args.slurm_partition} if args.slurm_partition else None)
-    if args.profile == "paper" and not args.no_estimate:
-        _print_estimate(grid, how)
-    summaries = launchers.launch(grid, options, how)
+    summaries = recipes.reproduce(grid, options, how, estimate=args.profile == "paper" and not args.no_estimate)
     for s in summaries:
         print(s.line())
     return 0 if all(s.ok for s in summaries) else 1
@@ -229,21 +239,8 @@ def _worker_gpus(args) -> tuple[str, ...] | None:
     return tuple(visible_gpus()) if args.profile in GPU_PROFILES else None
 
 
-def _print_estimate(grid: Grid, how) -> None:
-    """The planner's one-line estimate before a paper grid starts (never stops it). On stdout:
-    stderr stays one ``error:`` line when the grid then fails on bad input."""
-    from benchmarks.perf import plan
-
-    pricing = plan.Pricing(gpu=plan.detect_gpu(), gpus=how.shards or max(1, len(how.gpus or ())))
-    try:
-        estimate = plan.make_plan(grid, pricing, check_roots=True)
-    except ValueError:  # a bad filter or a missing root: reproduce itself says so in one line
-        return
-    print(plan.summary_block(estimate), flush=True)
-
-
 def cmd_plan(args) -> int:
-    from benchmarks.perf import plan
+    from benchmarks.execution import planner as plan
 
     if args.profile != "paper":
         raise plan.PlanError(f"--profile {args.profile}: the planner prices the paper profile's GPU runs")
@@ -272,11 +269,11 @@ def _parse_time(text: str) -> str:
 
 
 def cmd_report(args) -> int:
-    from benchmarks.execution import runner
+    from benchmarks import recipes
 
-    paths, error = runner.report_tables(args.table, args.profile, results_root=args.results_root,
-                                        reports_root=args.reports_root, strict=args.debug,
-                                        ablations_dir=_ablations_dir(args))
+    paths, error = recipes.report_tables(args.table, args.profile, results_root=args.results_root,
+                                         reports_root=args.reports_root, strict=args.debug,
+                                         ablations_dir=_ablations_dir(args))
     for p in paths:
         print(p)
     if not paths and error is None:
@@ -288,14 +285,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from benchmarks.execution import runner
+    from benchmarks import recipes
 
     ablations_dir = _ablations_dir(args)
-    summary = runner.merge(args.sources, args.profile, args.results_root, ablations_dir=ablations_dir)
+    summary = recipes.merge(args.sources, args.profile, args.results_root, ablations_dir=ablations_dir)
     print(summary.line(args.profile))
     if args.no_report or not summary.tables:
         return 0
-    _, error = runner.render_reports(args.profile, [p.stem for p in summary.tables], results_root=args.results_root,
+    _, error = recipes.render_reports(args.profile, [p.stem for p in summary.tables], results_root=args.results_root,
                                      reports_root=args.reports_root, strict=args.debug, ablations_dir=ablations_dir)
     if error:
         print(f"warning: {error}", file=sys.stderr)
@@ -338,13 +335,13 @@ def cmd_gpu_check(args) -> int:
     opts = gpu_check.CheckOptions(
         size=args.size, device=args.device, backbones=tuple(families), steps=args.steps,
         jobs_per_gpu=tuple(int(k) for k in parse_names(args.jobs_per_gpu)), compile=args.compile,
-        budget_s=args.budget_s, json_path=args.json)
-    opts.report_path = args.report or Path("reports") / opts.profile / "gpu_check.md"
+        budget_s=args.budget_s, json_path=args.json, report_path=args.report)
     result = gpu_check.run_gpu_check(opts)
     for family, r in result["backbones"].items():
         print(f"{family}: " + (r["error"] if "error" in r else f"{params_text(r['params'])} params"
               + (f", step {r['step_time_s'] * 1e3:.1f} ms" if "step_time_s" in r else "")))
-    print(f"report: {opts.report_path}" + (f"; json: {args.json}" if args.json else ""))
+    written = [f"{what}: {path}" for what, path in (("report", args.report), ("json", args.json)) if path]
+    print("; ".join(written) or "nothing written (--report PATH, --json PATH)")
     return 1 if gpu_check.failed_backbones(result) else 0
 
 

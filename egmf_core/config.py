@@ -222,8 +222,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(len(m.experts) > 0, "model.experts", m.experts, "must name at least one expert")
     need(set(m.experts) <= set(EXPERTS), "model.experts", m.experts, f"must be a subset of {EXPERTS}")
     need(len(set(m.experts)) == len(m.experts), "model.experts", m.experts, "has duplicates")
-    # One model, one id: ["E3", "E1"] is the model ["E1", "E3"] (ExpertBank's K axis is canonical).
-    m.experts = [e for e in EXPERTS if e in m.experts]
+    # One model, one id: ["E3", "E1"] is ["E1", "E3"] (ExpertBank trusts it), in a new config, not in place.
+    cfg = dataclasses.replace(cfg, model=(m := dataclasses.replace(m, experts=[e for e in EXPERTS if e in m.experts])))
     need(set(m.expert_ratio) == set(EXPERTS), "model.expert_ratio", m.expert_ratio, f"must give a ratio for each of {EXPERTS}")
     need(all(isinstance(r, int) and 1 <= r <= m.d_h for r in m.expert_ratio.values()), "model.expert_ratio", m.expert_ratio, "ratios must be integers in [1, d_h]")
     need(set(m.expert_activation) == set(EXPERTS), "model.expert_activation", m.expert_activation, f"must name an activation for each of {EXPERTS}")

@@ -507,7 +507,7 @@ def cached_conversion(src_dir: str | Path, cache_dir: str | Path | None = None) 
     import shutil
     import tempfile
 
-    from egmf_core.twins import default_cache_dir
+    from egmf_core.paths import default_cache_dir
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "chatglm3-native"
     root.mkdir(parents=True, exist_ok=True)

@@ -17,29 +17,17 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from egmf_core.config import ACTIVATIONS, EXPERTS
+from egmf_core.config import ACTIVATIONS
 
 # The layer for each activation name of config.ACTIVATIONS (same order).
 ACTIVATION_LAYERS = dict(zip(ACTIVATIONS, (nn.Mish, nn.GELU, nn.SiLU, nn.ReLU, nn.Tanh), strict=True))
-
-
-class ExpertConfigError(ValueError):
-    """An expert was asked for with an unknown name, ratio or activation; the message names the field."""
 
 
 class Expert(nn.Module):
     """One bottleneck expert E_k: LayerNorm -> Linear(d_h, d_h//ratio) -> act -> dropout -> Linear(., d_h)."""
 
     def __init__(self, d_h: int, ratio: int, activation: str, dropout: float = 0.1):
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ExpertConfigError(
-                f"egmf_core/experts.py: model.expert_activation={activation!r} must be one of {ACTIVATIONS}"
-            )
-        if not (isinstance(ratio, int) and 1 <= ratio <= d_h):
-            raise ExpertConfigError(
-                f"egmf_core/experts.py: model.expert_ratio={ratio!r} must be an integer in [1, d_h={d_h}]"
-            )
+        super().__init__()  # ratio and activation checked once, by config.validate
         self.hidden = d_h // ratio  # bottleneck width, e.g. 256 // 8 = 32
         self.activation = activation
         self.norm = nn.LayerNorm(d_h)
@@ -55,7 +43,7 @@ class Expert(nn.Module):
 
 
 class ExpertBank(nn.Module):
-    """The selected experts, in canonical order E1, E2, E3; stacks their outputs on axis K."""
+    """The selected experts, in the order given (canonical, from a validated config); stacks their outputs on axis K."""
 
     def __init__(
         self,
@@ -66,12 +54,7 @@ class ExpertBank(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        unknown = [n for n in names if n not in EXPERTS]
-        if unknown or not names:
-            raise ExpertConfigError(
-                f"egmf_core/experts.py: model.experts={list(names)!r} must be a non-empty subset of {EXPERTS}"
-            )
-        self.names = [n for n in EXPERTS if n in names]  # K axis order, whatever order was given
+        self.names = list(names)  # K axis order: config.validate makes model.experts canonical (E1, E2, E3)
         self.experts = nn.ModuleDict(
             {n: Expert(d_h, ratios[n], activations[n], dropout) for n in self.names}
         )

@@ -27,8 +27,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from egmf_core.config import BETA_MODES, GATING_MODES
-
 # Collapse thresholds for GatingStats (the paper's failure signature: "all alpha_i converge to
 # a uniform distribution"; the opposite failure, one expert always winning, is checked too).
 # Normalised entropy H(alpha)/log K above 0.98 means alpha is within about 0.07 of 1/K per
@@ -46,10 +44,6 @@ STATIC_ALPHA_STD = 0.01
 # Regression labels are binned by sign for per-bin alpha means: negative / neutral / positive,
 # neutral when |y| <= the dataset spec's ``neutral_band`` (egmf_core/data/dataset.py).
 SENTIMENT_BIN_NAMES = ("negative", "neutral", "positive")
-
-
-class GatingConfigError(ValueError):
-    """The gating was built with an unknown mode; the message names the field."""
 
 
 class GatingStatsError(ValueError):
@@ -75,13 +69,7 @@ class HierarchicalGating(nn.Module):
         beta_mode: str = "learned",
         hidden: int | None = None,
     ):
-        super().__init__()
-        if mode not in GATING_MODES:
-            raise GatingConfigError(f"egmf_core/gating.py: model.gating={mode!r} must be one of {GATING_MODES}")
-        if beta_mode not in BETA_MODES:
-            raise GatingConfigError(f"egmf_core/gating.py: model.beta_mode={beta_mode!r} must be one of {BETA_MODES}")
-        if n_experts < 1:
-            raise GatingConfigError(f"egmf_core/gating.py: model.experts gives n_experts={n_experts}, need at least 1")
+        super().__init__()  # mode, beta_mode and the experts checked once, by config.validate
         self.n_experts = n_experts
         self.mode = mode
         self.beta_mode = beta_mode

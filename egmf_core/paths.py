@@ -1,4 +1,4 @@
-"""Where the repository is, the marker that stands for it in configs, and weight folder names.
+"""Where the repository is, the marker that stands for it in configs, and weight folder names, and the cache folder.
 
 A config names files under the clone as ``<repo>/...`` so that a run's id (the hash of its
 config) does not depend on where the repository lives; ``egmf_core.run`` and
@@ -7,10 +7,16 @@ config) does not depend on where the repository lives; ``egmf_core.run`` and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_MARKER = "<repo>"
+
+
+def default_cache_dir() -> Path:
+    """Where built twins and converted checkpoints are cached: ``$EGMF_CACHE`` if set, else ``<repo>/.cache``."""
+    return Path(os.environ.get("EGMF_CACHE") or REPO_ROOT / ".cache")
 
 def expand_repo_marker(path: str, root: Path = REPO_ROOT) -> Path:
     """``<repo>/x`` -> ``x`` under ``root`` (this clone); any other path as given (``~`` expanded)."""

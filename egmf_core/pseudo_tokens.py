@@ -36,7 +36,12 @@ def inject_pseudo_tokens(embeds: torch.Tensor, pseudo_index: torch.Tensor, t_pse
     embeds (B, L, H) are E_prefix/E_suffix/P_task embeddings with placeholders; pseudo_index (B, n)
     holds each row's n placeholder positions, filled in order with t_pseudo (B, n, H):
     I_wrapped = [E_prefix; T_pseudo; E_suffix; P_task]. Positions come from the collator (host
-    side), so the scatter needs no host sync, unlike a boolean mask.
+    side), so the scatter needs no host sync, unlike a boolean mask. The collator sized its
+    placeholders from the ModelConfig the encoder was given; they must be the model's n_tokens
+    (a narrower index would scatter only part of T_pseudo, silently).
     """
+    if pseudo_index.shape[1] != t_pseudo.shape[1]:  # shapes only: no host sync
+        raise ValueError(f"model.n_tokens: the prompts hold {pseudo_index.shape[1]} placeholders, the model makes "
+                         f"{t_pseudo.shape[1]} pseudo tokens (encode with the model's ModelConfig)")
     index = pseudo_index.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])  # (B, n, H)
     return embeds.scatter(1, index, t_pseudo.to(embeds.dtype))  # (B, L, H)

@@ -126,16 +126,11 @@ def _prompt_lines() -> list[str]:
 
 
 def default_corpus() -> list[str]:
-    """The twins' training text: the synthetic data's vocabulary (en + zh) if available, else a built-in list."""
-    try:
-        from egmf_core.data.synth import synth_vocabulary  # written in parallel; optional here
+    """The twins' training text: the synthetic data's vocabulary (en + zh), the prompts' words and a built-in list."""
+    from egmf_core.data.synth import synth_vocabulary
 
-        lines = [str(s) for s in synth_vocabulary("en")] + [str(s) for s in synth_vocabulary("zh")]
-        if lines:
-            return lines + _prompt_lines() + _BUILTIN_EN + _BUILTIN_ZH
-    except ImportError:  # not written yet (or an older tree): the built-in text keeps twins buildable
-        pass
-    return list(_BUILTIN_EN + _BUILTIN_ZH)
+    lines = [str(s) for s in synth_vocabulary("en")] + [str(s) for s in synth_vocabulary("zh")]
+    return lines + _prompt_lines() + _BUILTIN_EN + _BUILTIN_ZH
 
 
 def _coverage_lines(corpus: list[str]) -> list[str]:

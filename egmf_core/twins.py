@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig, GlmForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from egmf_core import convert_chatglm3
-from egmf_core.paths import REPO_ROOT
+from egmf_core.paths import default_cache_dir
 from egmf_core.tokenizer_twin import build_twin_tokenizer, default_corpus
 
 TWIN_FORMAT_VERSION = 1  # bump when the twin recipe changes in a way the spec below does not show
@@ -201,11 +200,6 @@ def build_twin(
         with torch.no_grad():
             model.get_output_embeddings().weight.normal_(0.0, OUTPUT_LAYER_STD)
     return model, tokenizer
-
-
-def default_cache_dir() -> Path:
-    """``$EGMF_CACHE`` if set, else ``<repo>/.cache``."""
-    return Path(os.environ.get("EGMF_CACHE") or REPO_ROOT / ".cache")
 
 
 def twin_fingerprint(name: str, seed: int = 0, corpus: list[str] | None = None) -> str:

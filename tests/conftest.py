@@ -10,7 +10,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("EGMF_NO_PROGRESS", "1")
 
 from benchmarks.execution import numerics  # noqa: E402
 
@@ -18,6 +17,7 @@ numerics.pin()  # ATen / MKL / oneDNN kernel pins, before torch's first op (EGMF
 
 import torch  # noqa: E402
 
+numerics.pin_kernels()  # exact CPU sqrt, as the harness's run function does (pinned mode only)
 torch.set_num_threads(1)  # tiny matrices: one thread is fastest and immune to CPU contention
 
 from egmf_core.config import ModelConfig, TrainConfig  # noqa: E402

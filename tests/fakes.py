@@ -44,16 +44,17 @@ def grid_and_options(table: str, profile: str = "smoke", **kwargs):
 
 
 def reproduce(table: str, profile: str = "smoke", **kwargs):
-    """``runner.reproduce`` with flat keyword arguments (see ``grid_and_options``)."""
-    from benchmarks.execution import runner
+    """``recipes.reproduce`` of one table with flat keyword arguments (see ``grid_and_options``): its Summary."""
+    from benchmarks import recipes
 
-    return runner.reproduce(*grid_and_options(table, profile, **kwargs))
+    summary, = recipes.reproduce(*grid_and_options(table, profile, **kwargs))
+    return summary
 
 
 def reproduce_all(profile: str = "smoke", **kwargs):
-    from benchmarks.execution import runner
+    from benchmarks import recipes
 
-    return runner.reproduce_all(*grid_and_options("all", profile, **kwargs))
+    return recipes.reproduce(*grid_and_options("all", profile, **kwargs))
 
 
 def pending_runs(table: str, profile: str = "smoke", **kwargs) -> int:

@@ -5,10 +5,10 @@ import json
 
 import pandas as pd
 
-from benchmarks.execution.schema import RESULT_COLUMNS
 from benchmarks.execution.tables import Row, TableSpec
 from benchmarks.reporting.assumptions import as_run_rows
-from benchmarks.reporting.report import build_table_report, portable_data_source
+from benchmarks.reporting.report import build_table_report
+from benchmarks.results.schema import RESULT_COLUMNS
 
 SEEDS = (1, 2, 3)
 
@@ -54,19 +54,17 @@ def results() -> pd.DataFrame:
                 recs.append(dict(table="toy", profile="smoke", row=row, dataset="meld", seed=seed, split=split,
                                  metric=metric, value=v, status="ok", run_id=f"{row}{seed}", invalid_rate=inv,
                                  config_json=json.dumps(cfg), steps=200, best_step=200, eval_mode="generate",
-                                 data_source="/tmp/machine/v5/meld (meld-csv)", valid_history_json=history,
+                                 data_source="meld-csv: meld sha256:9cb174258168d856", valid_history_json=history,
                                  gating_json=gating(row == "uniform"), timestamp="2026-11-20T10:00:00Z"))
     return pd.DataFrame(recs).reindex(columns=list(RESULT_COLUMNS), fill_value="")
 
 
-def test_report_states_what_ran_without_machine_paths():
+def test_report_states_what_ran():
     md = build_table_report(spec(), results(), "smoke")
-    assert "/tmp/machine" not in md
-    assert "| data source(s) | meld-csv: v5/meld (fingerprint not recorded: older run file) |" in md
+    assert "| data source(s) | meld-csv: meld sha256:9cb174258168d856 |" in md
     assert "| eval mode (validation passes / test) | generate / generate |" in md
     assert "| model.d_h | 64 | ours | 256 |" in md
     assert "SYNTH_VERSION 5" in md and "until the tiny models recovered the planted order" in md
-    assert portable_data_source("meld-csv: meld sha256:9cb174258168d856") == "meld-csv: meld sha256:9cb174258168d856"
 
 
 def test_unparseable_rows_are_not_comparable_in_cells():

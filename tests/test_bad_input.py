@@ -20,6 +20,7 @@ from typing import Callable
 
 import pytest
 
+from benchmarks import recipes
 from benchmarks.cli import main
 from benchmarks.execution import profiles, runner
 from tests import fakes
@@ -405,7 +406,7 @@ def _fake_grid(tmp_path, monkeypatch, table="main_msa", **kwargs):
 
 
 def test_an_edited_run_file_is_named_by_file_and_line_and_redone(tmp_path, monkeypatch):
-    from benchmarks.execution import store
+    from benchmarks.results import store
 
     first, _ = _fake_grid(tmp_path, monkeypatch)
     victim = sorted(store.runs_dir(tmp_path / "r", "smoke").glob("*.json"))[0]
@@ -448,7 +449,7 @@ def test_an_edited_or_truncated_table_csv_is_named_by_line_and_rebuilt(tmp_path,
     assert first.csv.read_text() == good  # rebuilt from the run files
 
 
-def test_a_report_never_reads_an_edited_csv_of_another_table(tmp_path, monkeypatch):
+def test_reproduce_leaves_other_tables_csvs_to_report_all(tmp_path, monkeypatch):
     import sys
     import types
 
@@ -468,4 +469,6 @@ def test_a_report_never_reads_an_edited_csv_of_another_table(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "benchmarks.reporting.report", fake)
     monkeypatch.setattr(benchmarks.reporting, "report", fake, raising=False)
     _fake_grid(tmp_path, monkeypatch, table="lora", render=True)
-    assert seen["main_msa"] == good
+    assert seen["main_msa"] != good  # reproduce tabulates the tables it touched, no other
+    recipes.report_tables("all", "smoke", results_root=tmp_path / "r", reports_root=tmp_path / "rep")
+    assert seen["main_msa"] == good  # report all rebuilds every CSV from the run files before the index

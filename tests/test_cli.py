@@ -187,7 +187,7 @@ def _in_process_workers(started: list):
     def start(grid, options, gpus, init, total):
         started.append((grid, options, list(gpus), total))
         for _ in gpus:
-            runner.reproduce_all(grid, dataclasses.replace(options, run_fn=hashed_run))
+            runner.run_tables(grid, dataclasses.replace(options, run_fn=hashed_run))
         return 0, [], [0] * len(gpus)
 
     return start
@@ -202,7 +202,7 @@ def test_jobs_start_workers_on_the_whole_grid_then_collect_and_render(monkeypatc
     assert gpus == [None, None] and total == 4  # two workers, not pinned (smoke); 2 datasets x 2 seeds, --force
     assert grid.args.seeds == (1111, 1112) and grid.args.rows == ("EGMF",) and options.shard is None
     # --force reaches the workers as one time: a run one worker retrained is not retrained by the other
-    assert not options.force and options.redo_before.startswith("20") and not options.render
+    assert not options.force and options.redo_before.startswith("20")
     out = capsys.readouterr().out  # the collecting pass finds every run stored and renders the report
     assert "(0 trained, 4 cached, 0 failed)" in out and "main_msa.md" in out
 
@@ -228,7 +228,7 @@ def test_a_run_that_failed_in_a_worker_is_not_trained_again_by_the_collecting_pa
         return hashed_run(cfg)
 
     def start(grid, options, gpus, init, total):  # one worker's part, done here
-        runner.reproduce_all(grid, dataclasses.replace(options, run_fn=flaky))
+        runner.run_tables(grid, dataclasses.replace(options, run_fn=flaky))
         return len(calls), [], [1] * len(gpus)
 
     monkeypatch.setattr(launchers, "start_workers", start)

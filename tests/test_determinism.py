@@ -11,7 +11,8 @@ from functools import partial
 import pandas as pd
 import pytest
 
-from benchmarks.execution import profiles, runner
+from benchmarks import recipes
+from benchmarks.execution import profiles
 from benchmarks.execution.grid import expand, shard_of, unique_runs
 from benchmarks.execution.tables import load_table
 from tests import fakes
@@ -46,7 +47,7 @@ def test_two_runs_and_a_two_shard_split_give_identical_tidy_values(tmp_path):
     for i in (1, 0):  # the other order than the unsharded grid, in one process
         part = _reproduce(tmp_path, ablations, f"shard{i}", shard=(i, 2))
         assert part.trained == per_shard[i]
-    merged = runner.merge([tmp_path / "shard0", tmp_path / "shard1"], PROFILE, tmp_path / "merged",
+    merged = recipes.merge([tmp_path / "shard0", tmp_path / "shard1"], PROFILE, tmp_path / "merged",
                           ablations_dir=ablations)
     assert merged.stats.copied == 4
     pd.testing.assert_frame_equal(stable_values(tmp_path / "merged" / PROFILE / "tiny.csv"), a)

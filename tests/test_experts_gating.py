@@ -1,5 +1,6 @@
 """Experts and hierarchical gating (Eq. 3), and the GatingStats summary and collapse flag."""
 
+import dataclasses
 import json
 import math
 
@@ -8,11 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from egmf_core.config import ACTIVATIONS, ModelConfig
-from egmf_core.experts import Expert, ExpertBank, ExpertConfigError
+from egmf_core.config import ACTIVATIONS, ConfigError, ModelConfig, RunConfig, apply_overrides, validate
+from egmf_core.experts import ExpertBank
 from egmf_core.gating import (
     GateOutput,
-    GatingConfigError,
     GatingStats,
     GatingStatsError,
     HierarchicalGating,
@@ -40,8 +40,13 @@ def test_bottleneck_widths_and_activations_follow_the_config():
     assert swapped.experts["E1"].hidden == 32 and isinstance(swapped.experts["E1"].act, nn.Tanh)
 
 
-def test_bank_keeps_canonical_order_and_stacks_outputs():
-    bank = _bank(["E3", "E1"])
+def test_the_config_makes_the_experts_order_canonical_and_the_bank_stacks_in_it():
+    given = RunConfig()
+    given.model.experts = ["E3", "E1"]
+    cfg = validate(given)
+    assert cfg.model.experts == ["E1", "E3"] and given.model.experts == ["E3", "E1"]  # a new config, not in place
+    assert apply_overrides(RunConfig(), {"model.experts": ["E3", "E1"]}).model.experts == ["E1", "E3"]
+    bank = _bank(cfg.model.experts)
     assert bank.names == ["E1", "E3"] and len(bank) == 2
     f = torch.randn(5, D_H)
     out = bank(f)
@@ -49,11 +54,11 @@ def test_bank_keeps_canonical_order_and_stacks_outputs():
     torch.testing.assert_close(out[:, 1], bank.experts["E3"](f))
 
 
-def test_expert_errors_name_the_field():
-    with pytest.raises(ExpertConfigError, match="model.experts"):
-        _bank(["E4"])
-    with pytest.raises(ExpertConfigError, match="model.expert_activation"):
-        Expert(D_H, 4, "softplus")
+def test_expert_errors_name_the_field_at_the_boundary():
+    with pytest.raises(ConfigError, match="model.experts"):
+        apply_overrides(RunConfig(), {"model.experts": ["E4"]})
+    with pytest.raises(ConfigError, match="model.expert_activation"):
+        apply_overrides(RunConfig(), {"model.expert_activation": {"E1": "softplus", "E2": "gelu", "E3": "mish"}})
     assert set(ACTIVATIONS) == {"mish", "gelu", "swish", "relu", "tanh"}
 
 
@@ -128,11 +133,11 @@ def test_every_gate_parameter_gets_a_gradient():
         assert missing == [], (mode, missing)
 
 
-def test_gating_errors_name_the_field():
-    with pytest.raises(GatingConfigError, match="model.gating"):
-        HierarchicalGating(D_H, 3, mode="softmax")
-    with pytest.raises(GatingConfigError, match="model.beta_mode"):
-        HierarchicalGating(D_H, 3, beta_mode="zero")
+def test_gating_errors_name_the_field_at_the_boundary():
+    with pytest.raises(ConfigError, match="model.gating"):
+        apply_overrides(RunConfig(), {"model.gating": "softmax"})
+    with pytest.raises(ConfigError, match="model.beta_mode"):
+        apply_overrides(RunConfig(), {"model.beta_mode": "zero"})
 
 
 # ---- GatingStats ---------------------------------------------------------------------------
@@ -213,17 +218,17 @@ def test_a_reordered_expert_list_is_the_same_model_with_alphas_named_right():
 
 
 def test_evaluate_names_alpha_columns_in_the_models_k_order():
-    """A config that skipped validation still gets E1's alpha named E1 (K axis order, not list order)."""
+    """E1's alpha is named E1: the boundary makes ["E3", "E1"] canonical and the K axis follows it."""
     import torch
 
     from egmf_core.batching import PromptEncoder
-    from egmf_core.config import RunConfig
     from egmf_core.data.dataset import SPECS
     from egmf_core.run import build_model
     from egmf_core.train import evaluate
     from tests.conftest import make_split, tiny_model_config, tiny_train_config
 
     cfg = RunConfig(model=tiny_model_config(experts=["E3", "E1"]), train=tiny_train_config(eval_mode="score"))
+    cfg = validate(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name="meld")))
     split = make_split(12, "meld", seed=3)
     model, tok, _ = build_model(cfg, 6, 5, device=torch.device("cpu"))
     encoder = PromptEncoder(tok, SPECS["meld"], cfg.model)

@@ -18,9 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks.execution import profiles, store
+from benchmarks.execution import profiles
 from benchmarks.execution.grid import GridArgs, expand
 from benchmarks.execution.tables import load_table
+from benchmarks.results import store
 from egmf_core.outcome import RunOutcome
 from egmf_core.paths import REPO_ROOT
 from tests import fakes
@@ -149,7 +150,7 @@ def check_store(results: Path) -> tuple[int, int]:
 
 WRITER = textwrap.dedent("""\
     import sys
-    from benchmarks.execution import store
+    from benchmarks.results import store
     from benchmarks.execution.grid import GridArgs, expand
     from benchmarks.execution.tables import load_table
 

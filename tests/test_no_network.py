@@ -8,9 +8,10 @@ import socket
 import pandas as pd
 import pytest
 
-from benchmarks import usage
+from benchmarks import commandline
 from benchmarks.cli import main
-from benchmarks.execution import runner, store
+from benchmarks.execution import runner
+from benchmarks.results import store
 from tests import fakes
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run
@@ -40,12 +41,12 @@ def no_internet(no_network, monkeypatch):
 
 
 def test_the_cli_switches_hugging_face_to_offline_mode_before_anything_loads(monkeypatch, capsys):
-    for name in usage.OFFLINE_ENV:
+    for name in commandline.OFFLINE_ENV:
         monkeypatch.delenv(name, raising=False)
     assert main(["list"]) == 0
     import os
 
-    assert {k: os.environ.get(k) for k in usage.OFFLINE_ENV} == {
+    assert {k: os.environ.get(k) for k in commandline.OFFLINE_ENV} == {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 

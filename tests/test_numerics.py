@@ -8,8 +8,9 @@ import platform
 import pandas as pd
 import pytest
 
-from benchmarks.execution import numerics, store
+from benchmarks.execution import numerics
 from benchmarks.execution.numerics import PINNED_ENV, PINNED_LABEL
+from benchmarks.results import store
 from tests.test_runner import _go
 
 X86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -38,7 +39,7 @@ def test_a_setting_environment_drops_the_pins_and_adds_the_setting():
 def test_this_test_process_runs_under_the_pins_set_before_torch_started():
     s = numerics.settings()  # conftest pinned before importing torch: the kernels in force, read back
     assert (s["mode"], s["cpu_capability"], s["mkl_branch"], s["threads"]) == ("pinned", "AVX2", "COMPATIBLE", 1)
-    assert s["label"] == PINNED_LABEL == "pinned: aten AVX2, mkl COMPATIBLE, 1 thread"
+    assert s["label"] == PINNED_LABEL == "pinned: aten AVX2, mkl COMPATIBLE, exact sqrt, 1 thread"
     assert s["env"]["MKL_CBWR"] == "COMPATIBLE"
 
 
@@ -79,3 +80,35 @@ def test_a_bad_numerics_mode_is_bad_input_in_one_line(monkeypatch, capsys):
     for main, argv in ((cli.main, ["list"]), (nightly.main, ["--skip-reproduce"])):
         assert main(argv) == 2
         assert capsys.readouterr().err == "error: $EGMF_NUMERICS must be one of pinned, native, got 'fast'\n"
+
+
+def test_pinned_sqrt_is_the_correctly_rounded_one():
+    """torch's CPU sqrt (MKL VML) is not correctly rounded and its bits depend on the CPU (issue 21);
+    pinned, every variant rounds once, as IEEE 754 sqrt does on any CPU (math.sqrt via float64)."""
+    import math
+
+    import torch
+
+    x = torch.rand(1 << 16, generator=torch.Generator().manual_seed(0)) * 100
+    exact = torch.tensor([math.sqrt(float(v)) for v in x], dtype=torch.float64).to(torch.float32)
+    inplace, out = x.clone(), torch.empty_like(x)
+    inplace.sqrt_()
+    torch.sqrt(x, out=out)
+    for got in (torch.sqrt(x), x.sqrt(), inplace, out):
+        assert torch.equal(got, exact)
+    assert torch.equal(torch.sqrt(x[::2]), exact[::2])  # a strided view
+    assert torch.equal(torch.sqrt(x.double()), torch.tensor([math.sqrt(float(v)) for v in x.double()], dtype=torch.float64))
+    assert torch.sqrt(torch.tensor(4)).dtype == torch.float32 and torch.sqrt(torch.tensor(2.0)).shape == ()
+    assert torch.sqrt(x[:4].half()).dtype == torch.float16 and torch.sqrt(x[:4].bfloat16()).dtype == torch.bfloat16
+    g = x[:5].clone().requires_grad_()
+    g.sqrt().sum().backward()
+    assert torch.allclose(g.grad, 0.5 / exact[:5])
+    assert numerics.settings()["sqrt"] == "exact" and "exact sqrt" in numerics.settings()["label"]
+
+
+def test_native_mode_leaves_sqrt_alone(monkeypatch):
+    monkeypatch.setenv("EGMF_NUMERICS", "native")
+    assert numerics.pin_kernels() is False
+    old = {"mode": "pinned", "cpu_capability": "AVX2", "mkl_branch": "COMPATIBLE", "threads": 1}
+    assert numerics.label(old) == "pinned: aten AVX2, mkl COMPATIBLE, 1 thread"  # run files written before the pin
+    assert numerics.PINNED_LABEL == "pinned: aten AVX2, mkl COMPATIBLE, exact sqrt, 1 thread"

@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
+from benchmarks.execution.numerics import PINNED_LABEL
 from tests.test_kill_resume import DRIVER, cli_env, reproduce_args, stable_values, write_tiny_ablations
 
 # (ATEN_CPU_CAPABILITY, MKL_CBWR) the environment asks for; None = unset. Each a fresh process:
@@ -43,7 +44,7 @@ def test_pinned_runs_are_identical_under_every_requested_kernel_setting(tmp_path
               for i, (aten, cbwr) in enumerate(REQUESTS)]
     first = frames[0]
     assert first["value"].notna().all() and first["gating_json"].str.len().min() > 20
-    assert set(first["numerics"]) == {"pinned: aten AVX2, mkl COMPATIBLE, 1 thread"}
+    assert set(first["numerics"]) == {PINNED_LABEL}
     for frame in frames[1:]:
         pd.testing.assert_frame_equal(frame, first)  # exact: metrics, gating statistics, provenance label
 

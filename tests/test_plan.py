@@ -10,10 +10,10 @@ import re
 import pytest
 
 from benchmarks.cli import main
+from benchmarks.execution import planner as plan
 from benchmarks.execution import runner
 from benchmarks.execution.grid import Grid, GridArgs, expand, parse_sets
 from benchmarks.execution.tables import load_table
-from benchmarks.perf import plan
 from tests.conftest import isolate_harness
 from tests.fakes import hashed_run
 

@@ -80,3 +80,15 @@ def test_unknown_prompt_format_is_refused():
 
     with pytest.raises(ConfigError, match="model.prompt_format='markdown': must be one of"):
         validate(RunConfig.from_dict({"model": {"prompt_format": "markdown"}}))
+
+
+def test_placeholders_that_disagree_with_the_models_n_tokens_are_refused():
+    import torch
+
+    from egmf_core.pseudo_tokens import inject_pseudo_tokens
+
+    embeds, t_pseudo = torch.zeros(2, 10, 4), torch.ones(2, 3, 4)  # the model makes 3 pseudo tokens
+    out = inject_pseudo_tokens(embeds, torch.tensor([[1, 2, 3], [4, 5, 6]]), t_pseudo)
+    assert out[0, 1:4].eq(1).all() and out[0, 4:].eq(0).all() and out[1, 4:7].eq(1).all()
+    with pytest.raises(ValueError, match=r"model.n_tokens: the prompts hold 2 placeholders, the model makes 3"):
+        inject_pseudo_tokens(embeds, torch.tensor([[1, 2], [4, 5]]), t_pseudo)  # scatter would take 2 of 3 silently

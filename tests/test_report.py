@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from benchmarks.execution.schema import RESULT_COLUMNS
 from benchmarks.execution.tables import Claim, PaperValue, Row, TableSpec
 from benchmarks.reporting.report import SMOKE_BANNER, build_table_report, render_index, render_table
+from benchmarks.results.schema import RESULT_COLUMNS
 
 SEEDS = (1111, 1112, 1113)
 # (row, dataset, metric) -> values for seeds 1111, 1112, 1113, stored units

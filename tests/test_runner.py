@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 
 import benchmarks.reporting
-from benchmarks.execution import profiles, runner, store
+from benchmarks import recipes
+from benchmarks.execution import profiles, runner
 from benchmarks.execution.dataset_stats import dataset_statistics, split_statistics
-from benchmarks.execution.grid import GridArgs, GridError
+from benchmarks.execution.grid import GridArgs, GridError, expand
+from benchmarks.execution.tables import load_table
+from benchmarks.results import store
 from egmf_core.config import ConfigError, config_hash
 from egmf_core.data.dataset import SPECS
 from egmf_core.outcome import RunOutcome
@@ -136,7 +139,7 @@ def test_shards_merged_equal_the_unsharded_results_row_for_row(tmp_path):
     assert sum(p.trained for p in parts) == whole.trained == 24
     ids = [{p.name for p in (tmp_path / f"shard{i}" / "smoke" / "runs").glob("*.json")} for i in range(3)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
-    merged = runner.merge([tmp_path / f"shard{i}" for i in range(3)], "smoke", tmp_path / "merged")
+    merged = recipes.merge([tmp_path / f"shard{i}" for i in range(3)], "smoke", tmp_path / "merged")
     assert merged.stats.copied == 24 and merged.tables
     a = pd.read_csv(whole.csv).drop(columns=["timestamp"])
     b = pd.read_csv(tmp_path / "merged" / "smoke" / "lora.csv").drop(columns=["timestamp"])
@@ -205,7 +208,7 @@ def test_dataset_statistics_reads_through_load_dataset(monkeypatch):
     seen = []
     monkeypatch.setattr(egmf_core.data, "load_dataset", lambda name, root, **kw: seen.append((name, root)) or ds,
                         raising=False)
-    cfg = runner.expand(runner.load_table("datasets"), "smoke", GridArgs(datasets=["cherma"]))[0].config
+    cfg = expand(load_table("datasets"), "smoke", GridArgs(datasets=["cherma"]))[0].config
     out = dataset_statistics(cfg)
     assert seen == [("cherma", profiles.SMOKE_DATA_MARKER)]
     assert out.metrics["train"]["n_samples"] == 12 and out.metrics["test"]["n_samples"] == 4

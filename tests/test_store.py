@@ -8,10 +8,10 @@ import math
 import pandas as pd
 import pytest
 
-from benchmarks.execution import store
 from benchmarks.execution.grid import GridArgs, expand
-from benchmarks.execution.schema import RESULT_COLUMNS
 from benchmarks.execution.tables import load_table
+from benchmarks.results import store
+from benchmarks.results.schema import RESULT_COLUMNS
 from egmf_core.outcome import RunOutcome
 
 

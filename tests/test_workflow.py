@@ -84,7 +84,8 @@ def test_gpu_job_runs_the_paper_nightly_with_roots_from_the_runner(workflow):
     assert "self-hosted" in job["runs-on"] and "gpu" in job["runs-on"]
     calls = nox_calls(job)
     assert [s for s, _ in calls] == ["gpu_check", "nightly"]  # a CUDA break fails in minutes, before the grid
-    assert calls[0][1] == ["--size", "full", "--device", "cuda"]
+    assert calls[0][1] == ["--size", "full", "--device", "cuda", "--json", "reports/scale/gpu_check.json",
+                           "--report", "reports/scale/gpu_check.md"]  # written only where told
     args = calls[1][1]
     raw = next(line for line in run_lines(job) if "nox -s nightly" in line)
     assert '--data-root "$EGMF_DATA_ROOT"' in raw and '--model-root "$EGMF_MODEL_ROOT"' in raw

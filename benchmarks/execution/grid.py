@@ -6,11 +6,12 @@ full model asked for by five tables is one run, trained once and shared.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmarks.execution.profiles import build_run_config, check_profile
+from benchmarks.execution.profiles import SEEDS_FROM, build_run_config, check_profile
 from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from egmf_core.config import DATASETS, RunConfig, config_hash, identity_dict
 
@@ -57,8 +58,6 @@ def run_identity(cfg: RunConfig, trains: bool = True, overrides: dict[str, Any] 
 
 def table_seeds(table, profile: str):
     """The seeds a table plans for a profile; the scale profile runs the paper's unless it names its own."""
-    from benchmarks.execution.profiles import SEEDS_FROM
-
     return table.seeds.get(profile, table.seeds.get(SEEDS_FROM.get(profile, profile)))
 
 
@@ -318,3 +317,50 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict], expanded: list[Cell] | None = None) -> list[Cell]:
+    """The table's cells among ``runs`` (run id -> record): its default grid plus any other seed
+    (or trust_remote_code setting, or ``--set`` overrides) found among the run files of this
+    table's datasets, e.g. a run another table shares at its own seeds. ``expanded``: cells a
+    command already expanded; only the seeds and settings they lack are expanded here."""
+    # A training table's cells with a run file have that run's seed: the seeds on disk are enough.
+    seeds = set() if spec.trains else set(spec.seeds.get(profile, ()))
+    trust = {False}
+    sets = {"{}": {}}
+    if spec.trains:
+        for run in runs.values():
+            cfg = run["config"]
+            if cfg.get("profile") == profile and (cfg.get("data") or {}).get("name") in spec.datasets:
+                if isinstance(cfg.get("seed"), int):
+                    seeds.add(cfg["seed"])
+                trust.add(bool((cfg.get("model") or {}).get("trust_remote_code", False)))
+                if isinstance(cfg.get("overrides"), dict):
+                    sets[json.dumps(cfg["overrides"], sort_keys=True)] = cfg["overrides"]
+    settings = {(t, key): overrides for t in sorted(trust) for key, overrides in sets.items()}
+    if not seeds:
+        return []
+    have: dict[tuple, set[int]] = {}
+    for c in expanded or ():
+        key = (bool(c.config.model.trust_remote_code), json.dumps(c.overrides or {}, sort_keys=True))
+        have.setdefault(key, set()).add(c.seed)
+    cells = [c for c in expanded or () if c.run_id in runs]
+    for (t, key), overrides in settings.items():
+        missing = sorted(seeds - have.get((t, key), set()) if spec.trains else seeds)
+        if not missing or (not spec.trains and expanded):
+            continue
+        try:
+            grid = expand(spec, profile, GridArgs(seeds=tuple(missing), trust_remote_code=t, overrides=overrides),
+                          check_roots=False)
+        except ValueError:  # overrides of another table's runs that do not fit this table's rows
+            continue
+        cells.extend(c for c in grid if c.run_id in runs)
+    return cells
+
+
+def narrow(cells: list[Cell], table: TableSpec, args: GridArgs) -> list[Cell]:
+    """The cells of ``args.rows`` and ``args.datasets`` (None keeps all), names checked as ``expand``
+    checks them: ``expand`` with those filters, without expanding again."""
+    rows = set(_check_names(args.rows, [r.name for r in table.rows], "--rows", f"rows of table {table.name}"))
+    datasets = set(_check_names(args.datasets, list(table.datasets), "--datasets", f"datasets of table {table.name}"))
+    return [c for c in cells if c.row in rows and c.dataset in datasets]

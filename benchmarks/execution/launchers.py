@@ -1,14 +1,14 @@
 """Where a table's runs execute: here, one after another ("local"), or as a Slurm job array.
 
-``launch`` is what ``python -m benchmarks reproduce`` calls once it has parsed its flags.
+``launch`` is the run step of ``benchmarks.recipes.reproduce`` (``python -m benchmarks reproduce``).
 
 Parallelism: ``--jobs N`` (local) starts N worker processes on this machine that share one
-grid (each takes the next run nobody holds; ``runner.reproduce``'s run locks arbitrate); they
-call ``runner.reproduce_all`` and report each finished run back as a ``runner.RunEvent``
+grid (each takes the next run nobody holds; ``runner.run_table``'s run locks arbitrate); they
+call ``runner.run_tables`` and report each finished run back as a ``runner.RunEvent``
 through a queue. ``--shard i/n`` or ``--launcher slurm`` (one array task per shard) split a
 grid instead. A local shard i of n holds the runs whose id hashes to i (see
 ``benchmarks.execution.grid.shard``); Slurm shards are balanced by the planner's cost
-(``benchmarks.perf.plan.balance_shards``: longest run first onto the least-loaded shard), and
+(``benchmarks.execution.planner.balance_shards``: longest run first onto the least-loaded shard), and
 one submission can cover every table ("all"). Either way n workers never train the same run
 and their run files never collide. One GPU per shard, one run at a time.
 
@@ -17,11 +17,11 @@ the backbone loader, ``egmf_core.backbones``), not here; ask Slurm for as many G
 one run needs (``gpus_per_task``).
 
 ``slurm`` needs submitit (``pip install 'egmf-repro[slurm]'``). Every task of the array runs
-``runner.reproduce`` with ``RunOptions(only_runs=<its runs>, render=False)`` for each table it
+``runner.run_table`` with ``RunOptions(only_runs=<its runs>)`` for each table it
 has runs of, against the shared results directory (each run file is written atomically, so tasks need no
-coordination); a task Slurm times out or preempts is requeued and resumes (``ShardTask``). When
-all tasks have ended the launcher merges, i.e. rebuilds the table CSVs from every run file, and
-renders the reports.
+coordination); a task Slurm times out or preempts is requeued and resumes (``ShardTask``).
+Launchers only produce run files: ``benchmarks.recipes.reproduce`` then tabulates the tables
+and renders their reports.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.commandline import error_line, offline_and_quiet, one_line
 from benchmarks.execution import runner
 from benchmarks.execution.grid import Cell, Grid, GridError, unique_runs
-from benchmarks.execution.runner import RunEvent, RunOptions, Summary
-from benchmarks.usage import error_line, offline_and_quiet, one_line
+from benchmarks.execution.runner import RunEvent, RunOptions, Summary, TableGrid
 
 LAUNCHERS = ("local", "slurm")
 SLURM_INSTALL = "pip install 'egmf-repro[slurm]'"
@@ -69,16 +69,20 @@ class Launch:
     worker_init: Callable[[], None] | None = None  # local: called first in each worker (picklable)
 
 
-def launch(grid: Grid, options: RunOptions, how: Launch = Launch()) -> list[Summary]:
-    """Reproduce ``grid`` (a table or "all") as ``how`` says: a summary per table, or one for a
-    Slurm submission. With ``--jobs`` the workers train and this process then collects every
-    run file into the table CSVs and renders the reports, training nothing itself: a run that
+def launch(grid: Grid, options: RunOptions, how: Launch = Launch(),
+           tables: list[TableGrid] | None = None) -> list[Summary]:
+    """Train ``grid`` (a table or "all"; ``tables``: its expanded tables, else expanded here) as
+    ``how`` says: a summary per table, or one for a Slurm submission. With ``--jobs`` the workers
+    train and this process then checks every run file, training nothing itself: a run that
     failed in a worker, or that no worker stored (one died), counts as failed; rerun to retry it."""
+    if tables is None:
+        tables = runner.expand_tables(grid)
+        runner.preflight_tables(tables, options)
     check_launcher(how.launcher)
     if how.launcher == "slurm":
         if options.shard is not None:
             raise GridError("--shard is for one worker; with --launcher slurm use --shards N")
-        return [launch_slurm(grid, options, shards=how.shards, slurm=how.slurm)]
+        return [launch_slurm(grid, options, tables, shards=how.shards, slurm=how.slurm)]
     if how.shards is not None or how.slurm:
         raise GridError("--shards and --slurm-partition need --launcher slurm (locally use --shard i/n)")
     if how.jobs > 1:
@@ -86,7 +90,7 @@ def launch(grid: Grid, options: RunOptions, how: Launch = Launch()) -> list[Summ
             raise GridError("--jobs shares the whole grid between its workers; drop --shard")
         run_local_jobs(grid, options, how)
         options = replace(options, force=False, redo_before=None, train=False)  # the workers trained it all
-    return runner.reproduce_all(grid, options)
+    return runner.run_tables(grid, options, tables)
 
 
 def check_launcher(name: str) -> str:
@@ -143,7 +147,7 @@ def run_local_jobs(grid: Grid, options: RunOptions, how: Launch) -> int:
     pending = runner.pending_runs(grid, options)
     if not pending:
         return 0
-    options = replace(force_as_redo_time(options), render=False)
+    options = force_as_redo_time(options)
     t0 = time.monotonic()
     trained, errors, codes = start_workers(grid, options, worker_gpus(min(how.jobs, pending), how.gpus),
                                            how.worker_init, pending)
@@ -170,7 +174,7 @@ def start_workers(grid: Grid, options: RunOptions, gpus: list[str | None], init:
         for proc in procs:
             proc.start()
         try:
-            trained, errors = _relay(events, procs, total)
+            trained, errors = _relay(events, procs, total, runner.progress_enabled(options))
         except BaseException:  # Ctrl-C, or SIGTERM (a scheduler, kill): no worker outlives this process
             for proc in procs:
                 proc.terminate()
@@ -201,7 +205,7 @@ def _terminate_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _relay(events, procs: list, total: int) -> tuple[int, list[str]]:
+def _relay(events, procs: list, total: int, bars: bool) -> tuple[int, list[str]]:
     """Log the workers' lines and count their finished runs under one bar until all have ended;
     (runs trained, error lines)."""
     import queue
@@ -210,7 +214,7 @@ def _relay(events, procs: list, total: int) -> tuple[int, list[str]]:
 
     trained, errors = 0, []
     with tqdm(total=total, desc=f"{len(procs)} jobs", unit="run", dynamic_ncols=True,
-              disable=not runner.progress_enabled()) as bar:
+              disable=not bars) as bar:
         while True:
             running = any(p.is_alive() for p in procs)  # before the read: what a worker sent last is read
             try:
@@ -233,7 +237,7 @@ def _relay(events, procs: list, total: int) -> tuple[int, list[str]]:
 
 def _worker(i: int, n: int, grid: Grid, options: RunOptions, gpu: str | None,
             init: Callable[[], None] | None, events) -> None:
-    """One --jobs worker process: ``reproduce_all`` on the shared grid, its lines and finished
+    """One --jobs worker process: ``runner.run_tables`` on the shared grid, its lines and finished
     runs sent back on ``events``; exits 0, 1 (runs failed), 2 (bad input) or 130 (interrupted)."""
     offline_and_quiet()
     if gpu is not None:
@@ -250,7 +254,7 @@ def _worker(i: int, n: int, grid: Grid, options: RunOptions, gpu: str | None,
     try:
         if init is not None:
             init()
-        summaries = runner.reproduce_all(grid, options)
+        summaries = runner.run_tables(grid, options)
     except KeyboardInterrupt:
         sys.exit(130)
     except (ValueError, OSError) as e:
@@ -275,18 +279,18 @@ def _submitit():
 
 
 class ShardTask:
-    """What one array task runs: ``runner.reproduce`` of each table on this shard's runs only.
+    """What one array task runs: ``runner.run_table`` of each table on this shard's runs only.
 
     A callable with a ``checkpoint`` method, so submitit requeues the task when Slurm times it
     out or preempts it (submitit's checkpointing, as ``submitit.helpers.Checkpointable``): the
     requeued task runs the same arguments, skips the runs already stored, and the run that was
-    interrupted resumes from its checkpoint directory (``runner.reproduce`` does both).
+    interrupted resumes from its checkpoint directory (``runner.run_table`` does both).
     """
 
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
         out = {"lines": [], "trained": 0, "cached": 0, "failed": 0, "failures": []}
         for grid, options in task["tables"]:
-            summary = runner.reproduce(grid, options)
+            summary = runner.run_table(runner.expand_table(grid), options)
             out["lines"].append(summary.line())
             for key in ("trained", "cached", "failed"):
                 out[key] += getattr(summary, key)
@@ -298,15 +302,16 @@ class ShardTask:
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def slurm_grid(grid: Grid) -> dict[str, tuple[Grid, list[Cell]]]:
-    """table name -> (its grid, its cells), for one table or every table of "all"."""
-    return {table.spec().name: (table, table.cells()) for table in grid.tables()}
+def slurm_grid(grid: Grid, tables: list[TableGrid] | None = None) -> dict[str, tuple[Grid, list[Cell]]]:
+    """table name -> (its grid, its chosen cells), for one table or every table of "all"."""
+    tables = runner.expand_tables(grid) if tables is None else tables
+    return {t.spec.name: (t.grid, t.chosen) for t in tables}
 
 
 def run_costs(cells: list[Cell]) -> dict[str, float]:
     """run id -> the planner's estimated GPU seconds; 1 each where it has no price (tiny twins).
     Dataset statistics train nothing: they cost a run's start-up."""
-    from benchmarks.perf import plan
+    from benchmarks.execution import planner as plan
 
     trains = [c for c in cells if c.trains]
     costs = {run_id: plan.RUN_START_S for run_id in unique_runs(c for c in cells if not c.trains)}
@@ -319,7 +324,7 @@ def run_costs(cells: list[Cell]) -> dict[str, float]:
 def shard_tasks(grids: dict[str, tuple[Grid, list[Cell]]], n: int, options: RunOptions) -> list[dict[str, Any]]:
     """n balanced shards (longest run first onto the least-loaded shard), empty ones dropped;
     each a task: (grid, options limited to the shard's runs) for every table with runs there."""
-    from benchmarks.perf import plan
+    from benchmarks.execution import planner as plan
 
     every = [c for _, cells in grids.values() for c in cells]
     shards = [s for s in plan.balance_shards(run_costs(every), n) if s]
@@ -331,10 +336,9 @@ def shard_tasks(grids: dict[str, tuple[Grid, list[Cell]]], n: int, options: RunO
     return tasks
 
 
-def launch_slurm(grid: Grid, options: RunOptions, *, shards: int | None = None,
-                 slurm: dict[str, Any] | None = None) -> Summary:
-    """Submit ``grid`` (a table, or "all": one submission across tables) as one job array, wait,
-    merge, render.
+def launch_slurm(grid: Grid, options: RunOptions, tables: list[TableGrid] | None = None, *,
+                 shards: int | None = None, slurm: dict[str, Any] | None = None) -> Summary:
+    """Submit ``grid`` (a table, or "all": one submission across tables) as one job array and wait.
 
     Runs are spread over ``shards`` tasks (default: one per run) by the planner's cost, longest
     first onto the least-loaded task; a run two tables share trains once. Timed-out or
@@ -344,10 +348,9 @@ def launch_slurm(grid: Grid, options: RunOptions, *, shards: int | None = None,
     """
     submitit = _submitit()
     t0 = time.monotonic()
-    render = options.render
-    options = replace(force_as_redo_time(options), render=False, results_root=Path(options.results_root).resolve(),
+    options = replace(force_as_redo_time(options), results_root=Path(options.results_root).resolve(),
                       reports_root=Path(options.reports_root).resolve())
-    grids = slurm_grid(grid)
+    grids = slurm_grid(grid, tables)
     n_runs = len(unique_runs(c for _, cells in grids.values() for c in cells))
     name = grid.table if grid.table == "all" else next(iter(grids))
     tasks = shard_tasks(grids, max(1, int(shards) if shards else n_runs), options)
@@ -359,13 +362,6 @@ def launch_slurm(grid: Grid, options: RunOptions, *, shards: int | None = None,
     runner.log(f"{name} [{grid.profile}]: submitted {len(jobs)} array tasks for {n_runs} runs ({folder})")
     summary = Summary(name, grid.profile, runs=n_runs)
     _collect(jobs, summary)
-    merged = runner.merge([], grid.profile, options.results_root, ablations_dir=grid.ablations_dir)
-    summary.csv = next((p for p in merged.tables if p.stem == name), None)
-    if render:
-        paths, summary.report_error = runner.render_reports(
-            grid.profile, list(grids), results_root=options.results_root, reports_root=options.reports_root,
-            ablations_dir=grid.ablations_dir)
-        summary.report = paths[-1] if paths else None
     if len(summary.failures) > summary.failed:  # dead tasks count as failures in the summary line
         summary.failed = len(summary.failures)
     summary.seconds = time.monotonic() - t0

@@ -29,9 +29,22 @@ Intel CPUs give the same bits is argued from the above, not measured here. Cost:
 takes 51 ms instead of 33 ms (MKL_CBWR=COMPATIBLE; AVX2 ATen kernels cost nothing, MKL_CBWR=AVX2
 would cost 5% but MKL honours it on Intel CPUs only); a 400-step run 25.8 s instead of 18.0 s.
 
-``EGMF_NUMERICS=native`` leaves the environment alone (native speed); every run's provenance
+One kernel no variable pins: ``torch.sqrt`` on CPU goes through MKL's vector math (VML), whose
+result is not correctly rounded (11,208 of 65,536 float32 values differ from the IEEE square
+root) and depends on the CPU whatever ``MKL_CBWR``, ``MKL_ENABLE_INSTRUCTIONS`` and
+``ATEN_CPU_CAPABILITY`` say. AdamW takes it of every second moment each step
+(``exp_avg_sq.sqrt()``), so the tiny LoRA moments made runs differ between machines (issue 21:
+an op trace of a 3-step run first differs at an ``aten.sqrt`` between this AMD EPYC and an
+emulated Intel Haswell). ``pin_kernels()`` routes ``aten::sqrt`` on CPU to numpy's square root,
+which is the IEEE-754 correctly rounded one on every CPU (the instruction itself, ``sqrtps`` /
+``vsqrtps``); after it the two traces are identical over 46,931 (main_msa) and 121,250
+(backbone_swap, three backbones) ops. Unlike the variables, it is a call made after torch
+loads, by whatever process trains (the harness's run function, the tests' conftest); the
+label says "exact sqrt" when it is in force.
+
+``EGMF_NUMERICS=native`` leaves the environment and sqrt alone (native speed); every run's provenance
 records the settings in force (``settings()``) and the reports say when results were made under
-other settings than the pins (``report_note``). Nothing here imports torch.
+other settings than the pins (``report_note``). Nothing here imports torch except ``pin_kernels``.
 """
 
 from __future__ import annotations
@@ -102,13 +115,60 @@ def setting_environment(name: str, base: MutableMapping[str, str] | None = None)
 def pin(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set the pins in ``environ`` (default os.environ), overriding what it asked for; returns them.
 
-    Must run before torch's first op (and MKL's first call): entry points call it at import
-    (``benchmarks/__init__.py``, ``tests/conftest.py``). Subprocesses inherit the variables.
+    Must run before torch's first op (and MKL's first call): entry points call it first
+    (``benchmarks.cli.main``, ``tests/conftest.py``). Subprocesses inherit the variables.
     """
     env = os.environ if environ is None else environ
     pins = pinned_environment(env)
     env.update(pins)
     return pins
+
+
+_EXACT_SQRT: list = []  # the torch.library registration, kept alive (dropping it unregisters the kernel)
+
+
+def pin_kernels() -> bool:
+    """Route CPU ``aten::sqrt`` (functional, in-place, out=) to the correctly rounded IEEE square root.
+
+    Call once per process after the environment is pinned and before training (idempotent);
+    does nothing under ``EGMF_NUMERICS=native``. Returns whether the routing is in force.
+    """
+    if mode() != "pinned":
+        return False
+    if not _EXACT_SQRT:
+        import warnings
+
+        import torch
+
+        lib = torch.library.Library("aten", "IMPL")
+        with warnings.catch_warnings():  # "overriding a previously registered kernel": on purpose
+            warnings.simplefilter("ignore")
+            lib.impl("sqrt", _exact_sqrt, "CPU")
+            lib.impl("sqrt_", lambda x: x.copy_(_exact_sqrt(x)), "CPU")
+            lib.impl("sqrt.out", lambda x, *, out: _exact_sqrt(x, out), "CPU")
+        _EXACT_SQRT.append(lib)
+    return True
+
+
+def exact_sqrt_in_force() -> bool:
+    return bool(_EXACT_SQRT)
+
+
+def _exact_sqrt(x, out=None):
+    """sqrt(x) rounded once (IEEE 754), through numpy; half types via float32 (24 >= 2*11+2 bits:
+    the double rounding is innocuous), integers promoted as torch.sqrt does."""
+    import numpy as np
+    import torch
+
+    a = x.detach().resolve_conj().resolve_neg()
+    dtype = a.dtype if a.is_floating_point() or a.is_complex() else torch.get_default_dtype()
+    wide = a.to(torch.float32) if dtype in (torch.float16, torch.bfloat16) else a.to(dtype)
+    result = torch.empty(a.shape, dtype=wide.dtype)
+    np.sqrt(wide.contiguous().numpy(), out=result.numpy())
+    if out is None:
+        return result.to(dtype)
+    out.resize_(a.shape)
+    return out.copy_(result)
 
 
 def mkl_branch() -> str:
@@ -135,24 +195,29 @@ def settings() -> dict:
     torch = sys.modules.get("torch")
     capability = torch.backends.cpu.get_cpu_capability() if torch is not None else "unknown"
     threads = int(torch.get_num_threads()) if torch is not None else 0
-    out = {"mode": mode(), "cpu_capability": capability, "mkl_branch": mkl_branch(), "threads": threads,
+    out = {"mode": mode(), "cpu_capability": capability, "mkl_branch": mkl_branch(),
+           "sqrt": "exact" if exact_sqrt_in_force() else "aten", "threads": threads,
            "env": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}}
     out["label"] = label(out)
     return out
 
 
 def label(s: dict) -> str:
-    """One short line for the results table, e.g. "pinned: aten AVX2, mkl COMPATIBLE, 1 thread"."""
+    """One short line for the results table, e.g. "pinned: aten AVX2, mkl COMPATIBLE, exact sqrt, 1 thread".
+
+    Settings recorded before the sqrt routing existed (no "sqrt" key) keep their old label.
+    """
     if s.get("cpu_capability") == "unknown" and not s.get("threads"):
         return NO_KERNELS
     threads = s.get("threads") or "?"
+    sqrt = f"{s['sqrt']} sqrt, " if s.get("sqrt") == "exact" else ""
     return (f"{s.get('mode', '?')}: aten {s.get('cpu_capability', '?')}, mkl {s.get('mkl_branch', '?')}, "
-            f"{threads} thread{'' if threads == 1 else 's'}")
+            f"{sqrt}{threads} thread{'' if threads == 1 else 's'}")
 
 
 NO_KERNELS = "none (torch not loaded: data statistics)"
 PINNED_LABEL = label({"mode": "pinned", "cpu_capability": PINNED_CAPABILITY, "mkl_branch": PINNED_MKL_BRANCH,
-                      "threads": 1})
+                      "sqrt": "exact", "threads": 1})
 
 
 # What repeats and what does not on GPU (details: egmf_core/checkpoint.py's docstring).

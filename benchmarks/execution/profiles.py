@@ -24,15 +24,29 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from egmf_core.config import DATASETS, DEFAULT_PATIENCE, ConfigError, RunConfig, apply_overrides, validate
+from egmf_core.config import DATASETS, DEFAULT_PATIENCE, ConfigError, RunConfig, apply_overrides
 from egmf_core.data import find_dataset_folder
 from egmf_core.data.dataset import SPECS
 from egmf_core.paths import DATA_ROOT_ENV, FAMILY_DIRS, MODEL_ROOT_ENV, REPO_MARKER, REPO_ROOT, expand_repo_marker
 
-if TYPE_CHECKING:
-    from benchmarks.execution.grid import GridArgs
+
+class CellInputs(Protocol):
+    """What a cell's config takes from the command beyond its table row (``grid.GridArgs`` is one)."""
+
+    overrides: dict[str, Any] | None  # ``--set``, checked by ``grid.parse_sets``
+    data_root: str | Path | None
+    model_root: str | Path | None
+    trust_remote_code: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoInputs:
+    overrides: dict[str, Any] | None = None
+    data_root: str | Path | None = None
+    model_root: str | Path | None = None
+    trust_remote_code: bool = False
 
 PROFILES = ("smoke", "scale", "paper")
 SYNTHETIC_PROFILES = ("smoke", "scale")  # synthetic data and random weights: never the paper's numbers
@@ -125,13 +139,11 @@ def profile_base(profile: str, dataset: str) -> RunConfig:
     check_profile(profile)
     if dataset not in DATASETS:
         raise ProfileError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
-    cfg = validate(RunConfig(profile=profile, data=dataclasses.replace(RunConfig().data, name=dataset)))
-    if profile in GPU_PROFILES:
-        cfg = apply_overrides(cfg, {**PAPER_TRAIN, "train.patience": DEFAULT_PATIENCE[SPECS[dataset].task]})
-    return cfg
+    gpu = {**PAPER_TRAIN, "train.patience": DEFAULT_PATIENCE[SPECS[dataset].task]} if profile in GPU_PROFILES else {}
+    return apply_overrides(RunConfig(profile=profile), {"data.name": dataset, **gpu})  # validated there, once
 
 
-def build_run_config(profile: str, table, row, dataset: str, seed: int, *, inputs: GridArgs | None = None,
+def build_run_config(profile: str, table, row, dataset: str, seed: int, *, inputs: CellInputs | None = None,
                      check_roots: bool = True) -> RunConfig:
     """The config of one grid cell (``table`` a TableSpec, ``row`` one of its Rows).
 
@@ -144,13 +156,11 @@ def build_run_config(profile: str, table, row, dataset: str, seed: int, *, input
     model root (``inputs.data_root``, ``inputs.model_root``, else the environment) is missing;
     the config itself holds only markers (see the module docstring).
     """
-    from benchmarks.execution.grid import GridArgs
-
-    inputs = inputs or GridArgs()
+    inputs = inputs or _NoInputs()
     where = f"{table.path or table.name}: row {row.name!r}"
     overrides = {**table.base, **row.overrides, **(inputs.overrides or {})}  # later wins: base < row < --set
-    cfg = _apply(profile_base(profile, dataset), overrides, where)
-    backbone = cfg.model.backbone
+    base = profile_base(profile, dataset)
+    backbone = overrides.get("model.backbone", base.model.backbone)
     mapping: dict[str, Any] = {"seed": int(seed), "data.name": dataset,
                                "model.trust_remote_code": bool(inputs.trust_remote_code),
                                **_profile_mapping(profile, table.trains, backbone, set(overrides), where),
@@ -159,7 +169,7 @@ def build_run_config(profile: str, table, row, dataset: str, seed: int, *, input
         backbones = [backbone] if table.trains else []
         check_paper_roots(inputs.data_root, inputs.model_root if table.trains else None, datasets=[dataset],
                           backbones=backbones)
-    return _apply(cfg, mapping, where)
+    return _apply(base, {**overrides, **mapping}, where)  # one validation of the cell's config
 
 
 def _profile_mapping(profile: str, trains: bool, backbone: str, explicit: set[str], where: str) -> dict[str, Any]:

@@ -1,9 +1,8 @@
-"""Reproduce a paper table: expand its grid, train what is not cached, store, tabulate, report.
+"""Train a paper table's grid: expand it once, train what is not stored, store each run file.
 
-``reproduce`` is resumable by construction: every run is written to its own file as soon as it
+``run_table`` is resumable by construction: every run is written to its own file as soon as it
 finishes, and a run whose file is valid and "ok" is never trained again (unless ``force``); a
-failed or corrupt one is run again. The table's CSV is then rebuilt from all run files of the
-table (on a shard too: it covers what exists), and its report rendered.
+failed or corrupt one is run again. Tabulating and rendering are ``benchmarks.recipes``' steps.
 
 Crash safety. A run in progress holds a lock (``store.RunLock``: a second process skips it) and,
 when ``train.checkpoint_every`` is set, checkpoints into ``results/<profile>/checkpoints/<run_id>/``;
@@ -23,22 +22,20 @@ per run). What GPU runs do and do not repeat, and the flags that help, is in
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.execution import numerics, provenance, store
-from benchmarks.execution.grid import Cell, Grid, GridArgs, expand, unique_runs
+from benchmarks.commandline import one_line
+from benchmarks.execution import numerics, provenance
+from benchmarks.execution.grid import Cell, Grid, expand, narrow, unique_runs
 from benchmarks.execution.grid import shard as shard_cells
 from benchmarks.execution.preflight import preflight
-from benchmarks.execution.profiles import model_source, resolve_run_config
-from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
-from benchmarks.usage import one_line
-from egmf_core.atomic import atomic_write_bytes
+from benchmarks.execution.profiles import check_paper_roots, model_source, resolve_run_config
+from benchmarks.execution.tables import TableSpec
+from benchmarks.results import store
 from egmf_core.checkpoint import remove_checkpoint
 from egmf_core.outcome import RunOutcome
 
@@ -54,8 +51,9 @@ def log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def progress_enabled() -> bool:
-    return os.environ.get("EGMF_NO_PROGRESS") != "1" and sys.stderr.isatty()
+def progress_enabled(options: RunOptions) -> bool:
+    """Whether to draw progress bars: ``options.progress_bars``, else when stderr is a terminal."""
+    return sys.stderr.isatty() if options.progress_bars is None else options.progress_bars
 
 
 @dataclass(frozen=True)
@@ -90,11 +88,11 @@ class RunOptions:
     shard: tuple[int, int] | None = None  # shard i of n only (grid.shard: by run id)
     only_runs: frozenset[str] | None = None  # these run ids only: a Slurm task's share
     strict_data: bool = False  # NaN / inf features are errors (data.strict; the run id does not change)
-    render: bool = True  # render the table's report and the index afterwards
-    raise_render_errors: bool = False
+    render: bool = True  # recipes.reproduce: render the touched tables' reports and the index afterwards
+    raise_render_errors: bool = False  # recipes.reproduce: a rendering error raises instead of one line
     run_fn: RunFn | None = None  # default: egmf_core.run.run_experiment (dataset_statistics for Table 1)
     train: bool = True  # False: collect only, a run without an ok result counts as failed (--jobs, after its workers)
-    progress_bars: bool | None = None  # None: on a terminal unless $EGMF_NO_PROGRESS=1
+    progress_bars: bool | None = None  # None: when stderr is a terminal (the CLIs: off with $EGMF_NO_PROGRESS=1)
     on_run: Callable[[RunEvent], None] | None = None  # each run trained or skipped as busy (default: _log_busy)
     log: Callable[[str], None] | None = None  # warnings and failures, one line each (default: runner.log)
 
@@ -151,48 +149,75 @@ def format_duration(seconds: float) -> str:
 
 # ---- one table ----------------------------------------------------------------------------------
 
-def reproduce(grid: Grid, options: RunOptions = RunOptions()) -> Summary:
-    """Reproduce one table's grid (see the module docstring); "all" is ``reproduce_all``.
+@dataclass(frozen=True)
+class TableGrid:
+    """One table's grid, expanded once: ``cells``, every row and dataset under the command's seeds
+    and ``--set`` (what the table's CSV is made of), and ``chosen``, those of ``--rows`` /
+    ``--datasets`` (what is trained, before ``shard`` / ``only_runs``)."""
 
-    ``options.redo_before`` retrains the runs stored before it and keeps those stored since:
-    ``--force`` for processes that share one grid (``--jobs`` workers), so a run one of them
-    retrained is not retrained by the next. An unexpected exception inside a run becomes a
-    failed run with a one-line error; a ValueError (bad config, data or model input)
-    propagates. The paper profile checks its roots first (benchmarks/execution/preflight.py).
-    """
-    t0 = time.monotonic()
-    spec, runs = select_runs(grid, options)
-    summary = Summary(spec.name, grid.profile, runs=len(runs), shard=options.shard)
-    train_runs(spec, runs, grid, options, summary)
-
-    def corrupt(line: str) -> None:
-        summary.corrupt.append(line)
-        options.say(f"warning: {line}")
-
-    summary.csv = rebuild_table(spec, grid.profile, options.results_root, ablations_dir=grid.ablations_dir,
-                                on_corrupt=corrupt)
-    if options.render:
-        paths, summary.report_error = render_reports(
-            grid.profile, [spec.name], results_root=options.results_root, reports_root=options.reports_root,
-            strict=options.raise_render_errors, ablations_dir=grid.ablations_dir)
-        summary.report = paths[-1] if paths else None
-    summary.seconds = time.monotonic() - t0
-    return summary
+    grid: Grid
+    spec: TableSpec
+    cells: list[Cell]
+    chosen: list[Cell]
 
 
-def select_runs(grid: Grid, options: RunOptions) -> tuple[TableSpec, dict[str, Cell]]:
-    """The table and its distinct runs (id -> first cell) after the shard and ``only_runs``
-    filters; the paper profile's roots are checked before anything is trained or written."""
+def expand_table(grid: Grid) -> TableGrid:
+    """One table's ``TableGrid``."""
     spec = grid.spec()
-    cells = expand(spec, grid.profile, grid.args)
+    cells = expand(spec, grid.profile, replace(grid.args, rows=None, datasets=None), check_roots=False)
+    chosen = narrow(cells, spec, grid.args)
+    if grid.profile == "paper":  # the roots of what is trained only: a dataset not asked for may be absent
+        for dataset, backbone in dict.fromkeys((c.dataset, c.config.model.backbone) for c in chosen):
+            check_paper_roots(grid.args.data_root, grid.args.model_root if spec.trains else None,
+                              datasets=[dataset], backbones=[backbone] if spec.trains else [])
+    return TableGrid(grid, spec, cells, chosen)
+
+
+def expand_tables(grid: Grid) -> list[TableGrid]:
+    """Each table of ``grid`` (one, or every table of "all"), expanded."""
+    return [expand_table(table) for table in grid.tables()]
+
+
+def select_runs(cells: list[Cell], options: RunOptions) -> dict[str, Cell]:
+    """The distinct runs (id -> first cell) left after the ``shard`` and ``only_runs`` filters."""
     if options.shard is not None:
         cells = shard_cells(cells, *options.shard)
     if options.only_runs is not None:
         cells = [c for c in cells if c.run_id in options.only_runs]
-    runs = unique_runs(cells)
-    if grid.profile == "paper":
-        preflight(runs.values(), data_root=grid.args.data_root, model_root=grid.args.model_root)
-    return spec, runs
+    return unique_runs(cells)
+
+
+def preflight_tables(tables: list[TableGrid], options: RunOptions) -> None:
+    """The paper profile's data and model roots, checked before anything is trained or written."""
+    for t in tables:
+        if t.grid.profile == "paper":
+            preflight(select_runs(t.chosen, options).values(), data_root=t.grid.args.data_root,
+                      model_root=t.grid.args.model_root)
+
+
+def run_table(table: TableGrid, options: RunOptions = RunOptions()) -> Summary:
+    """Train the runs of one expanded table that have no valid "ok" run file (see the module
+    docstring); tabulating and rendering are the caller's (``benchmarks.recipes``).
+
+    ``options.redo_before`` retrains the runs stored before it and keeps those stored since:
+    ``--force`` for processes that share one grid (``--jobs`` workers), so a run one of them
+    retrained is not retrained by the next. An unexpected exception inside a run becomes a
+    failed run with a one-line error; a ValueError (bad config, data or model input) propagates.
+    """
+    t0 = time.monotonic()
+    runs = select_runs(table.chosen, options)
+    summary = Summary(table.spec.name, table.grid.profile, runs=len(runs), shard=options.shard)
+    train_runs(table.spec, runs, table.grid, options, summary)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def run_tables(grid: Grid, options: RunOptions = RunOptions(), tables: list[TableGrid] | None = None) -> list[Summary]:
+    """``run_table`` for each table of ``grid`` (expanded and preflighted here unless ``tables`` is given)."""
+    if tables is None:
+        tables = expand_tables(grid)
+        preflight_tables(tables, options)
+    return [run_table(t, options) for t in tables]
 
 
 def train_runs(spec: TableSpec, runs: dict[str, Cell], grid: Grid, options: RunOptions, summary: Summary) -> None:
@@ -201,8 +226,8 @@ def train_runs(spec: TableSpec, runs: dict[str, Cell], grid: Grid, options: RunO
 
     root = Path(options.results_root)
     store.sweep_temp_files(root / grid.profile)
-    bars = progress_enabled() if options.progress_bars is None else options.progress_bars
-    worker = _RunWorker(grid, options, summary, bars)
+    bars = progress_enabled(options)
+    worker = _RunTask(grid, options, summary, bars)
     with tqdm(total=len(runs), desc=f"{spec.name} [{grid.profile}]", unit="run", position=0, disable=not bars,
               dynamic_ncols=True) as grid_bar:
         for index, (run_id, cell) in enumerate(runs.items(), 1):
@@ -210,7 +235,7 @@ def train_runs(spec: TableSpec, runs: dict[str, Cell], grid: Grid, options: RunO
             grid_bar.update(1)
 
 
-class _RunWorker:
+class _RunTask:
     """One run of a grid: reuse its stored result, skip it when another process holds it, or
     train and store it (under its lock, with its checkpoint directory)."""
 
@@ -348,6 +373,7 @@ def _default_run_fn(cell: Cell) -> RunFn:
         from benchmarks.execution.profiles import CHECKPOINT_MINUTES, run_threads
         from egmf_core.run import run_experiment
 
+        numerics.pin_kernels()  # exact CPU sqrt (pinned mode), in whichever process trains
         return run_experiment(cfg, progress=progress, checkpoint_dir=checkpoint_dir,
                               checkpoint_minutes=CHECKPOINT_MINUTES.get(cfg.profile), threads=run_threads(cfg.profile))
 
@@ -406,155 +432,3 @@ def _execute(cell: Cell, fn: RunFn, context: _RunContext, bars: bool, checkpoint
     if not isinstance(outcome, RunOutcome):
         raise TypeError(f"run function returned {type(outcome).__name__}, expected RunOutcome")
     return outcome, resolved
-
-
-# ---- tables from run files ----------------------------------------------------------------------
-
-def table_cells_on_disk(spec: TableSpec, profile: str, runs: dict[str, dict]) -> list[Cell]:
-    """The table's cells whose run file exists: the default grid plus any other seed (or
-    trust_remote_code setting, or ``--set`` overrides) found among the run files of this
-    table's datasets."""
-    seeds = set(spec.seeds.get(profile, ()))
-    trust = {False}
-    sets = {"{}": {}}
-    if spec.trains:
-        for run in runs.values():
-            cfg = run["config"]
-            if cfg.get("profile") == profile and (cfg.get("data") or {}).get("name") in spec.datasets:
-                if isinstance(cfg.get("seed"), int):
-                    seeds.add(cfg["seed"])
-                trust.add(bool((cfg.get("model") or {}).get("trust_remote_code", False)))
-                if isinstance(cfg.get("overrides"), dict):
-                    sets[json.dumps(cfg["overrides"], sort_keys=True)] = cfg["overrides"]
-    if not seeds:
-        return []
-    cells = []
-    for t in sorted(trust):
-        for overrides in sets.values():
-            try:
-                grid = expand(spec, profile, GridArgs(seeds=tuple(sorted(seeds)), trust_remote_code=t,
-                                                      overrides=overrides), check_roots=False)
-            except ValueError:  # overrides of another table's runs that do not fit this table's rows
-                continue
-            cells.extend(c for c in grid if c.run_id in runs)
-    return cells
-
-
-def rebuild_table(spec: TableSpec, profile: str, results_root: Path, *, runs: dict[str, dict] | None = None,
-                  ablations_dir: Path = ABLATIONS_DIR, write_empty: bool = True,
-                  on_corrupt: Callable[[str], None] | None = None) -> Path | None:
-    """Rewrite results/<profile>/<table>.csv from the run files (byte-identical when nothing changed).
-
-    An existing CSV is first checked against the run files: a line they do not back (edited,
-    truncated) goes to ``on_corrupt`` as one line naming file and line. An existing CSV is always
-    rewritten (empty when no run is left), so no stale or edited row survives; ``write_empty``
-    only decides whether a CSV is created for a table without runs.
-    """
-    if runs is None:
-        runs = store.load_runs(store.runs_dir(results_root, profile))
-    path = store.table_csv_path(results_root, profile, spec.name)
-    cells = table_cells_on_disk(spec, profile, runs)
-    if not cells and not write_empty and not path.exists():
-        return None
-    text = store.table_csv_text(store.tidy_rows(spec, cells, runs))
-    problem = store.csv_problem(path, text)
-    if problem is not None and on_corrupt is not None:
-        on_corrupt(problem)
-    if path.exists() and path.read_bytes() == text.encode("utf-8"):
-        return path  # unchanged: no write (and no lock-step rewrites between concurrent shards)
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def refresh_tables(profile: str, results_root: Path, *, ablations_dir: Path = ABLATIONS_DIR,
-                   runs: dict[str, dict] | None = None) -> list[Path]:
-    """Rebuild every table CSV that has runs or already exists, so reports never read a stale or
-    edited CSV (the index reads every table's); returns the CSVs written."""
-    if runs is None:
-        runs = store.load_runs(store.runs_dir(results_root, profile))
-    written = []
-    for name in list_tables(ablations_dir):
-        path = rebuild_table(load_table(name, ablations_dir), profile, Path(results_root), runs=runs,
-                             ablations_dir=ablations_dir, write_empty=False,
-                             on_corrupt=lambda line: log(f"warning: {line}"))
-        if path is not None:
-            written.append(path)
-    return written
-
-
-def render_reports(profile: str, tables: list[str], *, results_root: Path, reports_root: Path,
-                   strict: bool = False, ablations_dir: Path = ABLATIONS_DIR) -> tuple[list[Path], str | None]:
-    """Render each table's report, then the index; (report paths, error line or None).
-
-    benchmarks.reporting.report (matplotlib and all) is imported here, on use; a rendering error is
-    returned as one line (results are safe on disk) unless ``strict``.
-    """
-    from benchmarks.reporting import report
-
-    refresh_tables(profile, Path(results_root), ablations_dir=ablations_dir)
-    # The contract is (profile, table, *, results_root, reports_root); a test's own ablations dir
-    # is passed only when it is not the default.
-    extra = {} if Path(ablations_dir) == ABLATIONS_DIR else {"ablations_dir": Path(ablations_dir)}
-    paths: list[Path] = []
-    try:
-        for table in tables:
-            paths.append(Path(report.render_table(profile, table, results_root=results_root,
-                                                  reports_root=reports_root, **extra)))
-        report.render_index(profile, results_root=results_root, reports_root=reports_root, **extra)
-    except Exception as e:
-        if strict:
-            raise
-        return paths, f"report failed: {type(e).__name__}: {one_line(str(e))}"
-    return paths, None
-
-
-# ---- every table, merge, report -----------------------------------------------------------------
-
-def reproduce_all(grid: Grid, options: RunOptions = RunOptions()) -> list[Summary]:
-    """Every table of ``grid.tables()`` (one, or for "all" each in paper-number order)."""
-    return [reproduce(table, options) for table in grid.tables()]
-
-
-@dataclass
-class MergeSummary:
-    stats: store.MergeStats
-    tables: list[Path]
-
-    def line(self, profile: str) -> str:
-        s = self.stats
-        return (f"merge [{profile}]: {s.copied} run files copied, {s.identical} already present, "
-                f"{len(s.conflicts)} conflicts, {len(s.corrupt)} corrupt skipped; "
-                f"{len(self.tables)} table CSVs rebuilt")
-
-
-def merge(sources: list[Path], profile: str, results_root: Path = Path("results"), *,
-          ablations_dir: Path = ABLATIONS_DIR) -> MergeSummary:
-    """Copy shard run files into results/<profile>/runs (checksums checked, newest wins on a
-    conflict, each conflict logged), then rebuild every table CSV that has runs."""
-    from benchmarks.execution.profiles import check_profile
-
-    check_profile(profile)
-    stats = store.merge_run_files([Path(s) for s in sources], profile, Path(results_root), log=log)
-    written = refresh_tables(profile, Path(results_root), ablations_dir=ablations_dir)
-    return MergeSummary(stats, written)
-
-
-def report_tables(table: str, profile: str, *, results_root: Path = Path("results"),
-                  reports_root: Path = Path("reports"), ablations_dir: Path = ABLATIONS_DIR,
-                  strict: bool = False) -> tuple[list[Path], str | None]:
-    """Rebuild the CSVs of ``table`` (or "all") from the run files and render their reports."""
-    from benchmarks.execution.profiles import check_profile
-
-    check_profile(profile)
-    names = list_tables(ablations_dir) if table == "all" else [load_table(table, ablations_dir).name]
-    runs = store.load_runs(store.runs_dir(results_root, profile), on_corrupt=lambda e: log(f"warning: {e}"))
-    csvs = []
-    for name in names:
-        path = rebuild_table(load_table(name, ablations_dir), profile, Path(results_root), runs=runs,
-                             ablations_dir=ablations_dir, write_empty=(table != "all"),
-                             on_corrupt=lambda line: log(f"warning: {line}"))
-        if path is not None:
-            csvs.append(path)
-    if not csvs:
-        return [], None
-    return render_reports(profile, [p.stem for p in csvs], results_root=Path(results_root),
-                          reports_root=Path(reports_root), strict=strict, ablations_dir=ablations_dir)

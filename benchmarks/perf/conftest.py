@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("EGMF_NO_PROGRESS", "1")
+
+from benchmarks.execution import numerics  # noqa: E402
+
+numerics.pin()  # before torch's first op (EGMF_NUMERICS=native opts out)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

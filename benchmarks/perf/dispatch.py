@@ -13,7 +13,6 @@ the same counts in ``test_bench_step.py``'s ``extra_info``.
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import traceback
@@ -53,11 +52,7 @@ def _fit_counts(twin: str, steps: int) -> tuple[int, int]:
     encoder = PromptEncoder(tok, data.spec, cfg.model)
     enc = encoder.encode(data.train)
     valid = encoder.encode(data.valid.subset(range(4)))
-    if "tokenizer" in inspect.signature(fit).parameters:  # a revision before fit read them from the encoder
-        args = (model, enc, valid, encoder, tok, data.spec, cfg.train)
-        extra = {"train_labels": data.train.labels, "key_metric": "wf1", "higher_is_better": True}
-    else:
-        args, extra = (model, enc, valid, encoder, cfg.train), {}
+    args, extra = (model, enc, valid, encoder, cfg.train), {}
     reads = [0]
     real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
 

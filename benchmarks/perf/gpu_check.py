@@ -305,21 +305,21 @@ def packed_throughput(family: str, opts: CheckOptions, trainer, batch, model, cf
     out: dict[str, Any] = {"jobs_per_gpu": {}, "jobs_per_gpu_compiled": {}}
     compile_too = opts.compile if opts.compile is not None else True
     with tempfile.TemporaryDirectory() as sync_dir:
-        sync = Path(sync_dir)
+        signals = Path(sync_dir)
         procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.perf.gpu_check", "--worker", family,
                                    "--size", opts.size, "--steps", str(opts.steps), "--sync-dir", sync_dir,
                                    "--index", str(i + 1), "--samples", str(opts.samples), "--device", opts.device])
                  for i in range(max(ks) - 1)]
         try:
-            out["jobs_per_gpu"] = _packed_phases(sync, "", ks, opts, trainer, batch, procs)
+            out["jobs_per_gpu"] = _packed_phases(signals, "", ks, opts, trainer, batch, procs)
             if compile_too and opts.left() > 60:
-                (sync / "compile").touch()  # the workers compile while this process does
+                (signals / "compile").touch()  # the workers compile while this process does
                 out["compile"] = compiled_step(model, cfg, batch, opts, device)
                 trainer = out["compile"].pop("trainer")
                 out["jobs_per_gpu_compiled"] = {"1": out["compile"]["tokens_per_s"]}
-                out["jobs_per_gpu_compiled"].update(_packed_phases(sync, "c", ks, opts, trainer, batch, procs))
+                out["jobs_per_gpu_compiled"].update(_packed_phases(signals, "c", ks, opts, trainer, batch, procs))
         finally:
-            (sync / "exit").touch()
+            (signals / "exit").touch()
             for p in procs:
                 try:
                     p.wait(timeout=60)
@@ -328,23 +328,23 @@ def packed_throughput(family: str, opts: CheckOptions, trainer, batch, model, cf
     return out
 
 
-def _packed_phases(sync: Path, tag: str, ks: list[int], opts: CheckOptions, trainer, batch,
+def _packed_phases(signals: Path, tag: str, ks: list[int], opts: CheckOptions, trainer, batch,
                    procs: list[subprocess.Popen]) -> dict[str, float]:
     """One round of packing phases (K in ``ks``) once every worker reported ready for the round."""
     device = torch_device(opts.device)
     out: dict[str, float] = {}
-    if not _wait_for(sync, [f"ready{tag}-{i + 1}" for i in range(len(procs))], min(240.0, opts.left()), procs):
+    if not _wait_for(signals, [f"ready{tag}-{i + 1}" for i in range(len(procs))], min(240.0, opts.left()), procs):
         raise RuntimeError("packing workers did not get ready (see their output)")
     for k in ks:
-        (sync / f"go{tag}-{k}").touch()
+        (signals / f"go{tag}-{k}").touch()
         start = time.time()
         for _ in range(opts.steps):
             trainer.step(batch)
         sync(device)
         spans = [(start, time.time())]
-        if not _wait_for(sync, [f"done{tag}-{k}-{i}" for i in range(1, k)], 120.0, procs):
+        if not _wait_for(signals, [f"done{tag}-{k}-{i}" for i in range(1, k)], 120.0, procs):
             raise RuntimeError(f"packing workers did not finish phase K={k}{tag}")
-        spans += [tuple(json.loads((sync / f"done{tag}-{k}-{i}").read_text())) for i in range(1, k)]
+        spans += [tuple(json.loads((signals / f"done{tag}-{k}-{i}").read_text())) for i in range(1, k)]
         wall = max(e for _, e in spans) - min(s for s, _ in spans)
         out[str(k)] = k * opts.steps * int(batch["attention_mask"].sum()) / wall
     return out
@@ -361,25 +361,25 @@ def worker_main(family: str, size: str, steps: int, sync_dir: str, index: int, s
     model, encoder, _, data, cfg, _, _ = build_check_model(family, opts)
     enc = encoder.encode(data.train)
     batch = collate(enc, range(cfg.train.batch_size), with_answer=True)
-    sync = Path(sync_dir)
+    signals = Path(sync_dir)
     for tag, compiled in (("", False), ("c", True)):
         train_cfg = dataclasses.replace(cfg.train, compile=compiled)
         trainer = Trainer.build(model, train_cfg, total_steps=10_000)
         for _ in range(opts.warmup):
             trainer.step(batch)
         sync(dev)
-        (sync / f"ready{tag}-{index}").touch()
+        (signals / f"ready{tag}-{index}").touch()
         k = index + 1  # the first phase this worker joins
-        while not (sync / "exit").exists() and not (not compiled and (sync / "compile").exists()):
-            if (sync / f"go{tag}-{k}").exists():
+        while not (signals / "exit").exists() and not (not compiled and (signals / "compile").exists()):
+            if (signals / f"go{tag}-{k}").exists():
                 start = time.time()
                 for _ in range(steps):
                     trainer.step(batch)
                 sync(dev)
-                (sync / f"done{tag}-{k}-{index}").write_text(json.dumps([start, time.time()]))
+                (signals / f"done{tag}-{k}-{index}").write_text(json.dumps([start, time.time()]))
                 k += 1
             time.sleep(0.01)
-        if (sync / "exit").exists():
+        if (signals / "exit").exists():
             break
     return 0
 
@@ -427,7 +427,7 @@ def device_name(device) -> str:
 
 def datasheet_tflops(name: str) -> float | None:
     """The bf16 dense peak of the planner's GPU table entry whose model this device is."""
-    from benchmarks.perf.plan import GPUS
+    from benchmarks.execution.planner import GPUS
 
     return next((g.bf16_tflops for key, g in GPUS.items() if key.split("-")[0].upper() in name.upper()), None)
 

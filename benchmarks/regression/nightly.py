@@ -4,7 +4,7 @@
         [--data-root DIR] [--model-root DIR] [--results-root results] [--reports-root reports]
         [--baseline FILE] [--tolerance-k 3] [--force] [--skip-reproduce] [--update-baseline]
 
-Reproduces each table with ``benchmarks.execution.runner.reproduce`` (cached runs are reused; ``--force``
+Reproduces each table with ``benchmarks.recipes.reproduce`` (cached runs are reused; ``--force``
 retrains them), then compares the test split of ``results/<profile>/<table>.csv`` with
 ``results/baselines/<profile>.csv`` (rule and verdicts: ``benchmarks.regression.baselines``) and writes
 ``reports/<profile>/regression.md`` atomically, appending it to ``$GITHUB_STEP_SUMMARY`` when set.
@@ -36,54 +36,15 @@ from typing import Callable
 
 import pandas as pd
 
+from benchmarks.commandline import OneLineParser, error_line
 from benchmarks.execution import numerics
+from benchmarks.execution.nightly_grid import NightlyGrid, NightlyInputError, nightly_grid
 from benchmarks.regression import baselines
-from benchmarks.usage import OneLineParser, error_line
-from egmf_core.paths import REPO_ROOT
 
-NIGHTLY_FILE = REPO_ROOT / "ablations" / "nightly.toml"
 COMPARED_SPLIT = "test"
 NO_BASELINE_EXIT = 3  # results stored, no baseline to compare with yet
 DEFAULT_SPREAD_ROOT = Path(".cache") / "numerics-spread"
 REQUIRED_RESULT_COLUMNS = ("table", "row", "dataset", "seed", "split", "metric", "value", "status")
-
-
-class NightlyInputError(ValueError):
-    """Bad input for the nightly check (arguments, results or baseline); the message says which."""
-
-
-@dataclass(frozen=True)
-class NightlyGrid:
-    """One profile's nightly grid from ablations/nightly.toml."""
-
-    tables: list[str]
-    seeds: list[int] | None = None  # None: each table's own seeds for the profile
-    overrides: dict = field(default_factory=dict)  # applied to every run, as reproduce --set
-
-
-def nightly_grid(profile: str, path: Path = NIGHTLY_FILE) -> NightlyGrid:
-    """The declared grid of ``profile``; a one-line error naming the file and field."""
-    import tomllib
-
-    from benchmarks.execution.grid import _check_seeds, _check_type
-    from egmf_core.config import ConfigError, RunConfig, apply_overrides
-
-    try:
-        block = tomllib.loads(Path(path).read_text(encoding="utf-8")).get(profile)
-    except tomllib.TOMLDecodeError as e:
-        raise NightlyInputError(f"{path}: not valid TOML ({e})") from None
-    if not isinstance(block, dict) or not isinstance(block.get("tables"), list) or not block["tables"]:
-        raise NightlyInputError(f"{path}: [{profile}] needs a non-empty list 'tables'")
-    seeds = block.get("seeds")
-    overrides = dict(block.get("set", {}))
-    try:
-        seeds = None if seeds is None else _check_seeds(seeds)
-        for key, value in overrides.items():
-            _check_type(key, value)
-        apply_overrides(RunConfig(), overrides)
-    except (ConfigError, ValueError) as e:
-        raise NightlyInputError(f"{path}: [{profile}]: {e}") from None
-    return NightlyGrid([str(t) for t in block["tables"]], seeds, overrides)
 
 
 @dataclass
@@ -179,14 +140,17 @@ def write_report(markdown: str, path: Path) -> Path:
 
 def reproduce_tables(opts: NightlyOptions, tables: list[str], grid: NightlyGrid,
                      run_fn: Callable | None = None) -> list:
-    """runner.reproduce for each table on the nightly grid's seeds and overrides; their Summary objects."""
+    """recipes.reproduce for each table on the nightly grid's seeds and overrides; their Summary objects."""
+    from benchmarks import recipes
+    from benchmarks.commandline import progress_bars_setting
     from benchmarks.execution import runner
     from benchmarks.execution.grid import Grid, GridArgs
 
     args = GridArgs(seeds=grid.seeds, overrides=grid.overrides, data_root=opts.data_root, model_root=opts.model_root)
     options = runner.RunOptions(results_root=Path(opts.results_root), reports_root=Path(opts.reports_root),
-                                force=opts.force, render=opts.render, run_fn=run_fn)
-    return [runner.reproduce(Grid(t, opts.profile, args), options) for t in tables]
+                                force=opts.force, render=opts.render, run_fn=run_fn,
+                                progress_bars=progress_bars_setting())
+    return [s for t in tables for s in recipes.reproduce(Grid(t, opts.profile, args), options)]
 
 
 def of_grid(results: pd.DataFrame, grid: NightlyGrid) -> pd.DataFrame:
@@ -401,6 +365,9 @@ def spread_results(opts: NightlyOptions, tables: list[str], variants: list[tuple
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.cli import pin_numerics
+
+    pin_numerics()  # first: before torch's first op
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:

@@ -279,10 +279,3 @@ def _default_source(source: str, value: ast.expr | None) -> str:
             if kw.arg == "default":
                 return ast.get_source_segment(source, kw.value) or "?"
     return ast.get_source_segment(source, value) or "?"
-
-
-def _load() -> list[str]:
-    return [*config_assumptions(config_path().read_text(encoding="utf-8")), *HAND_WRITTEN]
-
-
-ASSUMPTIONS: list[str] = _load()

@@ -1,6 +1,6 @@
 """Markdown reports and figures per paper table: pure functions of the tidy results table.
 
-``results/<profile>/<table>.csv`` (columns ``benchmarks.execution.schema.RESULT_COLUMNS``) plus the
+``results/<profile>/<table>.csv`` (columns ``benchmarks.results.schema.RESULT_COLUMNS``) plus the
 table's :class:`~benchmarks.execution.tables.TableSpec` give ``reports/<profile>/<table>.md`` and its
 PNGs; ``render_index`` writes ``reports/<profile>/README.md``. Nothing here trains or imports
 torch. Rendering the same results twice gives the same bytes: the date shown is the latest run
@@ -25,8 +25,6 @@ import pandas as pd
 from benchmarks.execution import numerics
 from benchmarks.execution.dataset_stats import non_finite_summary
 from benchmarks.execution.profiles import SYNTHETIC_PROFILES
-from benchmarks.execution.schema import RESULT_COLUMNS
-from benchmarks.execution.store import table_csv_path
 from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from benchmarks.reporting import plots
 from benchmarks.reporting.assumptions import HAND_WRITTEN, as_run_rows
@@ -66,6 +64,8 @@ from benchmarks.reporting.stats import (
     to_display,
 )
 from benchmarks.reporting.training_curves import training_section
+from benchmarks.results.schema import RESULT_COLUMNS
+from benchmarks.results.store import table_csv_path
 from egmf_core.atomic import atomic_write_bytes
 from egmf_core.data.dataset import SPECS
 
@@ -166,26 +166,9 @@ def _row_names(spec: TableSpec, df: pd.DataFrame, dataset: str | None = None) ->
     return names + sorted(set(present["row"]) - set(names) - {""})
 
 
-_OLD_SOURCE = re.compile(r"^(?P<path>[/~\\].*|[A-Za-z]:\\.*) \((?P<fmt>[\w-]+)\)$")
-
-
-def portable_data_source(source: str) -> str:
-    """A data source without the machine's path. Run files record "<format>: <path relative to
-    the data root> sha256:<digest>"; older ones recorded "<absolute path> (<format>)", shown here
-    as the format and the path's last two parts.
-
-    >>> portable_data_source("/tmp/x/.cache/smoke-data/v5/mosei/unaligned_50.pkl (mmsa-pickle)")
-    'mmsa-pickle: mosei/unaligned_50.pkl (fingerprint not recorded: older run file)'
-    """
-    m = _OLD_SOURCE.match(source)
-    if m is None:
-        return source
-    tail = "/".join(Path(m["path"]).parts[-2:])
-    return f"{m['fmt']}: {tail} (fingerprint not recorded: older run file)"
-
-
 def data_sources(df: pd.DataFrame) -> list[str]:
-    return sorted({portable_data_source(s) for s in _uniq(df["data_source"])})
+    """The run files' data sources ("<format>: <path relative to the data root> sha256:<digest>"), sorted."""
+    return sorted(set(_uniq(df["data_source"])))
 
 
 def model_sources(df: pd.DataFrame) -> list[str]:

@@ -1,6 +1,6 @@
 """Summary statistics over seeds, paired tests between rows, and how to read each metric.
 
-Pure functions of the tidy results table (``benchmarks.execution.schema.RESULT_COLUMNS``); no torch.
+Pure functions of the tidy results table (``benchmarks.results.schema.RESULT_COLUMNS``); no torch.
 Values stay in stored units here (fractions for accuracies and F1); :func:`to_display`
 converts to the units reports print (percentage points for fractions, raw for MAE and Corr).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from benchmarks.execution.schema import COST_COLUMNS
+from benchmarks.results.schema import COST_COLUMNS
 from egmf_core.metrics import METRIC_INFO, key_metric
 
 SUMMARY_KEYS = ("row", "dataset", "split", "metric")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .cherma_json import read_cherma_release
-from .dataset import SPECS, DatasetSpec, MultimodalDataset, Split
+from .dataset import PICKLE_NAMES, SPECS, DatasetSpec, MultimodalDataset, Split
 from .errors import DataError
 from .meld_csv import SPLIT_FILES as MELD_CSV_FILES
 from .meld_csv import read_meld_release
@@ -27,12 +27,6 @@ from .mmsa_pickle import read_mmsa_npz, read_mmsa_pickle
 from .mse_adapter_pickle import FOLDER_NAMES, holds_processed, read_mse_adapter
 
 FORMATS = ("mmsa-pickle", "npz", "mse-adapter-pickle", "meld-csv", "cherma-json")
-PICKLE_NAMES = {  # the names the processed releases use (any single *.pkl is accepted too)
-    "mosei": ("unaligned_50.pkl",),
-    "sims_v2": ("unaligned.pkl", "ch-simsv2s.pkl"),
-    "meld": ("meld.pkl",),
-    "cherma": ("cherma.pkl",),
-}
 
 # The CLI modules (synth, checksums, convert) are imported on first use, so that
 # `python -m egmf_core.data.synth` does not find itself already imported by this package.

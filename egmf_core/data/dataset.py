@@ -102,3 +102,11 @@ class MultimodalDataset:
     @property
     def vision_dim(self) -> int:
         return int(self.train.vision.shape[-1])
+
+
+PICKLE_NAMES = {  # the names the processed releases use (any single *.pkl is accepted too)
+    "mosei": ("unaligned_50.pkl",),
+    "sims_v2": ("unaligned.pkl", "ch-simsv2s.pkl"),
+    "meld": ("meld.pkl",),
+    "cherma": ("cherma.pkl",),
+}

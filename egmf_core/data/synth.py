@@ -61,9 +61,9 @@ from typing import Any
 
 import numpy as np
 
-from . import PICKLE_NAMES as _loader_pickle_names
 from .cherma_json import write_cherma_split
 from .dataset import CHERMA_LABELS_ZH, MELD_LABELS, SPECS, SPLITS, MultimodalDataset, Split
+from .dataset import PICKLE_NAMES as _loader_pickle_names
 from .meld_csv import FEATURE_DIRS, SPLIT_FILES, write_feature_file, write_meld_csv
 from .mmsa_pickle import write_mmsa_pickle
 

@@ -234,7 +234,7 @@ def planned_grids(grid: Grid, *, check_roots: bool = False) -> list[tuple[str, l
     """(table, its cells) for the training tables of a table, "all" or "nightly" (its declared
     grid, under ``grid``'s overrides): exactly what ``reproduce`` with these args asks for."""
     if grid.table == "nightly":
-        from benchmarks.regression.nightly import nightly_grid
+        from benchmarks.execution.nightly_grid import nightly_grid
 
         nightly = nightly_grid(grid.profile)
         args = replace(grid.args, seeds=grid.args.seeds or nightly.seeds,

@@ -40,8 +40,8 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from benchmarks.execution.schema import COST_COLUMNS, RESULT_COLUMNS
-from benchmarks.usage import one_line
+from benchmarks.commandline import one_line
+from benchmarks.results.schema import COST_COLUMNS, RESULT_COLUMNS
 from egmf_core.atomic import AtomicWriteError, atomic_write_bytes, missing_parents
 from egmf_core.config import config_hash
 

@@ -45,3 +45,9 @@ def error_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in str(e):
         return f"{e.filename}: {e.strerror or e}"
     return one_line(e, limit=10_000) or type(e).__name__
+
+
+def progress_bars_setting() -> bool | None:
+    """``RunOptions.progress_bars`` as a command line sets it: off with ``$EGMF_NO_PROGRESS=1``
+    (CI), else None (drawn when stderr is a terminal). Read here, at the process boundary only."""
+    return False if os.environ.get("EGMF_NO_PROGRESS") == "1" else None

@@ -1,0 +1,1 @@
+"""The results layer: run files -> tidy CSVs (store, schema, tabulate)."""
