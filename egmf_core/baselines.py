@@ -25,7 +25,10 @@ from egmf_core.config import ModelConfig, RunConfig
 from egmf_core.data.dataset import SPECS, DatasetSpec
 from egmf_core.model import EGMF
 from egmf_core.mse_adapter import LSTM_HIDDEN_BY_DATASET, MSEAdapter
-from egmf_core.tfn import TFN, loss as tfn_loss, predict as tfn_predict
+from egmf_core.seeding import seed_everything
+from egmf_core.tfn import TFN
+from egmf_core.tfn import loss as tfn_loss
+from egmf_core.tfn import predict as tfn_predict
 
 
 class MSEAdapterModel(EGMF):
@@ -111,8 +114,6 @@ class TFNModel(nn.Module):
 
 def build_baseline(cfg: RunConfig, audio_dim: int, vision_dim: int, *, device: torch.device | None = None):
     """(model, tokenizer, BackboneInfo) for ``cfg.model.method`` "mse_adapter" or "tfn"."""
-    from egmf_core.run import seed_everything
-
     if cfg.model.method == "mse_adapter":
         from egmf_core.backbones import apply_lora, build_backbone
 
@@ -132,8 +133,14 @@ def build_baseline(cfg: RunConfig, audio_dim: int, vision_dim: int, *, device: t
 
 def load_tokenizer_only(cfg: ModelConfig, device: torch.device | None):
     """The backbone's tokenizer without its model, and a BackboneInfo that says no LLM was loaded."""
-    from egmf_core.backbones import (BackboneInfo, ensure_pad_token, family_of, load_tokenizer, read_model_type,
-                                     resolve_model_dir)
+    from egmf_core.backbones import (
+        BackboneInfo,
+        ensure_pad_token,
+        family_of,
+        load_tokenizer,
+        read_model_type,
+        resolve_model_dir,
+    )
 
     if cfg.backbone.endswith("-tiny"):
         from transformers import AutoTokenizer

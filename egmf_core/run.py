@@ -7,7 +7,6 @@ training; a failure during training (a NaN loss) returns a RunOutcome with statu
 
 from __future__ import annotations
 
-import random
 import resource
 import time
 from pathlib import Path
@@ -19,12 +18,7 @@ import torch
 from egmf_core.config import RunConfig, validate
 from egmf_core.outcome import RunOutcome
 from egmf_core.paths import expand_repo_marker
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from egmf_core.seeding import seed_everything
 
 
 def build_model(cfg: RunConfig, audio_dim: int, vision_dim: int, *, device: torch.device | None = None):

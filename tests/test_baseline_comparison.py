@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from benchmarks.execution.schema import RESULT_COLUMNS
 from benchmarks.execution.tables import Claim, Row, TableSpec
 from benchmarks.reporting.baseline_comparison import baseline_rows, baseline_section, compare_baselines
 from benchmarks.reporting.claims import NOT_APPLICABLE, evaluate_claim, reading
 from benchmarks.reporting.report import build_table_report
 from benchmarks.reporting.stats import holm
+from benchmarks.results.schema import RESULT_COLUMNS
 
 
 def spec(claims: tuple[Claim, ...] = ()) -> TableSpec:

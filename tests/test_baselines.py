@@ -12,8 +12,8 @@ from benchmarks.execution.tables import load_table
 from egmf_core.baselines import MSEAdapterModel, TFNModel
 from egmf_core.batching import PromptEncoder, collate
 from egmf_core.config import RunConfig
-from egmf_core.run import build_model, evaluate_splits
 from egmf_core.outcome import RunOutcome
+from egmf_core.run import build_model, evaluate_splits
 from egmf_core.train import evaluate, fit
 from tests.conftest import make_dataset, tiny_model_config, tiny_train_config
 

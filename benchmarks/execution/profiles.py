@@ -161,10 +161,11 @@ def build_run_config(profile: str, table, row, dataset: str, seed: int, *, input
     overrides = {**table.base, **row.overrides, **(inputs.overrides or {})}  # later wins: base < row < --set
     base = profile_base(profile, dataset)
     backbone = overrides.get("model.backbone", base.model.backbone)
+    method = overrides.get("model.method", base.model.method)
     mapping: dict[str, Any] = {"seed": int(seed), "data.name": dataset,
                                "model.trust_remote_code": bool(inputs.trust_remote_code),
                                **_profile_mapping(profile, table.trains, backbone, set(overrides), where),
-                               **_smoke_baseline_sizes(profile, cfg.model.method, set(overrides))}
+                               **_smoke_baseline_sizes(profile, method, set(overrides))}
     if check_roots and profile == "paper":
         backbones = [backbone] if table.trains else []
         check_paper_roots(inputs.data_root, inputs.model_root if table.trains else None, datasets=[dataset],

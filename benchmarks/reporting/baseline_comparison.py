@@ -17,7 +17,7 @@ import pandas as pd
 
 from benchmarks.execution.tables import TableSpec
 from benchmarks.reporting.claims import invalid_share, not_comparable_note
-from benchmarks.reporting.markdown import md_table
+from benchmarks.reporting.markdown import MISSING, md_table
 from benchmarks.reporting.stats import (
     MIN_PAIRS,
     TOO_FEW,
@@ -28,6 +28,7 @@ from benchmarks.reporting.stats import (
     higher_is_better,
     holm,
     ok_metric_rows,
+    paired_cells,
     paired_comparison,
     seed_values,
 )
@@ -92,7 +93,6 @@ def compare_baselines(spec: TableSpec, df: pd.DataFrame) -> list[BaselineCompari
 def baseline_section(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
     """The report's "EGMF vs baselines" section (markdown lines); none for a table without baselines."""
     from benchmarks.execution.profiles import SYNTHETIC_PROFILES
-    from benchmarks.reporting.report import MISSING, _paired_cells
 
     egmf, _ = baseline_rows(spec)
     comparisons = compare_baselines(spec, df)
@@ -117,6 +117,6 @@ def baseline_section(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[st
             continue
         res = c.result
         means = [format_value(c.metric, res.mean_row), format_value(c.metric, res.mean_ref)]
-        rows.append([*head, str(res.n), *means, *_paired_cells(c.metric, res, c.p_holm)[:4]])
+        rows.append([*head, str(res.n), *means, *paired_cells(c.metric, res, c.p_holm)[:4]])
     return lines + [""] + md_table(["dataset", "baseline", "metric", "n", egmf, "baseline", "EGMF - baseline",
                                      "95% CI (t)", "p", "p (Holm)"], rows)
