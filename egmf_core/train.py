@@ -92,6 +92,8 @@ def evaluate(
     that fills unparsable answers (``train.invalid_fallback``).
     """
     model.eval()
+    if getattr(model, "predicts_directly", False):
+        return evaluate_direct(model, enc, encoder, cfg)
     device = _device_of(model)
     spec = encoder.spec
     is_cls = spec.task == "classification"
@@ -110,7 +112,8 @@ def evaluate(
             else:
                 answers.update(zip(idx, generate_answers(model, batch, encoder.tok, max_new, t_pseudo)))
         labels = enc.labels[idx]
-        stats.update(gate, labels if is_cls else sentiment_bin(labels, spec.neutral_band))
+        if gate is not None:  # a model without a gate (MSE-Adapter) records no gating statistics
+            stats.update(gate, labels if is_cls else sentiment_bin(labels, spec.neutral_band))
     texts = [answers[i] for i in range(len(enc))] if mode != "score" else []
     if mode == "score":
         values, valid, invalid_rate = chosen, np.ones(len(chosen), dtype=bool), 0.0
@@ -126,9 +129,25 @@ def evaluate(
         predictions=filled,
         valid=valid,
         answers=texts,
-        gating=stats.as_dict(list(model.experts.names), label_names),  # the K axis order of alpha
+        gating=stats.as_dict(list(model.experts.names), label_names) if len(stats) else {},  # K axis order of alpha
         mode=mode,
     )
+
+
+@torch.no_grad()
+def evaluate_direct(model, enc: EncodedSplit, encoder: PromptEncoder, cfg: TrainConfig) -> EvalResult:
+    """Score a model that predicts the label itself (TFN: ``model.predict(batch)``, no LLM answers):
+    every prediction is valid, mode "direct", no gating statistics."""
+    model.eval()
+    device = _device_of(model)
+    predictions = np.zeros(len(enc), dtype=np.asarray(enc.labels).dtype)
+    for idx in eval_batches(enc, cfg.eval_batch_size):
+        batch = _to(collate(enc, idx, with_answer=False), device)
+        with _autocast(device, cfg):
+            predictions[idx] = model.predict(batch).float().cpu().numpy().astype(predictions.dtype)
+    metrics = compute_metrics(encoder.spec.name, enc.labels, predictions)
+    return EvalResult(metrics=metrics, invalid_rate=0.0, predictions=predictions,
+                      valid=np.ones(len(enc), dtype=bool), answers=[], gating={}, mode="direct")
 
 
 def eval_batches(enc: EncodedSplit, batch_size: int) -> list[list[int]]:

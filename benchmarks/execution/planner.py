@@ -48,6 +48,7 @@ RUN_START_S = 30.0  # per run: process start, data loading, building the model
 WEIGHT_READ_GB_S = 2.0  # per run: the bf16 weights read from local disk at this rate
 TRAIN_FLOPS_PER_TOKEN = 4  # x N: forward 2N + backward through the frozen weights 2N (no weight grads)
 TARGETS = ("all", "nightly")  # besides a table name or number
+NO_LLM_METHODS = ("tfn",)  # model.method values that load no LLM (TFN: only the backbone's tokenizer)
 
 
 class PlanError(ValueError):
@@ -92,6 +93,7 @@ class RunCost:
     train_s: float
     eval_s: float
     setup_s: float = 0.0
+    llm: bool = True  # False: a run of NO_LLM_METHODS (TFN), priced at its start only
 
     @property
     def seconds(self) -> float:
@@ -168,9 +170,15 @@ def tokens_per_sample(cell: Cell) -> int:
 
 def run_cost(cell: Cell, gpu: str = DEFAULT_GPU, measured: dict[str, Any] | None = None,
              jobs_per_gpu: int = 1) -> RunCost:
-    """One run's GPU seconds: training steps plus evaluation passes over valid (and test)."""
+    """One run's GPU seconds: training steps plus evaluation passes over valid (and test).
+
+    A run of NO_LLM_METHODS (TFN) loads no LLM: no weights are read and its small fusion model's
+    steps and evaluations are taken as 0 s, so it costs only RUN_START_S.
+    """
     family = _family(cell)
     steps, evals = run_steps(cell)
+    if cell.config.model.method in NO_LLM_METHODS:
+        return RunCost(cell.run_id, cell.table, cell.label, family, steps, evals, 0.0, 0.0, RUN_START_S, llm=False)
     t = cell.config.train
     sizes = _full_shape(cell).sizes
     eval_samples = (evals - 1) * sizes[1] + sizes[2]  # every pass but the last reads valid
@@ -237,7 +245,7 @@ def planned_grids(grid: Grid, *, check_roots: bool = False) -> list[tuple[str, l
         from benchmarks.execution.nightly_grid import nightly_grid
 
         nightly = nightly_grid(grid.profile)
-        args = replace(grid.args, seeds=grid.args.seeds or nightly.seeds,
+        args = replace(grid.args, seeds=grid.args.seeds or nightly.seeds, rows=grid.args.rows or nightly.rows,
                        overrides={**nightly.overrides, **(grid.args.overrides or {})})
         tables = [replace(grid, table=name, args=args) for name in nightly.tables]
     else:
@@ -286,7 +294,7 @@ def make_plan(grid: Grid, pricing: Pricing = Pricing(), *, check_roots: bool = F
     unmeasured_k = sorted(n for n, m in measured.items() if k > 1 and str(k) not in (m.get("jobs_per_gpu") or {}))
     if unmeasured_k:
         plan.notes.append(f"{k} runs per GPU not measured for {', '.join(unmeasured_k)}: priced as one run per GPU")
-    missing = sorted({r.backbone for r in plan.runs} - set(measured)) if measured else []
+    missing = sorted({r.backbone for r in plan.runs if r.llm} - set(measured)) if measured else []
     if missing:
         plan.notes.append(f"no measurement for {', '.join(missing)} in {source}: analytic estimate for those")
     return plan
@@ -364,6 +372,11 @@ def assumptions(plan: Plan) -> list[str]:
         f"utterance (capped at model.max_text_tokens) + {ANSWER_TOKENS} answer; batches padded to that length",
         f"each run starts in {RUN_START_S:g} s plus reading its bf16 weights at {WEIGHT_READ_GB_S:g} GB/s",
     ]
+    no_llm = [r for r in plan.runs if not r.llm]
+    if no_llm:
+        out.append(f"{len(no_llm)} run(s) of {', '.join(NO_LLM_METHODS)} (model.method) load no LLM, only the "
+                   f"backbone's tokenizer: each priced at its {RUN_START_S:g} s start alone, its small fusion model's "
+                   f"training and evaluation taken as 0 GPU-hours; the step and evaluation times below are the LLM runs'")
     if plan.source == "analytic":
         out += [
             f"training step: {TRAIN_FLOPS_PER_TOKEN} x N x tokens FLOPs (frozen backbone with LoRA: forward 2N, "
