@@ -28,22 +28,30 @@ def _committed_training_runs() -> list[Path]:
     return [p for p in paths if "model" in json.loads(p.read_text(encoding="utf-8"))["config"]]
 
 
+def _runs_before_the_added_fields() -> list[Path]:
+    """The committed EGMF runs, stored before ADDED_FIELDS existed (no "method" in their config)."""
+    return [p for p in _committed_training_runs()
+            if "method" not in json.loads(p.read_text(encoding="utf-8"))["config"]["model"]]
+
+
 def test_committed_runs_keep_their_ids():
     """Every committed training run: its stored config, and that config read back into a RunConfig
-    (which fills every added field with its default), hash to the stored run id."""
+    (which fills every added field with its default), hash to the stored run id. The runs made
+    before the fields were added are EGMF's; those that store a method are the baselines'."""
     paths = _committed_training_runs()
-    assert len(paths) >= 300  # the committed smoke grid
+    before = set(_runs_before_the_added_fields())
+    assert len(before) >= 300  # the committed smoke grid
     for path in paths:
         record = json.loads(path.read_text(encoding="utf-8"))
         cfg = RunConfig.from_dict(record["config"])
-        assert cfg.model.method == "egmf"
+        assert cfg.model.method == "egmf" if path in before else cfg.model.method in ("mse_adapter", "tfn"), path.name
         assert config_hash(record["config"]) == record["run_id"] == path.stem
         assert config_hash(cfg) == record["run_id"], path.name
         assert config_hash(run_identity(cfg)) == record["run_id"], path.name
 
 
 def test_non_default_added_field_changes_the_id():
-    path = _committed_training_runs()[0]
+    path = _runs_before_the_added_fields()[0]
     cfg = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))["config"])
     for key, value in (("model.method", "tfn"), ("model.method", "mse_adapter"), ("model.mse_d_mix", 128),
                        ("model.tfn_dropout", [0.4, 0.4, 0.4, 0.4]), ("model.tfn_squash", True)):
@@ -64,7 +72,7 @@ def test_identity_dict_leaves_its_input_alone_and_keeps_other_fields():
 def test_every_field_added_to_model_config_is_registered():
     """ModelConfig's fields = those of the committed runs + ADDED_FIELDS: a field added without
     registering it would change every run id (this test names it)."""
-    stored = set(json.loads(_committed_training_runs()[0].read_text(encoding="utf-8"))["config"]["model"])
+    stored = set(json.loads(_runs_before_the_added_fields()[0].read_text(encoding="utf-8"))["config"]["model"])
     now = {f.name for f in dataclasses.fields(ModelConfig)}
     assert now - stored == set(ADDED_FIELDS["model"])
     defaults = added_field_defaults()
