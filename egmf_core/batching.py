@@ -167,6 +167,7 @@ def collate(enc: EncodedSplit, idx, *, with_answer: bool) -> dict[str, torch.Ten
         "audio_lengths": a_len,  # (B,)
         "vision": enc.vision[t_idx, : int(v_len.max())],  # (B, L_v, d_v)
         "vision_lengths": v_len,  # (B,)
+        "target": torch.as_tensor(enc.labels[idx]),  # (B,) class index or score: a direct predictor's target (TFN)
     }
 
 

@@ -28,6 +28,10 @@ AV_ENCODER_KINDS = ("attn_pool", "mean_pool", "gru")  # egmf_core/encoders.py
 BETA_MODES = ("learned", "fixed")  # egmf_core/gating.py
 INVALID_FALLBACKS = ("majority", "mean", "wrong")  # egmf_core/answers.py
 FUSION_DIRECTIONS = ("text_queries", "bidirectional")
+# model.method: EGMF, or a baseline of the main tables (egmf_core/baselines.py builds each)
+METHODS = ("egmf", "mse_adapter", "tfn")
+MSE_ACTIVATIONS = ("gelu", "relu", "silu", "tanh")  # egmf_core/mse_adapter.py builds each
+TFN_INPUT_NORMS = ("batch", "layer", "none")  # egmf_core/tfn.py
 
 
 # [P] early stopping after 8 (classification) / 10 (regression) validation passes without improvement
@@ -70,6 +74,32 @@ class ModelConfig:
     max_text_tokens: int = 64  # [C] utterance tokens kept (fusion and prompt)
     class_target: str = "word"  # [P] target for a class: the label word ("word") or "index"
     prompt_format: str = "raw"  # [C] "raw" text prompt, or "chat": the tokenizer's chat template
+    # ---- Fields added after smoke results were committed: each is listed in ADDED_FIELDS and left
+    # out of a run's id at its default, so every earlier run keeps its id (see identity_dict).
+
+    # Which model: "egmf"; "mse_adapter" (MSE-Adapter's plugin in EGMF's place, same prompt and LLM);
+    # "tfn" (Tensor Fusion Network: no LLM, predicts the label directly). egmf_core/baselines.py
+    method: str = "egmf"
+    # MSE-Adapter (egmf_core/mse_adapter.py): P = its paper and its repository's configs (public forks)
+
+    mse_d_mix: int = 256  # [P] TGM/MSF width (the repository hard-codes 256; gives its 2.6-2.8M parameters)
+    mse_audio_lstm_hidden: int | None = None  # [P] audio LSTM units; None = its per-dataset config (64; CHERMA 32)
+    mse_vision_lstm_hidden: int | None = None  # [P] visual LSTM units; None = its per-dataset config (32; SIMS-V2 64, CHERMA 16)
+    mse_lstm_layers: int = 1  # [P] LSTM layers of the audio/visual encoders
+    mse_lstm_dropout: float = 0.0  # [P] dropout after the audio/visual LSTMs
+    mse_msf_ratios: list[int] = field(default_factory=lambda: [8, 32, 16])  # [P] MSF hidden widths d_llm/8, /32, /16
+    mse_msf_activation: str = "gelu"  # [P] activation of the MSF branches
+    # TFN (egmf_core/tfn.py): B = the TFN paper (Zadeh et al., EMNLP 2017) or MMSA's implementation
+
+    tfn_text_embed_dim: int = 300  # [B] token embedding width (the paper's GloVe width; learned here)
+    tfn_text_hidden: int = 128  # [B] units of the language LSTM
+    tfn_text_out: int = 128  # [B] width of z_l
+    tfn_audio_hidden: int = 32  # [B] units of the acoustic subnetwork
+    tfn_vision_hidden: int = 32  # [B] units of the visual subnetwork
+    tfn_post_fusion_dim: int = 128  # [B] units of the inference subnetwork
+    tfn_dropout: list[float] = field(default_factory=lambda: [0.2, 0.2, 0.2, 0.2])  # [C] text, audio, visual, post-fusion
+    tfn_input_norm: str = "batch"  # [B] norm of the pooled audio/visual features (MMSA: BatchNorm): batch | layer | none
+    tfn_squash: bool = False  # [C] True = MMSA's sigmoid squash of a score into the label range; False = linear
 
 
 @dataclass
@@ -210,6 +240,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(m.max_text_tokens > 0, "model.max_text_tokens", m.max_text_tokens, "must be positive")
     need(m.class_target in ("word", "index"), "model.class_target", m.class_target, "must be 'word' or 'index'")
     need(m.prompt_format in PROMPT_FORMATS, "model.prompt_format", m.prompt_format, f"must be one of {PROMPT_FORMATS}")
+    _validate_baselines(m, need)
     need(t.lr > 0, "train.lr", t.lr, "must be positive")
     need(t.batch_size > 0, "train.batch_size", t.batch_size, "must be positive")
     need(t.eval_batch_size > 0, "train.eval_batch_size", t.eval_batch_size, "must be positive")
@@ -237,8 +268,75 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def _validate_baselines(m: ModelConfig, need) -> None:
+    """The fields of model.method and its baselines (``need`` as in :func:`validate`)."""
+    need(m.method in METHODS, "model.method", m.method, f"must be one of {METHODS}")
+    need(m.mse_d_mix > 0, "model.mse_d_mix", m.mse_d_mix, "must be positive")
+    for name in ("mse_audio_lstm_hidden", "mse_vision_lstm_hidden"):
+        value = getattr(m, name)
+        need(value is None or value > 0, f"model.{name}", value, "must be positive or unset")
+    need(m.mse_lstm_layers > 0, "model.mse_lstm_layers", m.mse_lstm_layers, "must be positive")
+    need(0.0 <= m.mse_lstm_dropout < 1.0, "model.mse_lstm_dropout", m.mse_lstm_dropout, "must be in [0, 1)")
+    need(len(m.mse_msf_ratios) > 0 and all(isinstance(r, int) and r > 0 for r in m.mse_msf_ratios),
+         "model.mse_msf_ratios", m.mse_msf_ratios, "must be a non-empty list of positive integers")
+    need(m.mse_msf_activation in MSE_ACTIVATIONS, "model.mse_msf_activation", m.mse_msf_activation,
+         f"must be one of {MSE_ACTIVATIONS}")
+    widths = ("tfn_text_embed_dim", "tfn_text_hidden", "tfn_text_out", "tfn_audio_hidden", "tfn_vision_hidden",
+              "tfn_post_fusion_dim")
+    for name in widths:
+        need(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be positive")
+    need(len(m.tfn_dropout) == 4 and all(0.0 <= p < 1.0 for p in m.tfn_dropout), "model.tfn_dropout",
+         m.tfn_dropout, "must give 4 rates in [0, 1): text, audio, visual, post-fusion")
+    need(m.tfn_input_norm in TFN_INPUT_NORMS, "model.tfn_input_norm", m.tfn_input_norm,
+         f"must be one of {TFN_INPUT_NORMS}")
+
+
+# Fields added after results were committed: section -> field names. At its default a field here
+# is left out of a run's identity (identity_dict), so the ids of runs made before it existed stay
+# what they were; set to anything else, it is part of the id. A new field belongs here (test:
+# tests/test_config_identity.py).
+ADDED_FIELDS: dict[str, tuple[str, ...]] = {
+    "model": (
+        "method", "mse_d_mix", "mse_audio_lstm_hidden", "mse_vision_lstm_hidden", "mse_lstm_layers",
+        "mse_lstm_dropout", "mse_msf_ratios", "mse_msf_activation", "tfn_text_embed_dim", "tfn_text_hidden",
+        "tfn_text_out", "tfn_audio_hidden", "tfn_vision_hidden", "tfn_post_fusion_dim", "tfn_dropout",
+        "tfn_input_norm", "tfn_squash",
+    ),
+}
+_SECTION_CLASSES = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def added_field_defaults() -> dict[tuple[str, str], Any]:
+    """(section, field) -> default value of every field in ADDED_FIELDS."""
+    out = {}
+    for section, names in ADDED_FIELDS.items():
+        fields = {f.name: f for f in dataclasses.fields(_SECTION_CLASSES[section])}
+        for name in names:
+            f = fields[name]
+            out[(section, name)] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return out
+
+
+def identity_dict(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run: its config as a dict, without the ADDED_FIELDS at their defaults.
+
+    A stored run's config (a dict) passes through unchanged unless it holds such a field at its
+    default; the input is never modified.
+    """
+    d = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+    for (section, name), default in added_field_defaults().items():
+        part = d.get(section)
+        if isinstance(part, dict) and name in part and _canonical(part[name]) == _canonical(default):
+            d[section] = {k: v for k, v in part.items() if k != name}
+    return d
+
+
 def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
-    """A stable 12-hex-digit id of a run's configuration (sorted-key JSON, sha256)."""
-    d = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    """A stable 12-hex-digit id of a run's configuration (sorted-key JSON of identity_dict, sha256)."""
+    d = identity_dict(cfg)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]

@@ -39,7 +39,7 @@ from egmf_core.outcome import RunOutcome
 # What the runs of one group must share: one backbone, one dataset, one way of reading answers
 # (validation and test passes are one batched pass over all runs' prompts).
 GROUP_KEY_FIELDS = (
-    "model.backbone", "model.model_path", "model.trust_remote_code", "model.prompt_format", "model.class_target",
+    "model.method", "model.backbone", "model.model_path", "model.trust_remote_code", "model.prompt_format", "model.class_target",
     "train.eval_mode", "train.valid_eval_mode", "train.eval_batch_size", "train.max_new_tokens_cls",
     "train.max_new_tokens_reg", "train.mixed_precision", "train.compile", "data",
 )
@@ -200,6 +200,9 @@ class _GroupQueue:
                 return None
             item = item if isinstance(item, GroupItem) else GroupItem(item)
             cfg = validate(item.cfg)
+            if cfg.model.method != "egmf":
+                raise ValueError(f"run_group: model.method={cfg.model.method!r} trains alone (a group shares "
+                                 "EGMF runs' backbone)")
             key = group_key(cfg)
             if self.key is not None and key != self.key:
                 raise ValueError("run_group: a config differs from the group's in a field a group shares "

@@ -7,7 +7,6 @@ training; a failure during training (a NaN loss) returns a RunOutcome with statu
 
 from __future__ import annotations
 
-import random
 import resource
 import time
 from pathlib import Path
@@ -19,16 +18,19 @@ import torch
 from egmf_core.config import RunConfig, validate
 from egmf_core.outcome import RunOutcome
 from egmf_core.paths import expand_repo_marker
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from egmf_core.seeding import seed_everything
 
 
 def build_model(cfg: RunConfig, audio_dim: int, vision_dim: int, *, device: torch.device | None = None):
-    """The backbone (+LoRA) and EGMF around it: returns (model, tokenizer, BackboneInfo)."""
+    """The backbone (+LoRA) and EGMF around it: returns (model, tokenizer, BackboneInfo).
+
+    The one place that reads ``model.method``: a baseline (MSE-Adapter, TFN) is built by
+    ``egmf_core.baselines`` behind the same interface.
+    """
+    if cfg.model.method != "egmf":
+        from egmf_core.baselines import build_baseline
+
+        return build_baseline(cfg, audio_dim, vision_dim, device=device)
     from egmf_core.backbones import apply_lora, build_backbone
     from egmf_core.model import EGMF
 
@@ -63,7 +65,10 @@ def egmf_step_share(model, batch: dict[str, torch.Tensor], repeats: int = 3) -> 
 
     Measured on one batch: the full step (LLM + EGMF) against EGMF alone (fuse() with a
     backward through T_pseudo), median of `repeats` timings each. Gradients are discarded.
+    A model without an LLM (TFN: no ``fuse``) is all its own modules: 1.0.
     """
+    if not hasattr(model, "fuse"):
+        return 1.0
     def timed(fn) -> float:
         times = []
         for _ in range(repeats):
@@ -191,6 +196,7 @@ def record_split(outcome: RunOutcome, split: str, res, labels: np.ndarray, spec)
     """One split's EvalResult into ``outcome``: metrics, invalid rate, gating, sampling interval."""
     from egmf_core.uncertainty import sampling_ci
 
+    outcome.eval_modes[split] = res.mode  # "direct" for a model that predicts without an LLM (TFN)
     outcome.metrics[split] = {k: float(v) for k, v in res.metrics.items()}
     outcome.invalid_rate[split] = res.invalid_rate
     outcome.gating[split] = res.gating

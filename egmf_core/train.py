@@ -92,6 +92,8 @@ def evaluate(
     that fills unparsable answers (``train.invalid_fallback``).
     """
     model.eval()
+    if getattr(model, "predicts_directly", False):
+        return evaluate_direct(model, enc, encoder, cfg)
     device = _device_of(model)
     if mode == "score" and encoder.spec.task != "classification":
         raise ValueError("train.eval_mode='score' ranks label continuations: it needs a classification dataset")
@@ -105,7 +107,7 @@ def evaluate(
                 collector.add(idx, gate, chosen=score_labels(model, batch, encoder.label_answers, t_pseudo))
             else:
                 collector.add(idx, gate, answers=generate_answers(model, batch, encoder.tok, max_new, t_pseudo))
-    return collector.result(cfg, train_labels, list(model.experts.names))
+    return collector.result(cfg, train_labels, list(model.experts.names) if hasattr(model, "experts") else [])
 
 
 class EvalCollector:
@@ -128,7 +130,8 @@ class EvalCollector:
         else:
             self.answers.update(zip(idx, answers))
         labels = self.enc.labels[idx]
-        self.stats.update(gate, labels if self.is_cls else sentiment_bin(labels, self.spec.neutral_band))
+        if gate is not None:  # a model without a gate (MSE-Adapter) records no gating statistics
+            self.stats.update(gate, labels if self.is_cls else sentiment_bin(labels, self.spec.neutral_band))
 
     def result(self, cfg: TrainConfig, train_labels: np.ndarray, expert_names: list[str]) -> EvalResult:
         """Parse strictly, fill the invalid answers by the configured fallback, and score."""
@@ -148,9 +151,25 @@ class EvalCollector:
             predictions=filled,
             valid=valid,
             answers=texts,
-            gating=self.stats.as_dict(expert_names, label_names),  # the K axis order of alpha
+            gating=self.stats.as_dict(expert_names, label_names) if len(self.stats) else {},  # K axis order of alpha
             mode=mode,
         )
+
+
+@torch.no_grad()
+def evaluate_direct(model, enc: EncodedSplit, encoder: PromptEncoder, cfg: TrainConfig) -> EvalResult:
+    """Score a model that predicts the label itself (TFN: ``model.predict(batch)``, no LLM answers):
+    every prediction is valid, mode "direct", no gating statistics."""
+    model.eval()
+    device = _device_of(model)
+    predictions = np.zeros(len(enc), dtype=np.asarray(enc.labels).dtype)
+    for idx in eval_batches(enc, cfg.eval_batch_size):
+        batch = _to(collate(enc, idx, with_answer=False), device)
+        with _autocast(device, cfg):
+            predictions[idx] = model.predict(batch).float().cpu().numpy().astype(predictions.dtype)
+    metrics = compute_metrics(encoder.spec.name, enc.labels, predictions)
+    return EvalResult(metrics=metrics, invalid_rate=0.0, predictions=predictions,
+                      valid=np.ones(len(enc), dtype=bool), answers=[], gating={}, mode="direct")
 
 
 def eval_batches(enc: EncodedSplit, batch_size: int) -> list[list[int]]:

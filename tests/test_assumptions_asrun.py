@@ -101,3 +101,14 @@ def test_model_source_paths_are_not_shown_in_full():
     df["model_source"], df["profile"] = "/home/someone/models/glm3-6b", "paper"
     md = build_table_report(spec(), df, "paper")
     assert "/home/someone" not in md and ".../models/glm3-6b" in md
+
+
+def test_a_tokenizer_only_source_keeps_no_machine_path_either():
+    # TFN loads no LLM: its source names the tokenizer's directory after a prefix (egmf_core/baselines.py)
+    df = results()
+    df["profile"] = "paper"
+    df["model_source"] = ["/home/someone/models/glm3-6b" if i % 2 else "no LLM: tokenizer of /home/someone/models/glm3-6b"
+                          for i in range(len(df))]
+    md = build_table_report(spec(), df, "paper")
+    assert "/home/someone" not in md
+    assert "weights from .../models/glm3-6b, no LLM: tokenizer of .../models/glm3-6b." in md

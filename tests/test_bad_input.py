@@ -394,6 +394,8 @@ def test_a_nan_loss_fails_that_run_with_its_step_and_the_grid_goes_on(tmp_path, 
 
 def _fake_grid(tmp_path, monkeypatch, table="main_msa", **kwargs):
     isolate_harness(tmp_path, monkeypatch)
+    if table in ("main_msa", "main_erc"):  # "some table": its EGMF row (MOSEI x 2 seeds), not the baselines
+        kwargs.setdefault("rows", ["EGMF"])
     calls = []
 
     def counting(cfg, *, progress=None, checkpoint_dir=None):

@@ -75,7 +75,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_reproduce_prints_the_summary_line_and_caches(tmp_path, capsys):
-    argv = ["reproduce", "3", "--no-report", "--seeds", "1111,1112", *_roots(tmp_path)]
+    argv = ["reproduce", "3", "--rows", "EGMF", "--no-report", "--seeds", "1111,1112", *_roots(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("main_msa [smoke]: 4 runs (4 trained, 0 cached, 0 failed) in 0m0")
@@ -93,7 +93,7 @@ def test_rows_with_leading_dashes_parse(tmp_path, capsys):
 def test_failed_runs_exit_1(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(runner, "_default_run_fn", lambda cell: lambda cfg, progress=None, checkpoint_dir=None: RunOutcome(
         status="failed", error="NaN loss at step 3"))
-    assert main(["reproduce", "2", "--seeds", "1111", "--no-report", *_roots(tmp_path)]) == 1
+    assert main(["reproduce", "2", "--rows", "EGMF", "--seeds", "1111", "--no-report", *_roots(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert "(2 trained, 0 cached, 2 failed)" in captured.out and "NaN loss at step 3" in captured.err
 
@@ -135,7 +135,8 @@ def test_report_rebuilds_from_runs_without_training(monkeypatch, tmp_path, capsy
 def test_merge_command_collects_shards(monkeypatch, tmp_path, capsys):
     _fake_report(monkeypatch)
     for i in range(2):
-        argv = ["reproduce", "2", "--shard", f"{i}/2", "--no-report", "--results-root", str(tmp_path / f"s{i}")]
+        argv = ["reproduce", "2", "--rows", "EGMF", "--shard", f"{i}/2", "--no-report",
+                "--results-root", str(tmp_path / f"s{i}")]
         assert main(argv) == 0
     capsys.readouterr()
     assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), *_roots(tmp_path)]) == 0
@@ -171,8 +172,8 @@ def test_slurm_submits_one_array_task_per_shard_then_merges(monkeypatch, tmp_pat
             return [Job(fn, a) for a in args]
 
     monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=AutoExecutor))
-    argv = ["reproduce", "3", "--launcher", "slurm", "--shards", "3", "--slurm-partition", "gpu", "--no-report",
-            *_roots(tmp_path)]
+    argv = ["reproduce", "3", "--rows", "EGMF", "--launcher", "slurm", "--shards", "3", "--slurm-partition", "gpu",
+            "--no-report", *_roots(tmp_path)]
     assert main(argv) == 0
     assert submitted["shards"] == [(0, 3), (1, 3), (2, 3)]
     assert submitted["params"]["slurm_array_parallelism"] == 3 and submitted["params"]["slurm_partition"] == "gpu"
@@ -233,7 +234,8 @@ def test_a_run_that_failed_in_a_worker_is_not_trained_again_by_the_collecting_pa
 
     monkeypatch.setattr(launchers, "start_workers", start)
     monkeypatch.setattr(runner, "_default_run_fn", lambda cell: pytest.fail("the collecting pass trained a run"))
-    assert main(["reproduce", "3", "--jobs", "2", "--seeds", "1111", "--no-report", *_roots(tmp_path)]) == 1
+    assert main(["reproduce", "3", "--rows", "EGMF", "--jobs", "2", "--seeds", "1111", "--no-report",
+                 *_roots(tmp_path)]) == 1
     assert sorted(calls) == ["mosei", "sims_v2"]  # each trained once, in the worker
     assert "2 runs (0 trained, 1 cached, 1 failed)" in capsys.readouterr().out
 
@@ -247,7 +249,8 @@ def test_a_worker_that_rejects_its_input_ends_the_command_with_exit_2(monkeypatc
 def test_jobs_start_no_worker_when_every_run_is_stored_and_no_more_than_runs(monkeypatch, tmp_path, capsys):
     started = []
     monkeypatch.setattr(launchers, "start_workers", _in_process_workers(started))
-    argv = ["reproduce", "3", "--seeds", "1111", "--datasets", "mosei", "--no-report", *_roots(tmp_path)]
+    argv = ["reproduce", "3", "--rows", "EGMF", "--seeds", "1111", "--datasets", "mosei", "--no-report",
+            *_roots(tmp_path)]
     assert main([*argv, "--jobs", "4"]) == 0  # one run to train: one worker
     assert [(len(gpus), total) for _, _, gpus, total in started] == [(1, 1)]
     assert main([*argv, "--jobs", "4"]) == 0

@@ -51,7 +51,8 @@ def test_filters_keep_only_the_named_rows_datasets_and_seeds():
 def test_paper_profile_has_five_seeds():
     cells = expand(load_table("main_erc"), "paper", check_roots=False)
     assert sorted({c.seed for c in cells}) == [1111, 1112, 1113, 1114, 1115]
-    assert len(cells) == 2 * 5
+    assert [r.name for r in load_table("main_erc").rows] == ["EGMF", "MSE-Adapter", "TFN"]
+    assert len(cells) == 3 * 2 * 5  # 3 rows (EGMF and the two baselines) x meld, cherma x 5 seeds
 
 
 def test_unknown_filter_names_the_flag_and_the_known_values():
@@ -205,7 +206,7 @@ def test_paper_profile_without_roots_names_the_flag_and_the_env_var(paper_roots,
         expand(spec, "paper", GridArgs(data_root=data))
     monkeypatch.setenv("EGMF_DATA_ROOT", str(data))
     monkeypatch.setenv("EGMF_MODEL_ROOT", str(models))
-    assert len(expand(spec, "paper")) == 10  # the environment variables are enough
+    assert len(expand(spec, "paper")) == 3 * 2 * 5  # the environment variables are enough (3 rows x 2 datasets x 5 seeds)
     (models / "chatglm3-6b").rmdir()
     with pytest.raises(ProfileError, match=r"backbone 'glm3' not found: expected directory .*chatglm3-6b"):
         expand(spec, "paper")

@@ -205,3 +205,33 @@ def test_slurm_shards_keep_the_runs_of_a_group_in_one_task():
     assert sorted(owner) == sorted(by_id)
     for ids in units.values():
         assert len({owner[r] for r in ids}) == 1  # a unit is never split between tasks
+
+
+def test_a_baseline_row_trains_alone_and_egmf_rows_in_groups(tmp_path):
+    rows = ('[[rows]]\nname = "full"\n\n[[rows]]\nname = "tfn"\n'
+            'overrides = { "model.method" = "tfn", "model.lora" = false }\n')
+    ablations = write_tiny_ablations(tmp_path / "ablations", rows=rows)
+    grouped, alone = [], []
+
+    def group_fn(items, *, group_size, on_done):
+        for item in items:
+            grouped.append(item.cfg.model.method)
+            on_done(item.tag, fakes.hashed_run(item.cfg))
+
+    def run_fn(cfg, *, progress=None, checkpoint_dir=None):
+        alone.append(cfg.model.method)
+        return fakes.hashed_run(cfg)
+
+    s = _go(tmp_path, ablations, "r", group=2, group_fn=group_fn, run_fn=run_fn)
+    assert (s.trained, s.failed) == (4, 0)
+    assert grouped == ["egmf", "egmf"] and alone == ["tfn", "tfn"]
+    with pytest.raises(ValueError, match="trains alone"):
+        G._GroupQueue([G.GroupItem(_config_with_method("tfn"))]).take()
+
+
+def _config_with_method(method: str):
+    from egmf_core.config import DataConfig, RunConfig, apply_overrides
+    from tests.conftest import tiny_model_config, tiny_train_config
+
+    cfg = RunConfig(seed=1, model=tiny_model_config(), train=tiny_train_config(), data=DataConfig(name="meld"))
+    return apply_overrides(cfg, {"model.method": method, "model.lora": False})

@@ -208,7 +208,8 @@ FAKE_GRID = textwrap.dedent("""\
 
 def test_two_workers_on_the_same_grid_train_each_run_once(tmp_path):
     """Two processes on the same results root: the run lock makes each run train exactly once."""
-    args = ["reproduce", "main_msa", "--seeds", "1,2,3,4", "--no-report", "--results-root", str(tmp_path / "r")]
+    args = ["reproduce", "main_msa", "--rows", "EGMF", "--seeds", "1,2,3,4", "--no-report",
+            "--results-root", str(tmp_path / "r")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "EGMF_NO_PROGRESS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", FAKE_GRID, str(tmp_path / "repo"), *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -369,7 +370,7 @@ def test_a_checkpoint_and_lock_left_by_a_kill_after_the_run_file_are_cleaned_up(
     isolate_harness(tmp_path, monkeypatch)
 
     def go():
-        return fakes.reproduce("main_erc", PROFILE, seeds=[1111], results_root=tmp_path / "r",
+        return fakes.reproduce("main_erc", PROFILE, rows=["EGMF"], seeds=[1111], results_root=tmp_path / "r",
                                 reports_root=tmp_path / "rep", render=False, run_fn=hashed_run)
 
     first = go()

@@ -71,7 +71,7 @@ def test_a_tiny_smoke_grid_runs_end_to_end_without_any_socket(tmp_path, no_inter
 def test_trust_remote_code_is_off_unless_the_flag_is_given_and_every_record_says_which(tmp_path, monkeypatch, flag):
     monkeypatch.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
-    argv = ["reproduce", "3", "--seeds", "1111", "--datasets", "mosei", "--no-report",
+    argv = ["reproduce", "3", "--rows", "EGMF", "--seeds", "1111", "--datasets", "mosei", "--no-report",
             "--results-root", str(tmp_path / "results")] + (["--trust-remote-code"] if flag else [])
     assert main(argv) == 0
     (path,) = store.runs_dir(tmp_path / "results", PROFILE).glob("*.json")
@@ -88,7 +88,7 @@ def test_the_report_says_when_remote_code_was_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "_default_run_fn", lambda cell: hashed_run)
     isolate_harness(tmp_path, monkeypatch)
-    fakes.reproduce("main_msa", PROFILE, seeds=[1111], datasets=["mosei"], trust_remote_code=True,
+    fakes.reproduce("main_msa", PROFILE, rows=["EGMF"], seeds=[1111], datasets=["mosei"], trust_remote_code=True,
                      results_root=tmp_path / "results", reports_root=tmp_path / "reports", render=False)
     df = report.load_results(PROFILE, "main_msa", tmp_path / "results")
     text = report.build_table_report(load_table("main_msa"), df, PROFILE, {})

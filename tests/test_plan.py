@@ -57,6 +57,34 @@ def test_an_analytic_step_is_4NT_at_the_stated_mfu():
     assert plan.run_cost(c, "a100-80g").train_s == pytest.approx(cost.train_s * 989 / 312)
 
 
+def test_tfn_runs_load_no_llm_and_are_priced_at_their_start_only(tmp_path):
+    def row_cell(row):
+        return expand(load_table("main_msa"), "paper", GridArgs(rows=[row], seeds=[1111], datasets=["mosei"]),
+                      check_roots=False)[0]
+
+    tfn, mse, egmf = row_cell("TFN"), row_cell("MSE-Adapter"), cell()
+    assert tfn.config.model.method == "tfn" and tfn.config.model.backbone == "glm3"  # glm3's tokenizer only
+    cost = plan.run_cost(tfn, "h200")
+    assert (cost.train_s, cost.eval_s, cost.setup_s, cost.llm) == (0.0, 0.0, plan.RUN_START_S, False)
+    assert cost.steps == plan.run_steps(tfn)[0]  # its steps are still counted, they just cost ~nothing
+    # MSE-Adapter keeps the frozen LLM (backward through it to the plugin, generation to answer): as EGMF
+    assert plan.run_cost(mse, "h200").seconds == pytest.approx(plan.run_cost(egmf, "h200").seconds)
+    p = plan.make_plan(Grid("main_msa", "paper", GridArgs(seeds=[1111], datasets=["mosei"])), plan.Pricing(gpu="h200"))
+    assert len(p.runs) == 3
+    assert p.gpu_hours == pytest.approx((2 * plan.run_cost(egmf, "h200").seconds + plan.RUN_START_S) / 3600)
+    assert "1 run(s) of tfn (model.method) load no LLM" in plan.render_plan(p)
+    # measured step times for another backbone only: no "no measurement for glm3" note for TFN runs
+    m = json.loads(gpu_check(tmp_path).read_text())
+    path = tmp_path / "glm4_only.json"
+    path.write_text(json.dumps({**m, "backbones": {"glm4": m["backbones"]["glm3"]}}))
+    only_tfn = plan.make_plan(Grid("main_msa", "paper", GridArgs(rows=["TFN"], seeds=[1111], datasets=["mosei"])),
+                              plan.Pricing(gpu="h200", measured_path=path))
+    assert only_tfn.notes == [] and only_tfn.gpu_hours == pytest.approx(plan.RUN_START_S / 3600)
+    assert plan.make_plan(Grid("main_msa", "paper", GridArgs(seeds=[1111], datasets=["mosei"])),
+                          plan.Pricing(gpu="h200", measured_path=path)).notes == [
+        f"no measurement for glm3 in {path}: analytic estimate for those"]
+
+
 def test_all_prints_gpu_hours_per_table_and_a_total_that_adds_up(capsys):
     assert main(["plan", "all", "--profile", "paper", "--gpu", "h200"]) == 0
     out = capsys.readouterr().out
@@ -65,7 +93,10 @@ def test_all_prints_gpu_hours_per_table_and_a_total_that_adds_up(capsys):
     assert set(rows) == {"main_erc", "main_msa", "modality_ablation", "expert_ablation", "backbone_swap", "lora",
                          "expert_design", "pseudo_tokens"}
     new_runs, hours = re.search(r"\*\*total\*\* \| \| \| \*\*(\d+)\*\* \| \| \*\*([\d.]+)\*\*", out).groups()
-    assert int(new_runs) == sum(r[0] for r in rows.values()) == 560  # a shared run counts once
+    # a shared run counts once: 600 = 560 before issue 20, plus main_erc's and main_msa's two baseline
+    # rows (MSE-Adapter, TFN) x 2 datasets x 5 seeds each (2 x 20), none shared with another table
+    assert int(new_runs) == sum(r[0] for r in rows.values()) == 600
+    assert rows["main_erc"][0] == rows["main_msa"][0] == 3 * 2 * 5
     assert float(hours) == pytest.approx(sum(r[1] for r in rows.values()), abs=0.6)
     assert "NVIDIA H200" in out and "35% MFU" in out and "evaluation 5" in out  # assumptions stated
 
@@ -118,7 +149,7 @@ def test_a_measured_run_group_faster_than_every_ungrouped_setting_prices_the_gri
     assert grouped.eval_s == plan.run_cost(c, "h200", measured).eval_s  # evaluation priced as measured alone
     grid = Grid("main_msa", "paper", GridArgs(seeds=[1111], datasets=["mosei"]))
     best = plan.make_plan(grid, plan.Pricing(gpu="h200", measured_path=path))
-    assert best.groups == {"glm3": 4} and best.jobs_per_gpu == 1
+    assert best.groups == {"glm3": 4} and best.jobs_per_gpu == 2  # the baseline rows still pack 2 per GPU
     assert "run groups (glm3 in groups of 4" in plan.render_plan(best)
     packed = plan.make_plan(grid, plan.Pricing(gpu="h200", measured_path=path, jobs_per_gpu=2))  # asked: no groups
     assert packed.groups == {} and best.gpu_hours < packed.gpu_hours
@@ -173,7 +204,8 @@ def test_reproduce_prints_the_estimate_before_a_paper_grid(tmp_path, capsys):
     assert line.startswith("estimate (analytic")
     hours = float(re.search(r"([\d.]+) GPU-hours", line).group(1))
     expected = plan.make_plan(Grid("3", "paper", GridArgs(seeds=[1111, 1112], datasets=["sims_v2"]))).gpu_hours
-    assert "2 distinct runs" in line and hours == pytest.approx(expected, abs=0.05)
+    # table 3's 3 rows (EGMF, MSE-Adapter, TFN) x sims_v2 x 2 seeds
+    assert "6 distinct runs" in line and hours == pytest.approx(expected, abs=0.05)
 
 
 def test_no_estimate_for_the_smoke_profile(tmp_path, capsys):

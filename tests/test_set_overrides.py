@@ -73,7 +73,7 @@ def test_set_wins_over_the_paper_profile():
 
 def test_runs_are_stored_and_reported_with_their_overrides(tmp_path, capsys):
     roots = ["--results-root", str(tmp_path / "results"), "--reports-root", str(tmp_path / "reports")]
-    rc = main(["reproduce", "main_msa", "--datasets", "sims_v2", "--seeds", "1111,1112",
+    rc = main(["reproduce", "main_msa", "--rows", "EGMF", "--datasets", "sims_v2", "--seeds", "1111,1112",
                "--set", "train.max_steps=3", *roots])
     assert rc == 0
     runs = [json.loads(p.read_text()) for p in (tmp_path / "results/smoke/runs").glob("*.json")]

@@ -129,7 +129,7 @@ def test_a_preempted_task_is_requeued_and_its_run_resumes_from_its_checkpoint(tm
         return hashed_run(cfg)
 
     monkeypatch.setattr(runner, "_default_run_fn", lambda cell: run)
-    summary = launchers.launch_slurm(*fakes.grid_and_options("3", seeds=[1111, 1112], datasets=["sims_v2"],
+    summary = launchers.launch_slurm(*fakes.grid_and_options("3", rows=["EGMF"], seeds=[1111, 1112], datasets=["sims_v2"],
                                                              results_root=tmp_path / "results",
                                                              reports_root=tmp_path / "reports", render=False), shards=1)
     # the requeued attempt's account: run 1 stored by the first attempt, run 2 trained by this one
@@ -150,7 +150,8 @@ def test_results_of_tasks_that_die_for_good_count_as_failures(tmp_path, fake_sub
         return RunOutcome(status="failed", error="CUDA error: out of memory")
 
     monkeypatch.setattr(runner, "_default_run_fn", lambda cell: boom)
-    summary = launchers.launch_slurm(*fakes.grid_and_options("3", seeds=[1111], results_root=tmp_path / "results",
+    summary = launchers.launch_slurm(*fakes.grid_and_options("3", rows=["EGMF"], seeds=[1111],
+                                                             results_root=tmp_path / "results",
                                                              reports_root=tmp_path / "reports", render=False), shards=2)
     assert summary.failed == 2 and not summary.ok
 

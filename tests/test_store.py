@@ -37,7 +37,7 @@ def _record(cell, outcome: RunOutcome, timestamp: str = "2026-01-01T00:00:00.000
 
 @pytest.fixture
 def cells():
-    return expand(load_table("main_erc"), "smoke", GridArgs(seeds=[1111, 1112]))
+    return expand(load_table("main_erc"), "smoke", GridArgs(rows=["EGMF"], seeds=[1111, 1112]))  # EGMF: 2 x 2 cells
 
 
 def test_run_file_round_trips_with_its_checksum(tmp_path, cells):

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from benchmarks.execution.profiles import SEEDS_FROM, build_run_config, check_profile
 from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
-from egmf_core.config import DATASETS, RunConfig, config_hash
+from egmf_core.config import DATASETS, RunConfig, config_hash, identity_dict
 
 
 class GridError(ValueError):
@@ -48,10 +48,11 @@ def run_identity(cfg: RunConfig, trains: bool = True, overrides: dict[str, Any] 
     A training run is its whole config, plus the ``--set`` overrides under "overrides" when
     there are any (so reports can say which runs had them; without, ids are unchanged).
     Dataset statistics depend on the data alone, so their identity is the data config: they
-    never collide with a training run of the same settings.
+    never collide with a training run of the same settings. Fields added after results were
+    committed are left out at their defaults (``egmf_core.config.identity_dict``).
     """
     if trains:
-        return {**cfg.to_dict(), **({"overrides": dict(sorted(overrides.items()))} if overrides else {})}
+        return {**identity_dict(cfg), **({"overrides": dict(sorted(overrides.items()))} if overrides else {})}
     return {"kind": "dataset_stats", "profile": cfg.profile, "data": cfg.to_dict()["data"]}
 
 

@@ -2,7 +2,8 @@
 dataset (``egmf_core.group.group_key``) train K at a time over one copy of the frozen weights.
 
 Each run is still the grid's run: the same id, its own lock, checkpoint folder and run file, and
-the same cached / busy / redo rules as ``runner._RunTask`` applies to a run trained alone. A run
+the same cached / busy / redo rules as ``runner._RunTask`` applies to a run trained alone (a
+baseline row, ``model.method`` other than "egmf", always trains alone). A run
 is claimed (its lock taken) only when a slot of its group frees, so ``--jobs`` workers and Slurm
 tasks that walk the same grid share it run by run, as they do without groups. The group size a
 run trained in is recorded in its provenance (``group_size``) and its outcome's cost.
@@ -52,12 +53,19 @@ def train_in_groups(task, runs: list[tuple[str, Cell]], size: int, group_fn: Gro
 
     context, total = task.context, len(runs)
     by_key: dict[str, list[_Pending]] = {}
+    alone = []
     for index, (run_id, cell) in enumerate(runs, 1):
+        if cell.config.model.method != "egmf":  # a baseline (MSE-Adapter, TFN) has its own model: alone
+            alone.append((run_id, cell, index))
+            continue
         resolved = resolve_run_config(cell.config, data_root=context.data_root, model_root=context.model_root,
                                       strict_data=context.strict_data)
         by_key.setdefault(group_key(resolved), []).append(_Pending(run_id, cell, resolved, index))
     for pending in by_key.values():
         _train_key(task, pending, size, total, group_fn, advance)
+    for run_id, cell, index in alone:
+        task.handle(run_id, cell, index, total)
+        advance()
 
 
 def _train_key(task, pending: list[_Pending], size: int, total: int, group_fn: GroupFn, advance) -> None:

@@ -336,7 +336,8 @@ def group_units(cells: list[Cell], group: int | str = 1) -> dict[str, list[str]]
     size = AUTO_GROUP_UNIT if group == "auto" else int(group)
     by_key: dict[str, list[str]] = {}
     for rid, cell in runs.items():
-        by_key.setdefault(group_key(cell.config) if cell.trains else rid, []).append(rid)
+        grouped = cell.trains and cell.config.model.method == "egmf"  # a baseline trains alone
+        by_key.setdefault(group_key(cell.config) if grouped else rid, []).append(rid)
     return {ids[i]: ids[i:i + size] for ids in by_key.values() for i in range(0, len(ids), size)}
 
 

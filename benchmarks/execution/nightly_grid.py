@@ -26,6 +26,7 @@ class NightlyGrid:
     tables: list[str]
     seeds: list[int] | None = None  # None: each table's own seeds for the profile
     overrides: dict = field(default_factory=dict)  # applied to every run, as reproduce --set
+    rows: list[str] | None = None  # None: every row of each table (as reproduce --rows)
 
 
 def nightly_grid(profile: str, path: Path = NIGHTLY_FILE) -> NightlyGrid:
@@ -37,6 +38,9 @@ def nightly_grid(profile: str, path: Path = NIGHTLY_FILE) -> NightlyGrid:
     if not isinstance(block, dict) or not isinstance(block.get("tables"), list) or not block["tables"]:
         raise NightlyInputError(f"{path}: [{profile}] needs a non-empty list 'tables'")
     seeds = block.get("seeds")
+    rows = block.get("rows")
+    if rows is not None and (not isinstance(rows, list) or not rows or not all(isinstance(r, str) for r in rows)):
+        raise NightlyInputError(f"{path}: [{profile}] 'rows' must be a non-empty list of row names")
     overrides = dict(block.get("set", {}))
     try:
         seeds = None if seeds is None else _check_seeds(seeds)
@@ -45,4 +49,4 @@ def nightly_grid(profile: str, path: Path = NIGHTLY_FILE) -> NightlyGrid:
         apply_overrides(RunConfig(), overrides)
     except (ConfigError, ValueError) as e:
         raise NightlyInputError(f"{path}: [{profile}]: {e}") from None
-    return NightlyGrid([str(t) for t in block["tables"]], seeds, overrides)
+    return NightlyGrid([str(t) for t in block["tables"]], seeds, overrides, rows)

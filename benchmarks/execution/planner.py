@@ -48,6 +48,7 @@ RUN_START_S = 30.0  # per run: process start, data loading, building the model
 WEIGHT_READ_GB_S = 2.0  # per run: the bf16 weights read from local disk at this rate
 TRAIN_FLOPS_PER_TOKEN = 4  # x N: forward 2N + backward through the frozen weights 2N (no weight grads)
 TARGETS = ("all", "nightly")  # besides a table name or number
+NO_LLM_METHODS = ("tfn",)  # model.method values that load no LLM (TFN: only the backbone's tokenizer)
 
 
 class PlanError(ValueError):
@@ -92,6 +93,7 @@ class RunCost:
     train_s: float
     eval_s: float
     setup_s: float = 0.0
+    llm: bool = True  # False: a run of NO_LLM_METHODS (TFN), priced at its start only
 
     @property
     def seconds(self) -> float:
@@ -172,9 +174,14 @@ def run_cost(cell: Cell, gpu: str = DEFAULT_GPU, measured: dict[str, Any] | None
     """One run's GPU seconds: training steps plus evaluation passes over valid (and test).
 
     ``group`` > 1 (measured by ``gpu-check --group``): a run-step costs its tokens at the group's
-    measured aggregate tokens/s (one process per GPU: ``jobs_per_gpu`` does not apply)."""
+    measured aggregate tokens/s (one process per GPU: ``jobs_per_gpu`` does not apply).
+    A run of NO_LLM_METHODS (TFN) loads no LLM: no weights are read and its small fusion model's
+    steps and evaluations are taken as 0 s, so it costs only RUN_START_S.
+    """
     family = _family(cell)
     steps, evals = run_steps(cell)
+    if cell.config.model.method in NO_LLM_METHODS:
+        return RunCost(cell.run_id, cell.table, cell.label, family, steps, evals, 0.0, 0.0, RUN_START_S, llm=False)
     t = cell.config.train
     sizes = _full_shape(cell).sizes
     eval_samples = (evals - 1) * sizes[1] + sizes[2]  # every pass but the last reads valid
@@ -268,7 +275,7 @@ def planned_grids(grid: Grid, *, check_roots: bool = False) -> list[tuple[str, l
         from benchmarks.execution.nightly_grid import nightly_grid
 
         nightly = nightly_grid(grid.profile)
-        args = replace(grid.args, seeds=grid.args.seeds or nightly.seeds,
+        args = replace(grid.args, seeds=grid.args.seeds or nightly.seeds, rows=grid.args.rows or nightly.rows,
                        overrides={**nightly.overrides, **(grid.args.overrides or {})})
         tables = [replace(grid, table=name, args=args) for name in nightly.tables]
     else:
@@ -305,14 +312,15 @@ def make_plan(grid: Grid, pricing: Pricing = Pricing(), *, check_roots: bool = F
     if pricing.group is not None and pricing.group < 1:
         raise PlanError(f"--group {pricing.group}: must be at least 1")
     groups = {} if pricing.jobs_per_gpu else best_groups(measured, pricing.group)
-    k = 1 if groups else (pricing.jobs_per_gpu or _best_jobs(measured) or 1)
+    k = pricing.jobs_per_gpu or _best_jobs(measured) or 1  # runs that do not group (baselines) still share a GPU
     if k < 1:
         raise PlanError(f"--jobs-per-gpu {k}: must be at least 1")
     plan = Plan(grid.table, gpu, pricing.gpus, k, source, groups=groups)
     seen: set[str] = set()
     for table, cells in planned_grids(grid, check_roots=check_roots):
         runs = unique_runs(cells)
-        new = [run_cost(c, gpu, measured, k, groups.get(_family(c), 1)) for rid, c in runs.items() if rid not in seen]
+        new = [run_cost(c, gpu, measured, k, groups.get(_family(c), 1) if c.config.model.method == "egmf" else 1)
+               for rid, c in runs.items() if rid not in seen]
         seen.update(runs)
         plan.runs += new
         plan.tables.append(dict(table=table, cells=len(cells), runs=len(runs), new=len(new),
@@ -324,7 +332,7 @@ def make_plan(grid: Grid, pricing: Pricing = Pricing(), *, check_roots: bool = F
     unmeasured_k = sorted(n for n, m in measured.items() if k > 1 and str(k) not in (m.get("jobs_per_gpu") or {}))
     if unmeasured_k:
         plan.notes.append(f"{k} runs per GPU not measured for {', '.join(unmeasured_k)}: priced as one run per GPU")
-    missing = sorted({r.backbone for r in plan.runs} - set(measured)) if measured else []
+    missing = sorted({r.backbone for r in plan.runs if r.llm} - set(measured)) if measured else []
     if missing:
         plan.notes.append(f"no measurement for {', '.join(missing)} in {source}: analytic estimate for those")
     return plan
@@ -402,6 +410,11 @@ def assumptions(plan: Plan) -> list[str]:
         f"utterance (capped at model.max_text_tokens) + {ANSWER_TOKENS} answer; batches padded to that length",
         f"each run starts in {RUN_START_S:g} s plus reading its bf16 weights at {WEIGHT_READ_GB_S:g} GB/s",
     ]
+    no_llm = [r for r in plan.runs if not r.llm]
+    if no_llm:
+        out.append(f"{len(no_llm)} run(s) of {', '.join(NO_LLM_METHODS)} (model.method) load no LLM, only the "
+                   f"backbone's tokenizer: each priced at its {RUN_START_S:g} s start alone, its small fusion model's "
+                   f"training and evaluation taken as 0 GPU-hours; the step and evaluation times below are the LLM runs'")
     if plan.source == "analytic":
         out += [
             f"training step: {TRAIN_FLOPS_PER_TOKEN} x N x tokens FLOPs (frozen backbone with LoRA: forward 2N, "

@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.perf.check_setup import CHECK_DATASET, LAUNCH_EVENTS, SYNC_EVENTS, check_config
+from benchmarks.perf.check_setup import free_device as _free
 from benchmarks.perf.overhead import sync
 from egmf_core.paths import FAMILIES
-
-LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
-SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-CHECK_DATASET = "meld"  # classification: both generation and label scoring apply; 65-token utterances
 
 
 @dataclass
@@ -64,18 +62,6 @@ class CheckOptions:
 
 
 # ---- one backbone -------------------------------------------------------------------------------
-
-def check_config(family: str, size: str):
-    """The run config of the check: the paper profile's training settings on the chosen twin."""
-    from egmf_core.config import RunConfig, apply_overrides, validate
-
-    base = validate(RunConfig(profile="scale" if size == "full" else "smoke"))
-    # The paper's lr on real weights; the tiny twins need the smoke lr to show a falling loss in 10 steps.
-    return apply_overrides(base, {
-        "model.backbone": f"{family}-{size}", "data.name": CHECK_DATASET, "train.batch_size": 8,
-        "train.lr": 5e-5 if size == "full" else 5e-3, "train.fusion_lr": None if size == "full" else 5e-3, "train.adam_eps": 1e-4, "train.eval_batch_size": 32, "train.mixed_precision": "auto",
-    })
-
 
 def build_check_model(family: str, opts: CheckOptions):
     """(model, encoder, encoded train split, config, build seconds, BackboneInfo)."""
@@ -437,16 +423,6 @@ def torch_device(name: str):
     import torch
 
     return torch.device(name)
-
-
-def _free(device) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _weight_bytes(module) -> int:

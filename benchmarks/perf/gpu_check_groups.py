@@ -28,7 +28,7 @@ def shared_backbone(family: str, opts):
     """The check's config and data, and the group's shared backbone (no data files needed)."""
     import torch
 
-    from benchmarks.perf.gpu_check import CHECK_DATASET, check_config
+    from benchmarks.perf.check_setup import CHECK_DATASET, check_config
     from egmf_core.backbones import build_backbone
     from egmf_core.config import apply_overrides
     from egmf_core.data.synth import generate
@@ -80,7 +80,7 @@ def measure_group(shared, cfg, k: int, opts, peak_tflops: float | None) -> dict[
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.perf.gpu_check import LAUNCH_EVENTS
+    from benchmarks.perf.check_setup import LAUNCH_EVENTS
     from benchmarks.perf.overhead import sync
 
     device = shared.device
@@ -150,7 +150,7 @@ def _trainable(run) -> dict[str, Any]:
 
 def measure_groups(family: str, opts, peak_tflops: float | None) -> dict[str, Any]:
     """``groups``: per K the measurements above; ``best_group`` by aggregate tokens/s; the equivalence check."""
-    from benchmarks.perf.gpu_check import _free
+    from benchmarks.perf.check_setup import free_device as _free
 
     cfg, shared = shared_backbone(family, opts)
     out: dict[str, Any] = {"groups": {}}

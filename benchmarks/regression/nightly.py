@@ -146,7 +146,7 @@ def reproduce_tables(opts: NightlyOptions, tables: list[str], grid: NightlyGrid,
     from benchmarks.execution import runner
     from benchmarks.execution.grid import Grid, GridArgs
 
-    args = GridArgs(seeds=grid.seeds, overrides=grid.overrides, data_root=opts.data_root, model_root=opts.model_root)
+    args = GridArgs(seeds=grid.seeds, rows=grid.rows, overrides=grid.overrides, data_root=opts.data_root, model_root=opts.model_root)
     options = runner.RunOptions(results_root=Path(opts.results_root), reports_root=Path(opts.reports_root),
                                 force=opts.force, render=opts.render, run_fn=run_fn,
                                 progress_bars=progress_bars_setting())
@@ -154,7 +154,10 @@ def reproduce_tables(opts: NightlyOptions, tables: list[str], grid: NightlyGrid,
 
 
 def of_grid(results: pd.DataFrame, grid: NightlyGrid) -> pd.DataFrame:
-    """The result rows of runs made with exactly the grid's overrides (full runs of a table are not nightly runs)."""
+    """The result rows of the grid's rows, of runs made with exactly its overrides (full runs of a table
+    are not nightly runs)."""
+    if grid.rows is not None and "row" in results.columns:
+        results = results[results["row"].isin(grid.rows)].reset_index(drop=True)
     if "config_json" not in results.columns or results.empty:
         return results
     import json
@@ -341,6 +344,8 @@ def train_under_setting(profile: str, table: str, setting: str, results_root: Pa
         cmd += ["--jobs", str(os.cpu_count() or 1)]
     if grid is not None and grid.seeds:
         cmd.append("--seeds=" + ",".join(str(s) for s in grid.seeds))
+    if grid is not None and grid.rows:
+        cmd.append("--rows=" + ",".join(grid.rows))
     for key, value in (grid.overrides if grid is not None else {}).items():
         cmd.append(f"--set={key}={json.dumps(value)}")  # JSON scalars and lists read back as TOML literals
     for flag, value in (("--data-root", data_root), ("--model-root", model_root)):

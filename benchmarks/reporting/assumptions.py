@@ -21,10 +21,13 @@ SOURCE_TAGS = {
     "S": "from the paper's summary",
     "C": "our choice: neither the paper nor the proxy states it",
     "P": "from the proxy, MSE-Adapter: the paper does not state it",
+    "B": "from the baseline's own paper or implementation (TFN: Zadeh et al. 2017, MMSA)",
 }
 # Fields whose one-line comment is too terse to stand alone in a report: a fuller sentence.
 CLEARER = {
     "model.d_h": "Fusion width d_h",
+    "model.method": "Which model: EGMF, or a baseline of the main tables (\"mse_adapter\": MSE-Adapter's "
+                    "plugin in EGMF's place, same prompt, frozen LLM and loop; \"tfn\": TFN, no LLM)",
     "model.prompt_format": "Prompts are raw text (\"raw\"), even for the chat models Llama-3-Instruct and "
                            "GLM-4-chat; \"chat\" wraps pseudo tokens and utterance in the tokenizer's chat "
                            "template as the user turn, the answer as the assistant turn",
@@ -51,7 +54,7 @@ CLEARER = {
     "train.patience": "Early-stopping patience: 8 (classification) or 10 (regression) "
                       "evaluations without improvement of the key metric when unset",
 }
-_TAG = re.compile(r"\[(C|P|S)\]")
+_TAG = re.compile(r"\[(C|P|S|B)\]")
 
 # Choices outside the config dataclasses, in plain sentences.
 HAND_WRITTEN: tuple[str, ...] = (
@@ -110,6 +113,24 @@ HAND_WRITTEN: tuple[str, ...] = (
     "(each report states the modes its runs used).",
     "Regression gating statistics group samples as negative / neutral / positive, neutral being "
     "|y| <= 0.5 (MOSEI) or 0.1 (SIMS-V2), the usual Acc-3 bands.",
+    "Baselines (model.method; egmf_core/baselines.py): MSE-Adapter is re-implemented from its paper's "
+    "abstract, public summaries of its method and its repository's configs (read through public forks), "
+    "not run from its code; it sits where EGMF's fusion sits, with EGMF's prompt, answer parsing, metrics "
+    "and training loop, the LLM frozen and no LoRA (its row sets model.lora=false). MSE-Adapter's own "
+    "published numbers were not found in a readable source: no paper values.",
+    "TFN is the suite's own implementation (egmf_core/tfn.py), not MMSA's: MMSA 2.2.1 installs under our pins "
+    "and its TFN runs offline, but it takes the pickles' 768-wide text feature arrays (our Split drops them; "
+    "MELD/CHERMA's files have none) and time-averaged audio/vision. Ours learns a token embedding over the "
+    "backbone's tokenizer ids (no GloVe/BERT weights: a weaker text input than the paper's, so our TFN is a "
+    "lower bound), averages audio/vision over valid frames only, regresses with L1 (MOSEI, SIMS-V2) or "
+    "classifies with cross-entropy (MELD, CHERMA), and is scored on its own predictions (eval mode "
+    "'direct': no answers to parse). It trains in EGMF's loop (AdamW, cosine, EGMF's batch size and "
+    "seeds) at lr 5e-3 (MMSA's); it loads the tokenizer, never the LLM. Its paper values are MMSA's TFN "
+    "runs (MOSEI: results/result-stat.md; SIMS-V2: PR #80, commit 21456e9); none for MELD or CHERMA.",
+    "Smoke profile: the baselines' widths are shrunk like EGMF's (MSE-Adapter d_mix 64; TFN text 64/32/32, "
+    "audio and visual 16, inference 32: profiles.SMOKE_BASELINE_MODEL); the paper profile keeps the papers' "
+    "widths. A frozen tiny twin without LoRA answers mostly unparseably in 400 steps (as EGMF's LoRA-off "
+    "rows do), so smoke MSE-Adapter rows read 'not comparable'.",
     "Tiny twins (smoke) draw the frozen output layer with std 0.4 instead of 0.02: a random head "
     "with std 0.02 at width 64 caps logit gaps near 2 and no answer could be learned.",
 )
@@ -165,7 +186,7 @@ def config_assumptions(source: str) -> list[str]:
             for f in config_fields(source) if f.tag in ("C", "P")]
 
 
-SOURCE_NAMES = {"S": "paper", "P": "proxy", "C": "ours", "": "setting"}
+SOURCE_NAMES = {"S": "paper", "P": "proxy", "C": "ours", "B": "baseline", "": "setting"}
 
 
 def field_defaults(source: str) -> dict[str, object]:

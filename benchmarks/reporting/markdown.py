@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+MISSING = "–"  # a cell with nothing to show
+
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
     """A GitHub markdown table as lines; a "|" in a cell is escaped, a newline becomes a space."""

@@ -28,6 +28,7 @@ from benchmarks.execution.profiles import SYNTHETIC_PROFILES
 from benchmarks.execution.tables import ABLATIONS_DIR, TableSpec, list_tables, load_table
 from benchmarks.reporting import plots
 from benchmarks.reporting.assumptions import HAND_WRITTEN, as_run_rows
+from benchmarks.reporting.baseline_comparison import baseline_section
 from benchmarks.reporting.claims import (
     INCONCLUSIVE,
     NOT_APPLICABLE,
@@ -41,7 +42,7 @@ from benchmarks.reporting.claims import (
     not_comparable_note,
     reading,
 )
-from benchmarks.reporting.markdown import md_table
+from benchmarks.reporting.markdown import MISSING, md_table
 from benchmarks.reporting.stats import (
     MIN_PAIRS,
     MIN_PAIRS_BOOTSTRAP,
@@ -56,6 +57,7 @@ from benchmarks.reporting.stats import (
     holm,
     metric_scale,
     ok_metric_rows,
+    paired_cells,
     paired_comparison,
     run_table,
     seed_values,
@@ -75,7 +77,6 @@ SMOKE_BANNER = (
 NUMERIC_COLUMNS = ("value", "wall_s", "peak_mem_mb", "trainable_params", "total_params", "step_time_s",
                    "samples_per_s", "egmf_share", "steps", "best_step", "invalid_rate")
 SPLIT_ORDER = ("train", "valid", "test", "all")
-MISSING = "–"
 # Claim readings counted in the index, in this order; NOT_APPLICABLE is counted apart.
 CLAIM_WORDS = ("held", "did not hold", INCONCLUSIVE, RECOVERED, NOT_RECOVERED, NOT_COMPARABLE)
 
@@ -170,10 +171,15 @@ def data_sources(df: pd.DataFrame) -> list[str]:
     return sorted(set(_uniq(df["data_source"])))
 
 
+_LOCAL_PATH = re.compile(r"(?:^|(?<=\s))(?:[/~\\]|[A-Za-z]:\\)")  # where a local path starts in a source
+
+
 def model_sources(df: pd.DataFrame) -> list[str]:
-    """Where the weights came from; a local path keeps only its last two parts (no machine path)."""
+    """Where the weights came from; a local path keeps only its last two parts (no machine path),
+    whether it is the whole source (a weights directory) or its tail (TFN's "no LLM: tokenizer of DIR")."""
     def portable(source: str) -> str:
-        return ".../" + "/".join(Path(source).parts[-2:]) if re.match(r"^([/~\\]|[A-Za-z]:\\)", source) else source
+        m = _LOCAL_PATH.search(source)
+        return source if m is None else source[:m.start()] + ".../" + "/".join(Path(source[m.start():]).parts[-2:])
 
     return sorted({portable(s) for s in _uniq(df["model_source"])})
 
@@ -216,6 +222,7 @@ def build_table_report(spec: TableSpec, df: pd.DataFrame, profile: str,
     summary = summarise(df)
     if spec.trains:
         lines += _results_section(spec, df, summary, profile, figures.get("results", []))
+        lines += baseline_section(spec, df, profile)
         lines += _lora_section(spec, df, figures.get("lora", []))
     else:
         lines += _statistics_section(spec, df)
@@ -466,7 +473,7 @@ def _paired_section(spec: TableSpec, df: pd.DataFrame, ds: str, key: str,
                          MISSING, MISSING])
             continue
         res, p_holm = family[(ds, row)]
-        rows.append([row, str(res.n), *_paired_cells(key, res, p_holm)])
+        rows.append([row, str(res.n), *paired_cells(key, res, p_holm)])
     if not rows:
         return []
     lines = ["", f"Paired by seed against `{ref}` on {display_name(key)}, matched seeds only (delta > 0: the row "
@@ -476,22 +483,6 @@ def _paired_section(spec: TableSpec, df: pd.DataFrame, ds: str, key: str,
                              rows)
 
 
-def _paired_cells(metric: str, res: PairedResult, p_holm: float = float("nan")) -> list[str]:
-    """mean delta, t-interval, p, Holm p and bootstrap CI of a paired comparison (printed units)."""
-    def delta(x: float) -> str:
-        return MISSING if math.isnan(x) else format_delta(metric, to_display(metric, x))
-
-    if res.n == 0:
-        return [MISSING, MISSING, "n/a", "n/a", "n/a"]
-    if res.too_few:
-        return [delta(res.mean_delta), TOO_FEW, "n/a", "n/a", "n/a"]
-    ci = f"[{delta(res.ci_low)}, {delta(res.ci_high)}]"
-    p = "n/a" if math.isnan(res.p_value) else f"{res.p_value:.4f}"
-    ph = "n/a" if math.isnan(p_holm) else f"{p_holm:.4f}"
-    boot = "n/a" if math.isnan(res.boot_low) else f"[{delta(res.boot_low)}, {delta(res.boot_high)}]"
-    return [delta(res.mean_delta), ci, p, ph, boot]
-
-
 def lora_pairs(spec: TableSpec, df: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(backbone, LoRA-on row, LoRA-off row) for each backbone that has exactly one of each."""
     by_backbone: dict[str, dict[bool, list[str]]] = {}
@@ -499,6 +490,8 @@ def lora_pairs(spec: TableSpec, df: pd.DataFrame) -> list[tuple[str, str, str]]:
         cfg = _config(df, row).get("model", {})
         row_spec = next((r for r in spec.rows if r.name == row), None)
         overrides = row_spec.overrides if row_spec else {}
+        if cfg.get("method", overrides.get("model.method", "egmf")) != "egmf":
+            continue  # a baseline's LLM setting is not an EGMF LoRA ablation
         lora = cfg.get("lora", overrides.get("model.lora", spec.base.get("model.lora")))
         backbone = cfg.get("backbone", overrides.get("model.backbone", spec.base.get("model.backbone")))
         if lora is None or backbone is None:
@@ -546,7 +539,7 @@ def _lora_section(spec: TableSpec, df: pd.DataFrame, figures: list[str]) -> list
         if res is None:
             rows.append([*head, MISSING, key_or_note, MISSING, "n/a", "n/a", "n/a"])
         else:
-            rows.append([*head, str(res.n), *_paired_cells(key_or_note, res, next(adjusted))])
+            rows.append([*head, str(res.n), *paired_cells(key_or_note, res, next(adjusted))])
     lines = ["", "## LoRA on minus off", "",
              "Per backbone, paired on matched seeds on each dataset's key metric (delta > 0: LoRA helps); "
              "intervals and p-values as in the paired tables above (Holm over this table's LoRA comparisons). "

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
+from benchmarks.reporting.markdown import MISSING
 from benchmarks.results.schema import COST_COLUMNS
 from egmf_core.metrics import METRIC_INFO, key_metric
 
@@ -198,6 +199,22 @@ def paired_comparison(
     else:
         p_value = float(scipy_stats.ttest_rel(row, ref).pvalue)
     return PairedResult(n, mean_delta, ci_low, ci_high, p_value, boot_low, boot_high, **means)
+
+
+def paired_cells(metric: str, res: PairedResult, p_holm: float = float("nan")) -> list[str]:
+    """mean delta, t-interval, p, Holm p and bootstrap CI of a paired comparison (printed units)."""
+    def delta(x: float) -> str:
+        return MISSING if math.isnan(x) else format_delta(metric, to_display(metric, x))
+
+    if res.n == 0:
+        return [MISSING, MISSING, "n/a", "n/a", "n/a"]
+    if res.too_few:
+        return [delta(res.mean_delta), TOO_FEW, "n/a", "n/a", "n/a"]
+    ci = f"[{delta(res.ci_low)}, {delta(res.ci_high)}]"
+    p = "n/a" if math.isnan(res.p_value) else f"{res.p_value:.4f}"
+    ph = "n/a" if math.isnan(p_holm) else f"{p_holm:.4f}"
+    boot = "n/a" if math.isnan(res.boot_low) else f"[{delta(res.boot_low)}, {delta(res.boot_high)}]"
+    return [delta(res.mean_delta), ci, p, ph, boot]
 
 
 def holm(p_values: list[float]) -> list[float]:
