@@ -81,11 +81,13 @@ def report(session: nox.Session) -> None:
 
 
 def _jobs(session: nox.Session) -> list[str]:
-    """``--jobs auto`` unless given: one worker per CPU core for the smoke profile (one torch thread
-    per run); for the GPU profiles ``--jobs-per-gpu`` (default 1) workers per visible GPU, each
-    pinned to its GPU."""
+    """``--jobs auto --group auto`` unless given. Jobs: one worker per CPU core for the smoke
+    profile (one torch thread per run); for the GPU profiles ``--jobs-per-gpu`` (default 1)
+    workers per visible GPU, each pinned to its GPU. Group: on a GPU as many runs over one copy
+    of the backbone as its memory holds; on CPU each run alone (egmf_core/group.py says why)."""
     given = any(a.startswith(("--jobs=", "--shard", "--launcher")) or a == "--jobs" for a in session.posargs)
-    return [] if given else ["--jobs", "auto"]
+    grouped = any(a == "--group" or a.startswith("--group=") for a in session.posargs)
+    return ([] if given else ["--jobs", "auto"]) + ([] if grouped else ["--group", "auto"])
 
 
 @nox.session

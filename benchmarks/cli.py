@@ -75,6 +75,9 @@ def _add_reproduce(sub) -> None:
                    help="GPU profiles: runs sharing one GPU (--jobs auto = this x visible GPUs; gpu-check says which is best)")
     r.add_argument("--jobs", default="1",
                    help="local: N worker processes sharing the grid, one run each at a time (smoke: one per CPU core)")
+    r.add_argument("--group", default="1", metavar="K|auto",
+                   help="train up to K runs that share a backbone and a dataset at once, over one copy of its "
+                        "weights (auto: from free GPU memory, or the measured CPU sweet spot); 1: each run alone")
     r.add_argument("--launcher", default="local", help="local (default) or slurm (needs submitit)")
     r.add_argument("--shards", type=int, help="slurm: array tasks (default: one per run)")
     r.add_argument("--slurm-partition", help="slurm: partition to submit to")
@@ -95,6 +98,8 @@ def _add_gpu_check(sub) -> None:
     g.add_argument("--backbones", default="glm3,glm4,llama3", help="comma-separated (default: all three)")
     g.add_argument("--steps", type=int, default=10, help="timed training steps per backbone (default 10)")
     g.add_argument("--jobs-per-gpu", default="1,2,3,4", help="K runs sharing one GPU to measure (CUDA only)")
+    g.add_argument("--group", default="", metavar="K,K,...",
+                   help="run-group sizes to measure (e.g. 1,2,4,8,16): K runs over one backbone copy")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="measure train.compile too (default: on CUDA only)")
     g.add_argument("--budget-s", type=float, default=330.0, help="skip optional phases past this many seconds")
@@ -110,6 +115,8 @@ def _add_plan(sub) -> None:
     pl.add_argument("--gpu", default="h100", help="h100 (default), h200 or a100-80g")
     pl.add_argument("--gpus", type=int, default=1, help="GPUs for the wall time (default 1)")
     pl.add_argument("--jobs-per-gpu", type=int, help="runs sharing one GPU (default: gpu-check's best, else 1)")
+    pl.add_argument("--group", type=int, help="price run groups of K (gpu-check --group measured them; "
+                                              "default: the fastest measured setting)")
     pl.add_argument("--from", dest="measured", type=Path, metavar="GPU_CHECK_JSON",
                     help="use the step and evaluation times a gpu-check measured instead of the FLOP count")
     pl.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
@@ -189,7 +196,8 @@ def cmd_reproduce(args) -> int:
         results_root=args.results_root, reports_root=args.reports_root, force=args.force,
         redo_before=_parse_time(args.redo_before) if args.redo_before is not None else None,
         shard=parse_shard(args.shard) if args.shard is not None else None, strict_data=args.strict_data,
-        render=not args.no_report, raise_render_errors=args.debug, progress_bars=progress_bars_setting())
+        render=not args.no_report, raise_render_errors=args.debug, progress_bars=progress_bars_setting(),
+        group=parse_group(args.group))
     how = launchers.Launch(
         launcher=launchers.check_launcher(args.launcher), jobs=resolve_jobs(args),
         gpus=_worker_gpus(args) if args.launcher == "local" else None,
@@ -208,6 +216,27 @@ def grid_args(args) -> GridArgs:
         datasets=parse_names(args.datasets) if args.datasets is not None else None,
         overrides=parse_sets(args.sets), data_root=args.data_root, model_root=args.model_root,
         trust_remote_code=args.trust_remote_code)
+
+
+def parse_group_sizes(text: str) -> list[int]:
+    """gpu-check ``--group 1,2,4``: the group sizes to measure ("" none)."""
+    sizes = [parse_group(k) for k in parse_names(text)] if text else []
+    if "auto" in sizes:
+        raise GridError("gpu-check --group: sizes to measure, e.g. 1,2,4 (auto is reproduce's)")
+    return sizes
+
+
+def parse_group(text: str) -> int | str:
+    """``--group``: a positive number of runs, or "auto" (resolved where the group's backbone is built)."""
+    if text == "auto":
+        return "auto"
+    try:
+        k = int(text)
+    except ValueError:
+        raise GridError(f"--group {text!r}: a number of runs trained at once, or auto") from None
+    if k < 1:
+        raise GridError(f"--group {k}: must be at least 1")
+    return k
 
 
 def resolve_jobs(args) -> int:
@@ -250,7 +279,8 @@ def cmd_plan(args) -> int:
 
         args.table = resolve_table(args.table, ablations_dir)
     grid = Grid(args.table, args.profile, GridArgs(overrides=parse_sets(args.sets)), ablations_dir)
-    pricing = plan.Pricing(gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, measured_path=args.measured)
+    pricing = plan.Pricing(gpu=args.gpu, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, measured_path=args.measured,
+                           group=args.group)
     print(plan.render_plan(plan.make_plan(grid, pricing)), end="")
     return 0
 
@@ -335,6 +365,7 @@ def cmd_gpu_check(args) -> int:
     opts = gpu_check.CheckOptions(
         size=args.size, device=args.device, backbones=tuple(families), steps=args.steps,
         jobs_per_gpu=tuple(int(k) for k in parse_names(args.jobs_per_gpu)), compile=args.compile,
+        groups=tuple(parse_group_sizes(args.group)),
         budget_s=args.budget_s, json_path=args.json, report_path=args.report)
     result = gpu_check.run_gpu_check(opts)
     for family, r in result["backbones"].items():

@@ -169,3 +169,18 @@ def collate(enc: EncodedSplit, idx, *, with_answer: bool) -> dict[str, torch.Ten
         "vision_lengths": v_len,  # (B,)
         "target": torch.as_tensor(enc.labels[idx]),  # (B,) class index or score: a direct predictor's target (TFN)
     }
+
+
+# Padded lengths of a run group's training batches under pad_to="bucket": 16 * 2^(k/4) rounded up
+# to a multiple of 8 (at most ~19% padding), so a compiled step sees a fixed set of shapes.
+LENGTH_BUCKETS = tuple(sorted({8 * -(-int(round(16 * 2 ** (k / 4))) // 8) for k in range(48)}))
+PAD_MODES = ("longest", "bucket")  # the batch's longest sample (today's collate), or its bucket
+
+
+def padded_length(longest: int, pad_to: str) -> int:
+    """The padded length of a batch whose longest sample has ``longest`` tokens."""
+    if pad_to not in PAD_MODES:
+        raise ValueError(f"pad_to={pad_to!r}: must be one of {PAD_MODES}")
+    if pad_to == "longest":
+        return longest
+    return next((b for b in LENGTH_BUCKETS if b >= longest), longest)

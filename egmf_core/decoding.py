@@ -22,17 +22,23 @@ def generate_answers(model: EGMF, batch: dict[str, torch.Tensor], tokenizer, max
                      t_pseudo: torch.Tensor | None = None) -> list[str]:
     """Greedy generation from the left-padded prompt; returns the decoded new text per sample."""
     embeds, _ = model.prompt_embeds(batch, t_pseudo)
-    out = model.llm.generate(
+    out = generate_tokens(model.llm, embeds, batch["attention_mask"], tokenizer, max_new_tokens)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def generate_tokens(llm, embeds: torch.Tensor, attention_mask: torch.Tensor, tokenizer,
+                    max_new_tokens: int) -> torch.Tensor:
+    """Greedy generation from left-padded prompt embeddings (B, L, d): the new tokens (B, <= max_new)."""
+    return llm.generate(
         inputs_embeds=embeds,
-        attention_mask=batch["attention_mask"],
+        attention_mask=attention_mask,
         max_new_tokens=max_new_tokens,
         do_sample=False,
         num_beams=1,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-    )
-    # With inputs_embeds only, generate returns just the new tokens: (B, <= max_new_tokens).
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
+    )  # with inputs_embeds only, generate returns just the new tokens
 
 
 @torch.no_grad()
@@ -40,14 +46,20 @@ def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: lis
                  t_pseudo: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy decoding restricted to the label answers; returns the chosen class per sample (B,)."""
     embeds, _ = model.prompt_embeds(batch, t_pseudo)
-    mask = batch["attention_mask"]
+    return score_label_embeds(model.llm, embeds, batch["attention_mask"], batch["position_ids"], label_answers)
+
+
+@torch.no_grad()
+def score_label_embeds(llm, embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
+                       label_answers: list[list[int]]) -> torch.Tensor:
+    """:func:`score_labels` from left-padded prompt embeddings (B, L, d): the chosen class (B,)."""
     # When every label starts with its own token, the prompt pass decides: no cache is needed.
     needs_more = len({a[0] for a in label_answers}) < len(label_answers)
-    out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=batch["position_ids"],
+    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
                     use_cache=needs_more, logits_to_keep=1)
     logits = out.logits[:, -1, :]  # (B, V)
     cache = _cache_of(out) if needs_more else None
-    cache_kwarg = _cache_kwarg(model.causal_lm())
+    cache_kwarg = _cache_kwarg(llm.get_base_model() if hasattr(llm, "get_base_model") else llm)
     B, K = embeds.shape[0], len(label_answers)
     device = logits.device
     alive = torch.ones(B, K, dtype=torch.bool, device=device)  # labels still consistent with the choice
@@ -55,7 +67,7 @@ def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: lis
     answers = torch.full((K, max_len), -1, dtype=torch.long, device=device)
     for k, a in enumerate(label_answers):
         answers[k, : len(a)] = torch.tensor(a, device=device)
-    positions = batch["position_ids"][:, -1]
+    positions = position_ids[:, -1]
     for step in range(max_len):
         tok_k = answers[:, step].unsqueeze(0).expand(B, K)  # (B, K) each label's token at this step
         allowed = alive & (tok_k >= 0)
@@ -68,7 +80,7 @@ def score_labels(model: EGMF, batch: dict[str, torch.Tensor], label_answers: lis
             break
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
         positions = positions + 1
-        out = model.llm(
+        out = llm(
             input_ids=chosen.unsqueeze(1),
             attention_mask=mask,
             position_ids=positions.unsqueeze(1),

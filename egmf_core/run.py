@@ -179,19 +179,28 @@ def evaluate_splits(outcome: RunOutcome, model, enc: dict, encoder, cfg: RunConf
     The validation split is read the way model selection read it, the test split by train.eval_mode.
     """
     from egmf_core.train import evaluate
-    from egmf_core.uncertainty import sampling_ci
 
-    spec = encoder.spec
-    outcome.eval_modes = {"valid": cfg.train.valid_eval_mode or cfg.train.eval_mode, "test": cfg.train.eval_mode}
+    outcome.eval_modes = eval_modes(cfg)
     for split in ("valid", "test"):
         res = evaluate(model, enc[split], encoder, cfg.train, mode=outcome.eval_modes[split],
                        train_labels=enc["train"].labels)
-        outcome.eval_modes[split] = res.mode  # "direct" for a model that predicts without an LLM (TFN)
-        outcome.metrics[split] = {k: float(v) for k, v in res.metrics.items()}
-        outcome.invalid_rate[split] = res.invalid_rate
-        outcome.gating[split] = res.gating
-        outcome.sampling_ci[split] = {spec.key_metric: sampling_ci(spec.name, enc[split].labels, res.predictions,
-                                                                   spec.key_metric)}
+        record_split(outcome, split, res, enc[split].labels, encoder.spec)
+
+
+def eval_modes(cfg: RunConfig) -> dict[str, str]:
+    """How each split is read: validation the way model selection read it, test by train.eval_mode."""
+    return {"valid": cfg.train.valid_eval_mode or cfg.train.eval_mode, "test": cfg.train.eval_mode}
+
+
+def record_split(outcome: RunOutcome, split: str, res, labels: np.ndarray, spec) -> None:
+    """One split's EvalResult into ``outcome``: metrics, invalid rate, gating, sampling interval."""
+    from egmf_core.uncertainty import sampling_ci
+
+    outcome.eval_modes[split] = res.mode  # "direct" for a model that predicts without an LLM (TFN)
+    outcome.metrics[split] = {k: float(v) for k, v in res.metrics.items()}
+    outcome.invalid_rate[split] = res.invalid_rate
+    outcome.gating[split] = res.gating
+    outcome.sampling_ci[split] = {spec.key_metric: sampling_ci(spec.name, labels, res.predictions, spec.key_metric)}
 
 
 def _probe_batch(train, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:

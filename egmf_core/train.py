@@ -95,43 +95,65 @@ def evaluate(
     if getattr(model, "predicts_directly", False):
         return evaluate_direct(model, enc, encoder, cfg)
     device = _device_of(model)
-    spec = encoder.spec
-    is_cls = spec.task == "classification"
-    if mode == "score" and not is_cls:
+    if mode == "score" and encoder.spec.task != "classification":
         raise ValueError("train.eval_mode='score' ranks label continuations: it needs a classification dataset")
-    max_new = cfg.max_new_tokens_cls if is_cls else cfg.max_new_tokens_reg
-    stats = GatingStats()
-    answers: dict[int, str] = {}
-    chosen = np.zeros(len(enc), dtype=np.int64)
+    collector = EvalCollector(enc, encoder, mode)
+    max_new = collector.max_new_tokens(cfg)
     for idx in eval_batches(enc, eval_batch_size(model, cfg, device)):
         batch = _to(collate(enc, idx, with_answer=False), device)
         with _autocast(device, cfg):
             t_pseudo, gate = model.fuse(batch)
             if mode == "score":
-                chosen[idx] = score_labels(model, batch, encoder.label_answers, t_pseudo).cpu().numpy()
+                collector.add(idx, gate, chosen=score_labels(model, batch, encoder.label_answers, t_pseudo))
             else:
-                answers.update(zip(idx, generate_answers(model, batch, encoder.tok, max_new, t_pseudo)))
-        labels = enc.labels[idx]
+                collector.add(idx, gate, answers=generate_answers(model, batch, encoder.tok, max_new, t_pseudo))
+    return collector.result(cfg, train_labels, list(model.experts.names) if hasattr(model, "experts") else [])
+
+
+class EvalCollector:
+    """One evaluation pass's answers and gate statistics, gathered batch by batch, then scored."""
+
+    def __init__(self, enc: EncodedSplit, encoder: PromptEncoder, mode: str):
+        self.enc, self.spec, self.mode = enc, encoder.spec, mode
+        self.is_cls = self.spec.task == "classification"
+        self.stats = GatingStats()
+        self.answers: dict[int, str] = {}
+        self.chosen = np.zeros(len(enc), dtype=np.int64)
+
+    def max_new_tokens(self, cfg: TrainConfig) -> int:
+        return cfg.max_new_tokens_cls if self.is_cls else cfg.max_new_tokens_reg
+
+    def add(self, idx: list[int], gate, *, answers: list[str] | None = None, chosen: torch.Tensor | None = None):
+        """One batch: its samples' decoded answers (generate) or chosen classes (score), and its gate."""
+        if chosen is not None:
+            self.chosen[idx] = chosen.cpu().numpy()
+        else:
+            self.answers.update(zip(idx, answers))
+        labels = self.enc.labels[idx]
         if gate is not None:  # a model without a gate (MSE-Adapter) records no gating statistics
-            stats.update(gate, labels if is_cls else sentiment_bin(labels, spec.neutral_band))
-    texts = [answers[i] for i in range(len(enc))] if mode != "score" else []
-    if mode == "score":
-        values, valid, invalid_rate = chosen, np.ones(len(chosen), dtype=bool), 0.0
-    else:
-        parsed = parse_answers(texts, spec)
-        values, valid, invalid_rate = parsed.values, parsed.valid, parsed.invalid_rate
-    filled = fill_invalid(values, valid, spec, cfg.invalid_fallback, train_labels, y_true=enc.labels)
-    metrics = compute_metrics(spec.name, enc.labels, filled)
-    label_names = list(spec.labels) if is_cls else list(SENTIMENT_BIN_NAMES)
-    return EvalResult(
-        metrics=metrics,
-        invalid_rate=float(invalid_rate),
-        predictions=filled,
-        valid=valid,
-        answers=texts,
-        gating=stats.as_dict(list(model.experts.names), label_names) if len(stats) else {},  # K axis order of alpha
-        mode=mode,
-    )
+            self.stats.update(gate, labels if self.is_cls else sentiment_bin(labels, self.spec.neutral_band))
+
+    def result(self, cfg: TrainConfig, train_labels: np.ndarray, expert_names: list[str]) -> EvalResult:
+        """Parse strictly, fill the invalid answers by the configured fallback, and score."""
+        enc, spec, mode = self.enc, self.spec, self.mode
+        texts = [self.answers[i] for i in range(len(enc))] if mode != "score" else []
+        if mode == "score":
+            values, valid, invalid_rate = self.chosen, np.ones(len(self.chosen), dtype=bool), 0.0
+        else:
+            parsed = parse_answers(texts, spec)
+            values, valid, invalid_rate = parsed.values, parsed.valid, parsed.invalid_rate
+        filled = fill_invalid(values, valid, spec, cfg.invalid_fallback, train_labels, y_true=enc.labels)
+        metrics = compute_metrics(spec.name, enc.labels, filled)
+        label_names = list(spec.labels) if self.is_cls else list(SENTIMENT_BIN_NAMES)
+        return EvalResult(
+            metrics=metrics,
+            invalid_rate=float(invalid_rate),
+            predictions=filled,
+            valid=valid,
+            answers=texts,
+            gating=self.stats.as_dict(expert_names, label_names) if len(self.stats) else {},  # K axis order of alpha
+            mode=mode,
+        )
 
 
 @torch.no_grad()
@@ -224,10 +246,14 @@ class Trainer:
             loss, _ = self.model(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.update()
+        return loss.detach()
+
+    def update(self) -> None:
+        """Clip the gradients, step the optimizer and the schedule (after the backward pass)."""
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.sched.step()
-        return loss.detach()
 
 
 def compile_decoder_layers(model: EGMF) -> None:
@@ -348,30 +374,50 @@ class FitLoop:
             if evaluating and self._validate():
                 break  # early stop: no checkpoint of this step, the run is over
             self._maybe_checkpoint(evaluating)
+        return self.finish()
+
+    def finish(self) -> FitResult:
+        """The fit is over: read the last losses back and load the best step's weights."""
         self.losses.flush()
-        _load_trainable_state(self.model, state.best_state)
+        _load_trainable_state(self.model, self.state.best_state)
         return self._result()
 
     def _train_step(self) -> bool:
         """One optimizer step on the next batch of the shuffled order; whether validation is due."""
+        idx = self.next_indices()
+        t0 = time.perf_counter()
+        self.losses.add(self.trainer.step(collate(self.train, idx, with_answer=True)))
+        evaluating = self.count_step()
+        self.state.step_time += time.perf_counter() - t0
+        return evaluating
+
+    def next_indices(self) -> list[int]:
+        """The next training batch's sample indices: the epoch's shuffled order, drawn from the
+        fit's own generator."""
         state, batch_size = self.state, self.cfg.batch_size
         if not state.order:
             state.order = torch.randperm(len(self.train), generator=self.gen).tolist()
         idx, state.order = state.order[:batch_size], state.order[batch_size:]
-        t0 = time.perf_counter()
-        self.losses.add(self.trainer.step(collate(self.train, idx, with_answer=True)))
+        return idx
+
+    def count_step(self) -> bool:
+        """Count a step taken; read the losses back when due; whether validation is due."""
+        state = self.state
         state.step += 1
         evaluating = state.step % self.schedule.eval_every == 0 or state.step == self.schedule.total
         if evaluating or state.step % self.cfg.log_every == 0:
-            self.losses.flush()  # syncs: the step time below includes the device's work
-        state.step_time += time.perf_counter() - t0
+            self.losses.flush()  # syncs: the step time includes the device's work
         return evaluating
 
     def _validate(self) -> bool:
         """A validation pass: record it and keep the best weights; whether patience ran out."""
-        state, spec = self.state, self.encoder.spec
         res = evaluate(self.model, self.valid, self.encoder, self.cfg, mode=self.schedule.valid_mode,
                        train_labels=self.train.labels)
+        return self.record_validation(res)
+
+    def record_validation(self, res: EvalResult) -> bool:
+        """Record a validation pass's result and keep the best weights; whether patience ran out."""
+        state, spec = self.state, self.encoder.spec
         value = res.metrics[spec.key_metric]
         score = value if spec.key_metric_higher_is_better else -value
         state.history.append({"step": state.step, "loss": self.losses.last, spec.key_metric: value,

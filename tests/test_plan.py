@@ -138,6 +138,32 @@ def test_measured_step_times_replace_the_flop_count(tmp_path):
     assert p.jobs_per_gpu == 2 and p.source == str(path)  # gpu-check's best K by default
 
 
+def test_a_measured_run_group_faster_than_every_ungrouped_setting_prices_the_grid(tmp_path):
+    # groups of 4 reach 12,000 aggregate tokens/s, above the best ungrouped 5,000 (2 processes)
+    path = gpu_check(tmp_path, groups={"1": {"aggregate_tokens_per_s": 3000.0}, "4": {"aggregate_tokens_per_s": 12000.0},
+                                       "8": {"error": "OutOfMemoryError"}}, best_tokens_per_s=5000.0)
+    measured = plan.load_gpu_check(path)
+    c = cell()  # 656 tokens a run-step
+    grouped = plan.run_cost(c, "h200", measured, group=4)
+    assert grouped.train_s == pytest.approx(30615 * 656 / 12000)
+    assert grouped.eval_s == plan.run_cost(c, "h200", measured).eval_s  # evaluation priced as measured alone
+    grid = Grid("main_msa", "paper", GridArgs(seeds=[1111], datasets=["mosei"]))
+    best = plan.make_plan(grid, plan.Pricing(gpu="h200", measured_path=path))
+    assert best.groups == {"glm3": 4} and best.jobs_per_gpu == 2  # the baseline rows still pack 2 per GPU
+    assert "run groups (glm3 in groups of 4" in plan.render_plan(best)
+    packed = plan.make_plan(grid, plan.Pricing(gpu="h200", measured_path=path, jobs_per_gpu=2))  # asked: no groups
+    assert packed.groups == {} and best.gpu_hours < packed.gpu_hours
+    unmeasured = plan.make_plan(grid, plan.Pricing(gpu="h200", measured_path=path, group=8))
+    assert unmeasured.groups == {} and any("groups of 8 not measured" in n for n in unmeasured.notes)
+
+
+def test_an_ungrouped_measurement_keeps_the_ungrouped_price(tmp_path):
+    path = gpu_check(tmp_path)  # no "groups": the planner uses what was measured
+    grid = Grid("main_msa", "paper", GridArgs(seeds=[1111], datasets=["mosei"]))
+    p = plan.make_plan(grid, plan.Pricing(gpu="h200", measured_path=path))
+    assert p.groups == {} and "no run group measured" in plan.render_plan(p)
+
+
 @pytest.mark.parametrize("bad, message", [
     ("{", "not JSON"),
     ('{"device": "x"}', "missing field 'backbones'"),

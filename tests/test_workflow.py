@@ -84,7 +84,7 @@ def test_gpu_job_runs_the_paper_nightly_with_roots_from_the_runner(workflow):
     assert "self-hosted" in job["runs-on"] and "gpu" in job["runs-on"]
     calls = nox_calls(job)
     assert [s for s, _ in calls] == ["gpu_check", "nightly"]  # a CUDA break fails in minutes, before the grid
-    assert calls[0][1] == ["--size", "full", "--device", "cuda", "--json", "reports/scale/gpu_check.json",
+    assert calls[0][1] == ["--size", "full", "--device", "cuda", "--group", "1,2,4,8,16", "--json", "reports/scale/gpu_check.json",
                            "--report", "reports/scale/gpu_check.md"]  # written only where told
     args = calls[1][1]
     raw = next(line for line in run_lines(job) if "nox -s nightly" in line)
@@ -122,18 +122,20 @@ def test_each_job_uploads_reports_and_results_even_after_a_failure(workflow, job
                for s in job["steps"])
 
 
-@pytest.mark.parametrize("posargs, jobs", [
-    ([], True),
-    (["--force"], True),
-    (["--profile", "paper", "--data-root", "d"], True),  # auto: one worker per visible GPU (x --jobs-per-gpu)
-    (["--profile=paper"], True),
-    (["--jobs", "3"], False),  # the user's own --jobs is passed through as given
-    (["--jobs=3"], False),
-    (["--shard", "0/2"], False),
-    (["--launcher", "slurm"], False),
+@pytest.mark.parametrize("posargs, jobs, group", [
+    ([], True, True),
+    (["--force"], True, True),
+    (["--profile", "paper", "--data-root", "d"], True, True),  # auto: one worker per visible GPU (x --jobs-per-gpu)
+    (["--profile=paper"], True, True),
+    (["--jobs", "3"], False, True),  # the user's own --jobs is passed through as given
+    (["--jobs=3"], False, True),
+    (["--shard", "0/2"], False, True),
+    (["--launcher", "slurm"], False, True),
+    (["--group", "4"], True, False),  # and the user's own --group
+    (["--group=1"], True, False),
 ])
-def test_reproduce_sessions_pass_jobs_auto_unless_given(noxfile, posargs, jobs):
+def test_reproduce_sessions_pass_jobs_and_group_auto_unless_given(noxfile, posargs, jobs, group):
     import types
 
     added = noxfile._jobs(types.SimpleNamespace(posargs=posargs))
-    assert added == (["--jobs", "auto"] if jobs else [])
+    assert added == (["--jobs", "auto"] if jobs else []) + (["--group", "auto"] if group else [])

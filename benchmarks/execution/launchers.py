@@ -321,13 +321,36 @@ def run_costs(cells: list[Cell]) -> dict[str, float]:
         return {**costs, **{run_id: 1.0 for run_id in unique_runs(trains)}}
 
 
+AUTO_GROUP_UNIT = 8  # --group auto on Slurm: runs of one backbone and dataset kept together, 8 at most
+
+
+def group_units(cells: list[Cell], group: int | str = 1) -> dict[str, list[str]]:
+    """What shards are balanced over: each run alone (``group`` 1), else chunks of ``group`` runs
+    (AUTO_GROUP_UNIT for "auto") that share a backbone and a dataset (egmf_core.group.group_key),
+    in grid order, so a Slurm task can train them as one group. unit id -> run ids."""
+    runs = unique_runs(cells)
+    if group == 1:
+        return {rid: [rid] for rid in runs}
+    from egmf_core.group import group_key
+
+    size = AUTO_GROUP_UNIT if group == "auto" else int(group)
+    by_key: dict[str, list[str]] = {}
+    for rid, cell in runs.items():
+        grouped = cell.trains and cell.config.model.method == "egmf"  # a baseline trains alone
+        by_key.setdefault(group_key(cell.config) if grouped else rid, []).append(rid)
+    return {ids[i]: ids[i:i + size] for ids in by_key.values() for i in range(0, len(ids), size)}
+
+
 def shard_tasks(grids: dict[str, tuple[Grid, list[Cell]]], n: int, options: RunOptions) -> list[dict[str, Any]]:
     """n balanced shards (longest run first onto the least-loaded shard), empty ones dropped;
     each a task: (grid, options limited to the shard's runs) for every table with runs there."""
     from benchmarks.execution import planner as plan
 
     every = [c for _, cells in grids.values() for c in cells]
-    shards = [s for s in plan.balance_shards(run_costs(every), n) if s]
+    costs = run_costs(every)
+    units = group_units(every, options.group)  # --group: a group's runs stay in one task
+    unit_costs = {u: sum(costs[r] for r in runs) for u, runs in units.items()}
+    shards = [{r: costs[r] for u in s for r in units[u]} for s in plan.balance_shards(unit_costs, n) if s]
     tasks = []
     for i, shard in enumerate(shards):
         tables = [(grid, replace(options, only_runs=frozenset(c.run_id for c in cells if c.run_id in shard)))

@@ -109,6 +109,7 @@ class Plan:
     gpus: int
     jobs_per_gpu: int
     source: str  # "analytic" or the gpu-check JSON's path
+    groups: dict[str, int] = field(default_factory=dict)  # family -> run-group size priced (absent: ungrouped)
     tables: list[dict[str, Any]] = field(default_factory=list)
     runs: list[RunCost] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -169,9 +170,11 @@ def tokens_per_sample(cell: Cell) -> int:
 # ---- seconds -------------------------------------------------------------------------------------
 
 def run_cost(cell: Cell, gpu: str = DEFAULT_GPU, measured: dict[str, Any] | None = None,
-             jobs_per_gpu: int = 1) -> RunCost:
+             jobs_per_gpu: int = 1, group: int = 1) -> RunCost:
     """One run's GPU seconds: training steps plus evaluation passes over valid (and test).
 
+    ``group`` > 1 (measured by ``gpu-check --group``): a run-step costs its tokens at the group's
+    measured aggregate tokens/s (one process per GPU: ``jobs_per_gpu`` does not apply).
     A run of NO_LLM_METHODS (TFN) loads no LLM: no weights are read and its small fusion model's
     steps and evaluations are taken as 0 s, so it costs only RUN_START_S.
     """
@@ -189,6 +192,9 @@ def run_cost(cell: Cell, gpu: str = DEFAULT_GPU, measured: dict[str, Any] | None
         base = float(m["compile"]["step_time_s"] if compiled else m["step_time_s"])  # train.compile: its own timing
         step_s = base * (t.batch_size * tokens) / float(m["tokens_per_step"])
         step_s *= _sharing_factor(m, jobs_per_gpu, "jobs_per_gpu_compiled" if compiled else "jobs_per_gpu")
+        grouped = group_rate(m, group)
+        if grouped:
+            step_s = t.batch_size * tokens / grouped
         key = "eval_score_s_per_batch" if t.eval_mode == "score" else "eval_generate_s_per_batch"
         eval_s = eval_samples / float(m.get("eval_batch_size", t.eval_batch_size)) * float(m[key])
     else:
@@ -225,6 +231,30 @@ def _eval_sample_s(family: str, gpu: str, tokens: int, t) -> float:
 
 def _flops(gpu: str) -> float:
     return GPUS[gpu].bf16_tflops * 1e12 * MFU
+
+
+def group_rate(m: dict[str, Any], k: int) -> float | None:
+    """The measured aggregate tokens/s of a group of k runs (gpu-check --group), None if not measured."""
+    g = (m.get("groups") or {}).get(str(k)) if k > 1 else None
+    rate = g.get("aggregate_tokens_per_s") if isinstance(g, dict) else None
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0 else None
+
+
+def best_groups(measured: dict[str, Any], requested: int | None) -> dict[str, int]:
+    """family -> the group size to price it at: ``requested`` where measured, else (None) the
+    measured group whose aggregate tokens/s beats every measured ungrouped setting; absent: ungrouped."""
+    out = {}
+    for family, m in measured.items():
+        if requested is not None:
+            if group_rate(m, requested):
+                out[family] = requested
+            continue
+        rates = {int(k): group_rate(m, int(k)) for k in (m.get("groups") or {}) if str(k).isdigit()}
+        rates = {k: r for k, r in rates.items() if r}
+        ungrouped = float(m.get("best_tokens_per_s") or m["tokens_per_step"] / m["step_time_s"])
+        if rates and max(rates.values()) > ungrouped:
+            out[family] = max(rates, key=rates.get)
+    return out
 
 
 def _sharing_factor(m: dict[str, Any], k: int, key: str = "jobs_per_gpu") -> float:
@@ -267,6 +297,7 @@ class Pricing:
     gpus: int = 1
     jobs_per_gpu: int | None = None
     measured_path: Path | None = None
+    group: int | None = None  # runs per group (gpu-check --group measured it); None: the fastest measured setting
 
 
 def make_plan(grid: Grid, pricing: Pricing = Pricing(), *, check_roots: bool = False) -> Plan:
@@ -278,19 +309,26 @@ def make_plan(grid: Grid, pricing: Pricing = Pricing(), *, check_roots: bool = F
         raise PlanError(f"--gpus {pricing.gpus}: must be at least 1")
     path = pricing.measured_path
     measured, source = (load_gpu_check(path), str(path)) if path else ({}, "analytic")
-    k = pricing.jobs_per_gpu or _best_jobs(measured) or 1
+    if pricing.group is not None and pricing.group < 1:
+        raise PlanError(f"--group {pricing.group}: must be at least 1")
+    groups = {} if pricing.jobs_per_gpu else best_groups(measured, pricing.group)
+    k = pricing.jobs_per_gpu or _best_jobs(measured) or 1  # runs that do not group (baselines) still share a GPU
     if k < 1:
         raise PlanError(f"--jobs-per-gpu {k}: must be at least 1")
-    plan = Plan(grid.table, gpu, pricing.gpus, k, source)
+    plan = Plan(grid.table, gpu, pricing.gpus, k, source, groups=groups)
     seen: set[str] = set()
     for table, cells in planned_grids(grid, check_roots=check_roots):
         runs = unique_runs(cells)
-        new = [run_cost(c, gpu, measured, k) for rid, c in runs.items() if rid not in seen]
+        new = [run_cost(c, gpu, measured, k, groups.get(_family(c), 1) if c.config.model.method == "egmf" else 1)
+               for rid, c in runs.items() if rid not in seen]
         seen.update(runs)
         plan.runs += new
         plan.tables.append(dict(table=table, cells=len(cells), runs=len(runs), new=len(new),
                                 steps=sorted(r.steps for r in new),
                                 gpu_hours=sum(r.seconds for r in new) / 3600))
+    if pricing.group not in (None, 1) and set(groups) != set(measured):
+        plan.notes.append(f"run groups of {pricing.group} not measured for "
+                          f"{', '.join(sorted(set(measured) - set(groups)))}: priced ungrouped")
     unmeasured_k = sorted(n for n, m in measured.items() if k > 1 and str(k) not in (m.get("jobs_per_gpu") or {}))
     if unmeasured_k:
         plan.notes.append(f"{k} runs per GPU not measured for {', '.join(unmeasured_k)}: priced as one run per GPU")
@@ -386,9 +424,15 @@ def assumptions(plan: Plan) -> list[str]:
             f"token per batch at {DECODE_BANDWIDTH_SHARE:.0%} of {gpu.hbm_tb_s:g} TB/s (label scoring: twice the prefill)",
             f"{plan.jobs_per_gpu} run(s) per GPU: the MFU above is their aggregate (no sharing gain assumed)",
         ]
+    elif plan.groups:
+        sizes = ", ".join(f"{f} in groups of {k}" for f, k in sorted(plan.groups.items()))
+        out += [f"step and evaluation times measured by gpu-check ({plan.source}); training priced at the "
+                f"fastest measured setting: run groups ({sizes}; `reproduce --group`), a run-step costing its "
+                "tokens at the group's measured aggregate tokens/s; evaluation priced per run, as measured alone"]
     else:
         out += [f"step and evaluation times measured by gpu-check ({plan.source}), step time scaled linearly "
-                f"with tokens per step; {plan.jobs_per_gpu} run(s) per GPU priced at the measured aggregate tokens/s"]
+                f"with tokens per step; {plan.jobs_per_gpu} run(s) per GPU priced at the measured aggregate tokens/s"
+                + ("" if plan.source == "analytic" else "; no run group measured (gpu-check --group): priced ungrouped")]
     return out
 
 

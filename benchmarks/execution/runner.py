@@ -91,6 +91,8 @@ class RunOptions:
     render: bool = True  # recipes.reproduce: render the touched tables' reports and the index afterwards
     raise_render_errors: bool = False  # recipes.reproduce: a rendering error raises instead of one line
     run_fn: RunFn | None = None  # default: egmf_core.run.run_experiment (dataset_statistics for Table 1)
+    group: int | str = 1  # >1 or "auto": runs trained at once over one backbone (execution.grouped); 1: each alone
+    group_fn: Callable[..., list] | None = None  # default: egmf_core.group.run_group (used when group > 1)
     train: bool = True  # False: collect only, a run without an ok result counts as failed (--jobs, after its workers)
     progress_bars: bool | None = None  # None: when stderr is a terminal (the CLIs: off with $EGMF_NO_PROGRESS=1)
     on_run: Callable[[RunEvent], None] | None = None  # each run trained or skipped as busy (default: _log_busy)
@@ -228,11 +230,31 @@ def train_runs(spec: TableSpec, runs: dict[str, Cell], grid: Grid, options: RunO
     store.sweep_temp_files(root / grid.profile)
     bars = progress_enabled(options)
     worker = _RunTask(grid, options, summary, bars)
+    size = group_size(options.group)
+    grouped = size != 1 and spec.trains and options.train and (options.run_fn is None or options.group_fn)
     with tqdm(total=len(runs), desc=f"{spec.name} [{grid.profile}]", unit="run", position=0, disable=not bars,
               dynamic_ncols=True) as grid_bar:
+        if grouped:
+            from benchmarks.execution.grouped import train_in_groups
+
+            group_fn = options.group_fn or _default_group_fn(grid.profile)
+            train_in_groups(worker, list(runs.items()), size, group_fn, advance=lambda: grid_bar.update(1))
+            return
         for index, (run_id, cell) in enumerate(runs.items(), 1):
             worker.handle(run_id, cell, index, len(runs))
             grid_bar.update(1)
+
+
+def group_size(requested: int | str) -> int | str:
+    """``--group``: a number as given; "auto" stays "auto" on a GPU (sized from its memory by
+    egmf_core.group) and is ``egmf_core.group.CPU_GROUP`` (1: each run alone) without one."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    from egmf_core.group import auto_group_size
+
+    return "auto" if torch.cuda.is_available() else auto_group_size("cpu")
 
 
 class _RunTask:
@@ -245,6 +267,21 @@ class _RunTask:
         self.context = _RunContext(grid.args.data_root, grid.args.model_root, options.strict_data)
 
     def handle(self, run_id: str, cell: Cell, index: int, total: int) -> None:
+        lock = self.claim(run_id, cell, index, total)
+        if lock is None:
+            return
+        try:
+            self._train(run_id, cell)
+            self.report_trained(cell, index, total)
+        finally:
+            lock.release()
+
+    def report_trained(self, cell: Cell, index: int, total: int) -> None:
+        self.options.report_run(RunEvent(cell.table, cell.label, self.last_status, index, total, self.last_seconds))
+
+    def claim(self, run_id: str, cell: Cell, index: int, total: int) -> store.RunLock | None:
+        """The run's lock, held, when it is to be trained now (the caller releases it); None when
+        it is stored (cached), held by another process (busy) or this pass only collects."""
         opts, profile, root = self.options, self.grid.profile, Path(self.options.results_root)
         path = store.run_path(root, profile, run_id)
         ckpt, lock_file = store.checkpoint_dir(root, profile, run_id), store.lock_path(root, profile, run_id)
@@ -254,34 +291,49 @@ class _RunTask:
                 with store.RunLock(lock_file) as lock:
                     if lock.acquired:  # (a --force elsewhere holds it while retraining)
                         remove_checkpoint(ckpt)
-            return
+            return None
         if not opts.train:
             self._count_untrained(run_id, cell, path)
-            return
-        with store.RunLock(lock_file) as lock:
-            if not lock.acquired:
-                self.summary.busy += 1
-                opts.report_run(RunEvent(cell.table, f"{run_id} ({cell.label})", "busy", index, total))
-            elif not opts.force and self._stored_ok(path, cell, report=False):  # finished elsewhere meanwhile
-                self.summary.cached += 1
-            else:
-                self._train(run_id, cell, path, ckpt)
-                opts.report_run(RunEvent(cell.table, cell.label, self.last_status, index, total, self.last_seconds))
+            return None
+        lock = store.RunLock(lock_file)
+        if not lock.acquire():
+            self.summary.busy += 1
+            opts.report_run(RunEvent(cell.table, f"{run_id} ({cell.label})", "busy", index, total))
+            return None
+        if not opts.force and self._stored_ok(path, cell, report=False):  # finished elsewhere meanwhile
+            self.summary.cached += 1
+            lock.release()
+            return None
+        return lock
 
-    def _train(self, run_id: str, cell: Cell, path: Path, ckpt: Path) -> None:
-        opts, summary = self.options, self.summary
-        if opts.force or (opts.redo_before is not None and _checkpointed_before(ckpt, opts.redo_before)):
-            remove_checkpoint(ckpt)  # a redo starts over; a requeued task resumes what it checkpointed since
-        prior = _ok_checksum(path)
+    def _train(self, run_id: str, cell: Cell) -> None:
+        ckpt, prior = self.prepare(run_id)
         t_run = time.monotonic()
         if self.fn is None:
             self.fn = _default_run_fn(cell)
         outcome, resolved = _execute(cell, self.fn, self.context, self.bars, ckpt)
-        self.last_status, self.last_seconds = outcome.status, time.monotonic() - t_run
+        self.store(run_id, cell, outcome, resolved, prior, time.monotonic() - t_run)
+
+    def prepare(self, run_id: str) -> tuple[Path, str | None]:
+        """Before a claimed run trains: its checkpoint folder (emptied for a redo; a requeued task
+        resumes what it checkpointed since) and the checksum of its stored ok record, if any."""
+        opts, root = self.options, Path(self.options.results_root)
+        ckpt = store.checkpoint_dir(root, self.grid.profile, run_id)
+        if opts.force or (opts.redo_before is not None and _checkpointed_before(ckpt, opts.redo_before)):
+            remove_checkpoint(ckpt)
+        return ckpt, _ok_checksum(store.run_path(root, self.grid.profile, run_id))
+
+    def store(self, run_id: str, cell: Cell, outcome: RunOutcome, resolved, prior: str | None, seconds: float,
+              **extra_provenance) -> None:
+        """Write a trained run's file (unless another process stored an ok one meanwhile) and drop
+        its checkpoint."""
+        opts, summary, root = self.options, self.summary, Path(self.options.results_root)
+        path = store.run_path(root, self.grid.profile, run_id)
+        self.last_status, self.last_seconds = outcome.status, seconds
         if outcome.status != "ok" and _ok_checksum(path) not in (None, prior):
             summary.cached += 1  # another process stored an ok result meanwhile: keep it
         else:
-            prov = self.context.provenance(outcome, resolved, cell.trains, cell.config.data.root)
+            prov = self.context.provenance(outcome, resolved, cell.trains, cell.config.data.root, **extra_provenance)
             store.write_run(opts.results_root, self.grid.profile,
                             store.make_record(run_id, cell.identity(), outcome.to_dict(), prov))
             summary.trained += 1
@@ -289,7 +341,7 @@ class _RunTask:
                 summary.failed += 1
                 summary.failures.append(f"run {run_id} ({cell.label}) failed: {outcome.error}")
                 opts.say(summary.failures[-1])
-        remove_checkpoint(ckpt)
+        remove_checkpoint(store.checkpoint_dir(root, self.grid.profile, run_id))
 
     def _count_untrained(self, run_id: str, cell: Cell, path: Path) -> None:
         """Collect-only: a run with no ok result is a failure, with its stored error if any."""
@@ -380,6 +432,18 @@ def _default_run_fn(cell: Cell) -> RunFn:
     return run
 
 
+def _default_group_fn(profile: str):
+    def run(items, *, group_size: int, on_done):  # imported on first use, as _default_run_fn
+        from benchmarks.execution.profiles import CHECKPOINT_MINUTES, run_threads
+        from egmf_core.group import run_group
+
+        numerics.pin_kernels()
+        return run_group(items, group_size=group_size, on_done=on_done,
+                         checkpoint_minutes=CHECKPOINT_MINUTES.get(profile), threads=run_threads(profile))
+
+    return run
+
+
 class _RunContext:
     """What every run of one grid shares: roots, and the provenance computed once."""
 
@@ -388,7 +452,8 @@ class _RunContext:
         self._git_rev: str | None = None
         self._versions: dict[str, str] | None = None
 
-    def provenance(self, outcome: RunOutcome, resolved, trains: bool = True, data_marker: str | None = None) -> dict:
+    def provenance(self, outcome: RunOutcome, resolved, trains: bool = True, data_marker: str | None = None,
+                   **extra) -> dict:
         """Where a number came from. ``data_marker``: the data root as the grid wrote it (``<repo>/...``,
         ``<data-root>``), never this machine's path; the data files' own identity is in the outcome."""
         if self._git_rev is None:
@@ -402,6 +467,7 @@ class _RunContext:
             device=outcome.device,
             data_root=data_marker if data_marker is not None else resolved.data.root,
             numerics=numerics.settings(),
+            **extra,
         )
 
 

@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.perf.check_setup import CHECK_DATASET, LAUNCH_EVENTS, SYNC_EVENTS, check_config
+from benchmarks.perf.check_setup import free_device as _free
 from benchmarks.perf.overhead import sync
 from egmf_core.paths import FAMILIES
-
-LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
-SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-CHECK_DATASET = "meld"  # classification: both generation and label scoring apply; 65-token utterances
 
 
 @dataclass
@@ -48,6 +46,7 @@ class CheckOptions:
     warmup: int = 3
     samples: int = 64  # synthetic training samples (full shapes for --size full)
     jobs_per_gpu: tuple[int, ...] = (1, 2, 3, 4)
+    groups: tuple[int, ...] = ()  # run-group sizes to measure (gpu_check_groups); () skips the phase
     compile: bool | None = None  # None: on CUDA only
     budget_s: float = 330.0  # optional phases (packing, compile) are skipped past this
     json_path: Path | None = None
@@ -63,18 +62,6 @@ class CheckOptions:
 
 
 # ---- one backbone -------------------------------------------------------------------------------
-
-def check_config(family: str, size: str):
-    """The run config of the check: the paper profile's training settings on the chosen twin."""
-    from egmf_core.config import RunConfig, apply_overrides, validate
-
-    base = validate(RunConfig(profile="scale" if size == "full" else "smoke"))
-    # The paper's lr on real weights; the tiny twins need the smoke lr to show a falling loss in 10 steps.
-    return apply_overrides(base, {
-        "model.backbone": f"{family}-{size}", "data.name": CHECK_DATASET, "train.batch_size": 8,
-        "train.lr": 5e-5 if size == "full" else 5e-3, "train.fusion_lr": None if size == "full" else 5e-3, "train.adam_eps": 1e-4, "train.eval_batch_size": 32, "train.mixed_precision": "auto",
-    })
-
 
 def build_check_model(family: str, opts: CheckOptions):
     """(model, encoder, encoded train split, config, build seconds, BackboneInfo)."""
@@ -438,16 +425,6 @@ def torch_device(name: str):
     return torch.device(name)
 
 
-def _free(device) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def _weight_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for n, p in module.named_parameters() if "lora_" not in n)
 
@@ -475,6 +452,11 @@ def run_gpu_check(opts: CheckOptions) -> dict[str, Any]:
         except Exception as e:  # one backbone's failure is a finding; the others still run
             result["backbones"][family] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"}
         _free(device)
+        if opts.groups and "error" not in result["backbones"][family]:  # the single run's model is freed first
+            from benchmarks.perf.gpu_check_groups import measure_groups
+
+            _phase(result["backbones"][family], "groups", lambda: measure_groups(family, opts, peak))
+            _free(device)
         result["backbones"][family]["check_s"] = time.monotonic() - t0
         write_outputs(result, opts)
     result["total_s"] = time.monotonic() - opts.t_start
@@ -503,7 +485,7 @@ def failed_backbones(result: dict[str, Any]) -> list[str]:
             bad.append(family)
         elif result["size"] == "tiny" and len(losses) >= 2 and not losses[-1] < losses[0]:
             bad.append(family)  # the same batch at the smoke lr must be learned; at the paper lr 14 steps are noise
-        elif r.get("checkpoint_resumed_exactly") is False or r.get("errors"):
+        elif r.get("checkpoint_resumed_exactly") is False or r.get("errors") or r.get("grouped_equals_single") is False:
             bad.append(family)
     return bad
 

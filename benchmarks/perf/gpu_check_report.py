@@ -77,9 +77,38 @@ def render_gpu_check(result: dict[str, Any]) -> str:
             f"{_num(r.get('checkpoint_mib'), '.1f')} MiB saved in {_num(r.get('checkpoint_save_s'), '.2f')} s, "
             f"resumed in {_num(r.get('checkpoint_resume_s'), '.2f')} s, exactly: {r.get('checkpoint_resumed_exactly')}.",
         ]
+    lines += _groups_section(backbones)
     for family, r in backbones.items():
         for phase, err in (r.get("errors") or {}).items():
             lines.append(f"- **{family}**: {phase} failed: {err}")
     if "total_s" in result:
         lines += ["", f"Whole check: {result['total_s']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def _groups_section(backbones: dict[str, Any]) -> list[str]:
+    """Run groups (``--group``): one row per backbone and group size, and the equivalence check."""
+    rows = [(f, k, g) for f, r in backbones.items() for k, g in sorted((r.get("groups") or {}).items(),
+                                                                        key=lambda kv: int(kv[0]))]
+    if not rows:
+        return []
+    out = ["", "## Run groups: K runs over one copy of the backbone", "",
+           "| backbone | K | step ms (median) | aggregate tokens/s | aggregate TFLOP/s | aggregate_mfu % | "
+           "peak mem GiB | launches/step (CUDA) | aten ops/step |", "|---|---|---|---|---|---|---|---|---|"]
+    for family, k, g in rows:
+        if "step_time_s" not in g:
+            out.append(f"| {family} | {k} | {g.get('error') or g.get('skipped')} | | | | | | |")
+            continue
+        mfu = g.get("aggregate_mfu")
+        out.append(f"| {family} | {k} | {1e3 * g['step_time_s']:.1f} | {g['aggregate_tokens_per_s']:,.0f} | "
+                   f"{g['aggregate_tflops']:.2f} | {_num(None if mfu is None else 100 * mfu, '.1f')} | "
+                   f"{g['peak_mem_gib']:.1f} | {g.get('launches_per_step', 'n/a')} | {g['aten_ops_per_step']} |")
+    out.append("")
+    for family, r in backbones.items():
+        if "grouped_equals_single" in r:
+            out.append(f"- **{family}**: best K = {r.get('best_group')} "
+                       f"({r.get('best_group_tokens_per_s', 0):,.0f} tokens/s); one grouped step of "
+                       f"{r['equivalence_k']} runs vs each run stepped alone: largest parameter difference "
+                       f"{r['equivalence_max_rel_diff']:.1e} of the step's largest change (bar "
+                       f"{r['equivalence_tolerance']:.0e}): {'equal' if r['grouped_equals_single'] else '**NOT equal**'}.")
+    return out

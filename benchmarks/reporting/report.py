@@ -289,6 +289,7 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
         ("runs", f"{n_ok} ok, {n_failed} failed"),
         ("device(s)", ", ".join(_uniq(df["device"])) or MISSING),
         ("numerical settings", numerics.report_note(df)),
+        ("run groups", group_note(df)),
         ("versions", ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(versions.items())) or MISSING),
     ]
     items += _set_overrides(df)
@@ -297,6 +298,19 @@ def _header(spec: TableSpec, df: pd.DataFrame, profile: str) -> list[str]:
         items.append(("trust_remote_code",
                       f"**ON** in {len(trc)} run(s): the model source's own Python code was executed"))
     return md_table(["", ""], items)
+
+
+def group_note(df: pd.DataFrame) -> str:
+    """How the runs were trained: alone, or in groups over one backbone (reproduce --group)."""
+    if "group_size" not in df.columns:
+        return MISSING
+    sizes = pd.to_numeric(df.drop_duplicates("run_id")["group_size"], errors="coerce").fillna(1).astype(int)
+    alone, grouped = int((sizes <= 1).sum()), sizes[sizes > 1]
+    if grouped.empty:
+        return f"none: all {alone} runs trained alone"
+    kinds = ", ".join(str(k) for k in sorted(set(grouped)))
+    return (f"{len(grouped)} run(s) in groups of {kinds}, {alone} alone (a grouped run equals its run alone "
+            "within the README's tolerance; not always bit for bit)")
 
 
 def _set_overrides(df: pd.DataFrame) -> list[tuple[str, str]]:

@@ -24,6 +24,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "versions_json",  # {"torch": ..., "transformers": ..., ...}
     "device",
     "numerics",  # CPU numerical settings in force (benchmarks.execution.numerics.label), e.g. "pinned: aten AVX2, ..."
+    "group_size",  # runs trained at once over one backbone (reproduce --group; 1: alone, and in older run files)
     "wall_s",
     "peak_mem_mb",
     "trainable_params",

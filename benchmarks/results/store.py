@@ -359,6 +359,7 @@ def _cell_rows(table, cell, run: dict[str, Any]) -> list[dict[str, Any]]:
         "versions_json": canonical_json(prov.get("versions", {})),
         "device": outcome.get("device") or prov.get("device", ""),
         "numerics": (prov.get("numerics") or {}).get("label", ""),
+        "group_size": int(prov.get("group_size", 1)),
         "steps": int(outcome.get("steps", 0)),
         "best_step": int(outcome.get("best_step", 0)),
         "trust_remote_code": bool(model_cfg.get("trust_remote_code", prov.get("trust_remote_code", False))),
