@@ -24,9 +24,9 @@ from torch import nn
 from egmf_core.config import ModelConfig, RunConfig
 from egmf_core.data.dataset import SPECS, DatasetSpec
 from egmf_core.model import EGMF
-from egmf_core.mse_adapter import LSTM_HIDDEN_BY_DATASET, MSEAdapter
+from egmf_core.mse_adapter import LSTM_HIDDEN_BY_DATASET, MSEAdapter, MSEAdapterSettings
 from egmf_core.seeding import seed_everything
-from egmf_core.tfn import TFN
+from egmf_core.tfn import TFN, TFNSettings
 from egmf_core.tfn import loss as tfn_loss
 from egmf_core.tfn import predict as tfn_predict
 
@@ -42,14 +42,13 @@ class MSEAdapterModel(EGMF):
         nn.Module.__init__(self)  # not EGMF.__init__: none of EGMF's own modules are built
         self.cfg, self.llm = cfg, llm
         audio_h, vision_h = LSTM_HIDDEN_BY_DATASET[dataset]
-        self.adapter = MSEAdapter(
-            llm.get_input_embeddings().embedding_dim, audio_dim, vision_dim, cfg.n_tokens,
-            modalities=cfg.modalities, d_mix=cfg.mse_d_mix,
+        self.adapter = MSEAdapter(llm.get_input_embeddings().embedding_dim, audio_dim, vision_dim, cfg.n_tokens,
+                                  MSEAdapterSettings(
+            modalities=tuple(cfg.modalities), d_mix=cfg.mse_d_mix,
             audio_lstm_hidden=cfg.mse_audio_lstm_hidden or audio_h,
             vision_lstm_hidden=cfg.mse_vision_lstm_hidden or vision_h,
             lstm_layers=cfg.mse_lstm_layers, lstm_dropout=cfg.mse_lstm_dropout,
-            msf_ratios=tuple(cfg.mse_msf_ratios), msf_activation=cfg.mse_msf_activation,
-        )
+            msf_ratios=tuple(cfg.mse_msf_ratios), msf_activation=cfg.mse_msf_activation))
 
     @property
     def projector(self) -> nn.Module:
@@ -77,13 +76,11 @@ class TFNModel(nn.Module):
         self.cfg, self.spec = cfg, spec
         classes = len(spec.labels) if spec.task == "classification" else 1
         squash = spec.label_range if (cfg.tfn_squash and spec.task == "regression") else None
-        self.tfn = TFN(
-            vocab_size, audio_dim, vision_dim, classes, modalities=cfg.modalities,
-            text_embed_dim=cfg.tfn_text_embed_dim, text_hidden=cfg.tfn_text_hidden, text_out=cfg.tfn_text_out,
-            audio_hidden=cfg.tfn_audio_hidden, vision_hidden=cfg.tfn_vision_hidden,
+        self.tfn = TFN(vocab_size, audio_dim, vision_dim, classes, TFNSettings(
+            modalities=tuple(cfg.modalities), text_embed_dim=cfg.tfn_text_embed_dim, text_hidden=cfg.tfn_text_hidden,
+            text_out=cfg.tfn_text_out, audio_hidden=cfg.tfn_audio_hidden, vision_hidden=cfg.tfn_vision_hidden,
             post_fusion_dim=cfg.tfn_post_fusion_dim, dropouts=tuple(cfg.tfn_dropout),
-            input_norm=cfg.tfn_input_norm, output_range=squash,
-        )
+            input_norm=cfg.tfn_input_norm, output_range=squash))
 
     @property
     def projector(self) -> nn.Module:

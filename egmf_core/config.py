@@ -251,12 +251,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(t.valid_eval_mode in (None, "generate", "score"), "train.valid_eval_mode", t.valid_eval_mode,
          "must be 'generate', 'score' or unset")
     regression = _task(dc.name) == "regression"
-    need(not (t.valid_eval_mode == "score" and regression), "train.valid_eval_mode",
-         t.valid_eval_mode, f"label scoring needs a classification dataset, and {dc.name} is regression")
+    for name, mode in (("train.valid_eval_mode", t.valid_eval_mode), ("train.eval_mode", t.eval_mode)):
+        need(not (mode == "score" and regression), name, mode,
+             f"label scoring needs a classification dataset, and {dc.name} is regression")
     need(m.fusion_direction in FUSION_DIRECTIONS, "model.fusion_direction", m.fusion_direction,
          f"must be one of {FUSION_DIRECTIONS}")
-    need(not (t.eval_mode == "score" and regression), "train.eval_mode", t.eval_mode,
-         f"label scoring needs a classification dataset, and {dc.name} is regression")
     need(t.checkpoint_every is None or t.checkpoint_every > 0, "train.checkpoint_every", t.checkpoint_every,
          "must be a positive number of steps or unset")
     need(t.eval_every is None or t.eval_every > 0, "train.eval_every", t.eval_every, "must be positive or unset")

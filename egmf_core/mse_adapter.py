@@ -80,6 +80,8 @@ length are never read) and the text mean uses ``text_mask`` only. Every sample n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -161,6 +163,20 @@ class MultiScaleFusion(nn.Module):
         return self.integrate(m.unsqueeze(1)).flatten(1)  # (B, d_mix) f_M = sum_i c_i m_i + c_0
 
 
+@dataclass(frozen=True)
+class MSEAdapterSettings:
+    """MSE-Adapter's widths and choices: ModelConfig's ``mse_*`` fields (see above), defaults its repository's."""
+
+    modalities: tuple[str, ...] = MSE_MODALITIES  # the subset of ("text", "audio", "visual") to use
+    d_mix: int = 256
+    audio_lstm_hidden: int = 64
+    vision_lstm_hidden: int = 32
+    lstm_layers: int = 1
+    lstm_dropout: float = 0.0
+    msf_ratios: tuple[int, ...] = (8, 32, 16)
+    msf_activation: str = "gelu"
+
+
 class MSEAdapter(nn.Module):
     """MSE-Adapter's plugin: text, audio and visual features -> T_pseudo (B, n_tokens, d_llm).
 
@@ -168,28 +184,15 @@ class MSEAdapter(nn.Module):
         d_llm: the frozen LLM's hidden size (ChatGLM3-6B: 4096).
         audio_dim, vision_dim: feature widths (MOSEI 74 / 35; data.MultimodalDataset.audio_dim).
         n_tokens: number of pseudo tokens (4 [R]).
-        modalities: the subset of ("text", "audio", "visual") to use; a removed one has no
-            parameters and no path (see the module docstring).
-        d_mix, audio_lstm_hidden, vision_lstm_hidden, lstm_layers, lstm_dropout, msf_ratios,
-        msf_activation: the widths and choices listed as proposed ModelConfig fields above.
+        settings: widths and choices (MSEAdapterSettings); a modality left out of
+            ``settings.modalities`` has no parameters and no path (see the module docstring).
     """
 
-    def __init__(
-        self,
-        d_llm: int,
-        audio_dim: int,
-        vision_dim: int,
-        n_tokens: int,
-        *,
-        modalities: tuple[str, ...] | list[str] = MSE_MODALITIES,
-        d_mix: int = 256,
-        audio_lstm_hidden: int = 64,
-        vision_lstm_hidden: int = 32,
-        lstm_layers: int = 1,
-        lstm_dropout: float = 0.0,
-        msf_ratios: tuple[int, ...] = (8, 32, 16),
-        msf_activation: str = "gelu",
-    ):
+    def __init__(self, d_llm: int, audio_dim: int, vision_dim: int, n_tokens: int,
+                 settings: MSEAdapterSettings = MSEAdapterSettings()):
+        modalities, d_mix, msf_ratios, msf_activation = (settings.modalities, settings.d_mix, settings.msf_ratios,
+                                                         settings.msf_activation)
+        lstm_layers, lstm_dropout = settings.lstm_layers, settings.lstm_dropout
         super().__init__()
         mods = set(modalities)
         if not mods or not mods <= set(MSE_MODALITIES):
@@ -206,9 +209,9 @@ class MSEAdapter(nn.Module):
             )
         self.modalities = tuple(m for m in MSE_MODALITIES if m in mods)
         self.d_llm, self.n_tokens = d_llm, n_tokens
-        self.audio_enc = (SequenceLSTMEncoder(audio_dim, audio_lstm_hidden, d_mix, lstm_layers, lstm_dropout)
+        self.audio_enc = (SequenceLSTMEncoder(audio_dim, settings.audio_lstm_hidden, d_mix, lstm_layers, lstm_dropout)
                           if "audio" in mods else None)
-        self.vision_enc = (SequenceLSTMEncoder(vision_dim, vision_lstm_hidden, d_mix, lstm_layers, lstm_dropout)
+        self.vision_enc = (SequenceLSTMEncoder(vision_dim, settings.vision_lstm_hidden, d_mix, lstm_layers, lstm_dropout)
                            if "visual" in mods else None)
         self.tgm = TextGuideMixer(d_llm, d_mix, use_text="text" in mods)
         # [R] widths are fractions of d_llm (4096 -> 512, 128, 256); at least 1 for tiny twins

@@ -63,6 +63,8 @@ with the running statistics instead [C].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -137,6 +139,22 @@ class LanguageSubNet(nn.Module):
         return self.proj(self.drop(h_n[-1]))  # (B, out) z_l
 
 
+@dataclass(frozen=True)
+class TFNSettings:
+    """TFN's widths and choices: ModelConfig's ``tfn_*`` fields (see the module docstring)."""
+
+    modalities: tuple[str, ...] = TFN_MODALITIES  # subset of ("text", "audio", "visual")
+    text_embed_dim: int = 300
+    text_hidden: int = 128
+    text_out: int = 128
+    audio_hidden: int = 32
+    vision_hidden: int = 32
+    post_fusion_dim: int = 128
+    dropouts: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.2)  # text, audio, visual, post-fusion
+    input_norm: str = "batch"
+    output_range: tuple[float, float] | None = None  # a regression score squashed into it (None: linear)
+
+
 class TFN(nn.Module):
     """Tensor Fusion Network: token ids + audio/visual frames -> logits (B, classes) or a score (B, 1).
 
@@ -144,29 +162,15 @@ class TFN(nn.Module):
         vocab_size: token ids in ``text_ids`` are in [0, vocab_size) (the suite tokenizer's length).
         audio_dim, vision_dim: feature widths (MOSEI 74 / 35).
         out_dim: number of classes (classification: logits) or 1 (regression: a score).
-        modalities: subset of ("text", "audio", "visual"); a removed one has no subnetwork and
-            leaves the outer product (z_m is the product over the remaining [z; 1]).
-        the rest: see "Proposed ModelConfig fields" in the module docstring.
+        settings: widths and choices (TFNSettings); a modality left out of ``settings.modalities``
+            has no subnetwork and leaves the outer product (z_m is the product over the remaining [z; 1]).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        audio_dim: int,
-        vision_dim: int,
-        out_dim: int,
-        *,
-        modalities: tuple[str, ...] | list[str] = TFN_MODALITIES,
-        text_embed_dim: int = 300,
-        text_hidden: int = 128,
-        text_out: int = 128,
-        audio_hidden: int = 32,
-        vision_hidden: int = 32,
-        post_fusion_dim: int = 128,
-        dropouts: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.2),
-        input_norm: str = "batch",
-        output_range: tuple[float, float] | None = None,
-    ):
+    def __init__(self, vocab_size: int, audio_dim: int, vision_dim: int, out_dim: int,
+                 settings: TFNSettings = TFNSettings()):
+        s = settings
+        modalities, input_norm, dropouts = s.modalities, s.input_norm, s.dropouts
+        text_out, audio_hidden, vision_hidden, post_fusion_dim = s.text_out, s.audio_hidden, s.vision_hidden, s.post_fusion_dim
         super().__init__()
         mods = set(modalities)
         if not mods or not mods <= set(TFN_MODALITIES):
@@ -180,7 +184,7 @@ class TFN(nn.Module):
                                  "must give (text, audio, visual, post-fusion)")
         self.modalities = tuple(m for m in TFN_MODALITIES if m in mods)
         text_p, audio_p, vision_p, post_p = dropouts
-        self.text_net = (LanguageSubNet(vocab_size, text_embed_dim, text_hidden, text_out, text_p)
+        self.text_net = (LanguageSubNet(vocab_size, s.text_embed_dim, s.text_hidden, text_out, text_p)
                          if "text" in mods else None)
         self.audio_net = AcousticVisualSubNet(audio_dim, audio_hidden, audio_p, input_norm) if "audio" in mods else None
         self.vision_net = (AcousticVisualSubNet(vision_dim, vision_hidden, vision_p, input_norm)
@@ -195,7 +199,7 @@ class TFN(nn.Module):
             nn.Linear(post_fusion_dim, post_fusion_dim), nn.ReLU(),
             nn.Linear(post_fusion_dim, out_dim),
         )
-        self.output_range = output_range
+        self.output_range = s.output_range
 
     def forward(
         self,

@@ -8,7 +8,13 @@ import torch
 from egmf_core.data import load_dataset
 from egmf_core.data.dataset import SPECS
 from egmf_core.data.synth import write_synthetic
-from egmf_core.mse_adapter import LSTM_HIDDEN_BY_DATASET, MSE_MODALITIES, MSEAdapter, MSEAdapterConfigError
+from egmf_core.mse_adapter import (
+    LSTM_HIDDEN_BY_DATASET,
+    MSE_MODALITIES,
+    MSEAdapter,
+    MSEAdapterConfigError,
+    MSEAdapterSettings,
+)
 
 D_LLM, N_TOKENS, B = 32, 2, 4
 DATASETS = tuple(SPECS)
@@ -40,8 +46,10 @@ def _batch(ds, seed: int = 0, L_t: int = 6) -> dict[str, torch.Tensor]:
 def _adapter(ds, **kw) -> MSEAdapter:
     torch.manual_seed(0)
     ha, hv = LSTM_HIDDEN_BY_DATASET[ds.name]
-    return MSEAdapter(D_LLM, ds.audio_dim, ds.vision_dim, N_TOKENS, audio_lstm_hidden=ha,
-                      vision_lstm_hidden=hv, d_mix=16, **kw)
+    if "modalities" in kw:
+        kw["modalities"] = tuple(kw["modalities"])
+    return MSEAdapter(D_LLM, ds.audio_dim, ds.vision_dim, N_TOKENS,
+                      MSEAdapterSettings(audio_lstm_hidden=ha, vision_lstm_hidden=hv, d_mix=16, **kw))
 
 
 @pytest.mark.parametrize("name", DATASETS)
@@ -113,7 +121,7 @@ def test_a_removed_modality_removes_its_parameters_and_its_input(datasets, remov
 
 
 def test_text_alone_builds_no_lstm():
-    model = MSEAdapter(D_LLM, 6, 5, N_TOKENS, modalities=["text"], d_mix=16)
+    model = MSEAdapter(D_LLM, 6, 5, N_TOKENS, MSEAdapterSettings(modalities=("text",), d_mix=16))
     assert model.audio_enc is None and model.vision_enc is None
     out = model(torch.randn(2, 3, D_LLM), torch.ones(2, 3, dtype=torch.bool), torch.zeros(2, 1, 6),
                 torch.ones(2, dtype=torch.long), torch.zeros(2, 1, 5), torch.ones(2, dtype=torch.long))
@@ -133,7 +141,7 @@ def test_tgm_is_the_hadamard_product_with_the_masked_text_mean(datasets):
 
 def test_msf_mixes_three_scales_with_one_shared_kernel_and_tokens_are_affine_copies():
     torch.manual_seed(0)
-    model = MSEAdapter(4096 // 64, 6, 5, 3, d_mix=8).eval()  # d_llm 64 -> branch widths 8, 2, 4
+    model = MSEAdapter(4096 // 64, 6, 5, 3, MSEAdapterSettings(d_mix=8)).eval()  # d_llm 64 -> branch widths 8, 2, 4
     assert [b[0].out_features for b in model.msf.branches] == [8, 2, 4]
     M = torch.randn(2, 8)
     c = model.msf.integrate.weight.flatten()  # (3,) c_1..c_3
@@ -157,7 +165,7 @@ def test_trainable_parameters_at_chatglm3_size_match_the_papers_2_6m_to_2_8m():
     for name, (d_a, d_v) in REAL_FEATURE_DIMS.items():
         ha, hv = LSTM_HIDDEN_BY_DATASET[name]
         with torch.device("meta"):  # no memory: only shapes
-            model = MSEAdapter(4096, d_a, d_v, 4, audio_lstm_hidden=ha, vision_lstm_hidden=hv)
+            model = MSEAdapter(4096, d_a, d_v, 4, MSEAdapterSettings(audio_lstm_hidden=ha, vision_lstm_hidden=hv))
         counts[name] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert counts == EXPECTED_PARAMS
     # the paper: "approximately 2.6M to 2.8M trainable parameters upon the 6/7B models"
@@ -168,6 +176,6 @@ def test_trainable_parameters_at_chatglm3_size_match_the_papers_2_6m_to_2_8m():
 
 def test_bad_arguments_name_the_field():
     with pytest.raises(MSEAdapterConfigError, match="modalities"):
-        MSEAdapter(D_LLM, 6, 5, 2, modalities=["text", "smell"])
+        MSEAdapter(D_LLM, 6, 5, 2, MSEAdapterSettings(modalities=("text", "smell")))
     with pytest.raises(MSEAdapterConfigError, match="msf_activation"):
-        MSEAdapter(D_LLM, 6, 5, 2, msf_activation="mish")
+        MSEAdapter(D_LLM, 6, 5, 2, MSEAdapterSettings(msf_activation="mish"))

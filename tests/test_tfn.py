@@ -14,7 +14,7 @@ import torch
 from egmf_core.data import load_dataset
 from egmf_core.data.dataset import SPECS
 from egmf_core.data.synth import write_synthetic
-from egmf_core.tfn import TFN, TFN_MODALITIES, TFNConfigError, loss, predict
+from egmf_core.tfn import TFN, TFN_MODALITIES, TFNConfigError, TFNSettings, loss, predict
 
 VOCAB, B = 97, 6
 DATASETS = tuple(SPECS)
@@ -57,7 +57,9 @@ def _out_dim(name: str) -> int:
 
 def _tfn(ds, **kw) -> TFN:
     torch.manual_seed(0)
-    return TFN(VOCAB, ds.audio_dim, ds.vision_dim, _out_dim(ds.name), **{**TINY, **kw})
+    if "modalities" in kw:
+        kw["modalities"] = tuple(kw["modalities"])
+    return TFN(VOCAB, ds.audio_dim, ds.vision_dim, _out_dim(ds.name), TFNSettings(**{**TINY, **kw}))
 
 
 @pytest.mark.parametrize("name", DATASETS)
