@@ -4,6 +4,7 @@ runs leaving and joining, and a killed group resuming every run from its own che
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -187,7 +188,7 @@ def test_a_killed_group_resumes_each_run_from_its_own_checkpoint(data_root, tmp_
     with pytest.raises(Killed):
         G.run_group([G.GroupItem(c, i, d) for i, (c, d) in enumerate(zip(configs, dirs))], group_size=3,
                     progress=kill_at_7)
-    steps = [int(__import__("json").loads((d / "latest.json").read_text())["step"]) for d in dirs]
+    steps = [int(json.loads((d / "latest.json").read_text())["step"]) for d in dirs]
     assert steps == [6, 5, 6]  # each run's own cadence (and its validation pass at step 5)
     resumed = G.run_group([G.GroupItem(c, i, d) for i, (c, d) in enumerate(zip(configs, dirs))], group_size=3)
     for got, want in zip(resumed, whole):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks.cli import parse_group
 from benchmarks.execution.grid import GridError
@@ -100,6 +101,20 @@ def test_a_run_another_process_holds_is_skipped_and_the_group_takes_the_next(tmp
     assert (s.trained, s.busy) == (3, 1) and held_id not in taken
 
 
+def test_a_group_that_returns_without_a_runs_outcome_fails_that_run_and_ends(tmp_path):
+    ablations = write_tiny_ablations(tmp_path / "ablations")
+
+    def group_fn(items, *, group_size, on_done):  # takes two runs, reports one
+        items = iter(items)
+        first, _ = next(items), next(items)
+        on_done(first.tag, fakes.hashed_run(first.cfg))
+
+    s = _go(tmp_path, ablations, "r", group=2, group_fn=group_fn)
+    assert (s.trained, s.failed) == (4, 2)
+    assert all("without this run's outcome" in line for line in s.failures)
+    assert not list((tmp_path / "r" / PROFILE).glob("checkpoints/*.lock"))
+
+
 def test_bad_input_inside_a_group_ends_the_grid_and_leaves_no_lock(tmp_path):
     ablations = write_tiny_ablations(tmp_path / "ablations")
 
@@ -140,12 +155,12 @@ def test_auto_trains_each_run_alone_on_cpu_and_hands_auto_to_the_group_on_a_gpu(
     s = _go(tmp_path, ablations, "cpu", group="auto", run_fn=fakes.hashed_run,
             group_fn=lambda *a, **k: pytest.fail("a group on CPU under auto"))
     assert s.trained == 4
-    monkeypatch.setattr(__import__("torch").cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert runner.group_size("auto") == "auto"
 
 
 def test_the_runner_passes_the_group_size_and_each_runs_outcome_is_stored(tmp_path, monkeypatch):
-    monkeypatch.setattr(__import__("torch").cuda, "is_available", lambda: True)  # auto is sized on a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # auto is sized on a GPU
     ablations = write_tiny_ablations(tmp_path / "ablations")
     sizes = []
 

@@ -99,12 +99,14 @@ def _train_key(task, pending: list[_Pending], size: int, total: int, group_fn: G
     while queue or held:
         try:
             group_fn(feed(), group_size=size, on_done=on_done)
+            error = "the group ended without this run's outcome"  # a group function that lost a run
         except ValueError:  # bad input: the grid ends with one line; nothing stays locked
             for h in held.values():
                 h.lock.release()
             raise
         except Exception as e:  # a crash fails the runs the group held; the rest start a new group
-            error, n = one_line(f"{type(e).__name__}: {e}"), len(held)
-            for run_id in list(held):
-                on_done(run_id, RunOutcome(status="failed", error=error, cost={"group_size": float(n)}))
+            error = one_line(f"{type(e).__name__}: {e}")
+        n = len(held)
+        for run_id in list(held):
+            on_done(run_id, RunOutcome(status="failed", error=error, cost={"group_size": float(n)}))
 
